@@ -1,0 +1,50 @@
+# Two commands do all the setup on a fresh machine (Python 3.11, Node 20, pip, npm):
+#   make demo   - the local demo: moto server on 127.0.0.1, a seeded fleet, the real handlers, the reports
+#   make test   - the whole suite: lint, format, types, unit/integration/infra/e2e tests
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
+
+.PHONY: setup demo test lint typecheck unit bench synth deploy destroy clean
+
+$(STAMP): requirements.txt requirements-dev.txt functions/requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/python -m demo
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup
+	$(BIN)/mypy functions/imds_enforcer infra app.py emulator demo bench
+
+test: lint typecheck
+	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python -m bench
+
+synth: setup
+	$(BIN)/python app.py
+
+node_modules/.bin/cdk: package.json package-lock.json
+	npm ci --no-audit --no-fund
+
+# Deploy needs real AWS credentials (default chain) and a bootstrapped account: `npx cdk bootstrap` once.
+deploy: setup node_modules/.bin/cdk
+	PATH="$(CURDIR)/$(BIN):$$PATH" npx cdk deploy --all --require-approval broadening
+
+destroy: setup node_modules/.bin/cdk
+	PATH="$(CURDIR)/$(BIN):$$PATH" npx cdk destroy --all
+
+clean:
+	rm -rf build cdk.out .pytest_cache .mypy_cache .ruff_cache

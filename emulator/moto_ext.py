@@ -1,0 +1,54 @@
+"""Teach moto the AWS behaviour it lacks, so the product code runs unchanged against it.
+
+- DescribeInstances filters `metadata-options.*` (moto: NotImplementedError in-process, HTTP 500 on a server).
+- ModifyInstanceMetadataOptions keeps the fields a call does not pass (moto replaces the whole block).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from moto.ec2 import utils as ec2_utils
+from moto.ec2.models.instances import InstanceBackend, MetadataOptions
+
+METADATA_FILTERS = {
+    "metadata-options.http-tokens": "metadata_options.http_tokens",
+    "metadata-options.http-endpoint": "metadata_options.http_endpoint",
+    "metadata-options.state": "metadata_options.state",
+    "metadata-options.instance-metadata-tags": "metadata_options.instance_metadata_tags",
+}
+
+_original_modify = InstanceBackend.modify_instance_metadata_options
+
+
+def _modify_keeping_unset_fields(
+    self: InstanceBackend,
+    instance_id: str,
+    http_tokens: str | None = None,
+    hop_limit: int | None = None,
+    http_endpoint: str | None = None,
+    dry_run: bool | None = False,
+    http_protocol: str | None = None,
+    metadata_tags: str | None = None,
+) -> MetadataOptions:
+    current = self.get_instance(instance_id).metadata_options  # raises InvalidInstanceID.NotFound like AWS
+
+    def pick(new: Any, old: Any) -> Any:
+        return old if new is None else new
+
+    return _original_modify(
+        self,
+        instance_id,
+        http_tokens=pick(http_tokens, current.http_tokens),
+        hop_limit=pick(hop_limit, current.http_put_response_hop_limit),
+        http_endpoint=pick(http_endpoint, current.http_endpoint),
+        dry_run=dry_run,
+        http_protocol=pick(http_protocol, current.http_protocol_ipv6),
+        metadata_tags=pick(metadata_tags, current.instance_metadata_tags),
+    )
+
+
+def teach_moto() -> None:
+    """Idempotent; call before the first request reaches moto (in the process that runs moto)."""
+    ec2_utils.filter_dict_attribute_mapping.update(METADATA_FILTERS)
+    InstanceBackend.modify_instance_metadata_options = _modify_keeping_unset_fields  # type: ignore[method-assign]

@@ -1,0 +1,50 @@
+"""boto3 clients, created lazily (nothing talks to AWS at import) and cached per container.
+
+Clients honour AWS_ENDPOINT_URL, so the same code runs against AWS, moto in-process or a moto server.
+Tests call `reset_clients()` after changing the environment.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from botocore.config import Config
+
+if TYPE_CHECKING:
+    from mypy_boto3_cloudwatch import CloudWatchClient
+    from mypy_boto3_ec2 import EC2Client
+    from mypy_boto3_sns import SNSClient
+
+# Standard retries back off on throttling (RequestLimitExceeded, Throttling) with jitter; 5 sends in all.
+RETRY_CONFIG = Config(
+    retries={"mode": "standard", "max_attempts": 5},
+    connect_timeout=5,
+    read_timeout=30,
+    user_agent_appid="imds-enforcer",
+)
+
+
+@functools.cache
+def _client(service: str) -> Any:
+    return boto3.session.Session().client(service, config=RETRY_CONFIG)  # type: ignore[call-overload]
+
+
+def ec2() -> EC2Client:
+    client: EC2Client = _client("ec2")
+    return client
+
+
+def cloudwatch() -> CloudWatchClient:
+    client: CloudWatchClient = _client("cloudwatch")
+    return client
+
+
+def sns() -> SNSClient:
+    client: SNSClient = _client("sns")
+    return client
+
+
+def reset_clients() -> None:
+    _client.cache_clear()

@@ -1,0 +1,149 @@
+"""Carry out ModifyPlans: paced modifies, one tag call for everything enforced, a finding for every instance.
+
+Shared by the launch watch and the usage gate, so both follow the same rules (tokens required, hop limit never
+lowered, who/when tags) and report the same way.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from botocore.exceptions import ClientError
+
+from imds_enforcer import ec2
+from imds_enforcer.instances import InstanceFacts
+from imds_enforcer.observability import logger
+from imds_enforcer.policy import ModifyPlan
+from imds_enforcer.report import Action, Finding
+from imds_enforcer.settings import ENFORCED_AT_TAG, ENFORCED_BY_TAG
+
+# Codes that describe the instance, not a fault of ours: report them, let the next event or run try again.
+EXPECTED_ERROR_CODES = frozenset(
+    {
+        "IncorrectInstanceState",
+        "IncorrectState",
+        "InvalidInstanceID.NotFound",
+        "InvalidInstanceID.Malformed",
+        "RequestLimitExceeded",
+        "Throttling",
+        "ThrottlingException",
+        "UnsupportedOperation",
+    }
+)
+
+
+class Pacer:
+    """Token bucket in front of ModifyInstanceMetadataOptions (EC2: a burst of ~100, then ~5 per second)."""
+
+    def __init__(
+        self,
+        *,
+        burst: int,
+        rate_per_second: float,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._capacity = float(burst)
+        self._tokens = float(burst)
+        self._rate = rate_per_second
+        self._clock = clock
+        self._sleep = sleep
+        self._last = clock()
+        self.waited_seconds = 0.0
+
+    def acquire(self) -> None:
+        now = self._clock()
+        self._tokens = min(self._capacity, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        if self._tokens < 1:
+            wait = (1 - self._tokens) / self._rate
+            self._sleep(wait)
+            self.waited_seconds += wait
+            self._tokens = 1.0
+            self._last = self._clock()
+        self._tokens -= 1
+
+
+@dataclass
+class EnforcementOutcome:
+    findings: list[Finding] = field(default_factory=list)
+    enforced: list[str] = field(default_factory=list)
+    deferred: list[InstanceFacts] = field(default_factory=list)
+    unexpected_errors: list[str] = field(default_factory=list)
+
+
+def enforce(
+    plans: Sequence[ModifyPlan],
+    *,
+    enforced_by: str,
+    pacer: Pacer,
+    now: datetime | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    reason_prefix: str = "",
+) -> EnforcementOutcome:
+    """Modify each planned instance; a failure on one never stops the others. Unexpected codes are collected
+    so that the caller can raise after reporting (Lambda's retry and the failure destination then see them)."""
+    outcome = EnforcementOutcome()
+    changed: list[ModifyPlan] = []
+    for plan in plans:
+        if should_stop():
+            outcome.deferred.append(plan.instance)
+            continue
+        pacer.acquire()
+        try:
+            ec2.require_tokens(plan.instance_id, hop_limit=plan.hop_limit)
+        except ClientError as error:
+            outcome.findings.append(_failed(plan.instance_id, error, "ModifyInstanceMetadataOptions"))
+            _note_unexpected(outcome, plan.instance_id, error, "ModifyInstanceMetadataOptions")
+            continue
+        changed.append(plan)
+
+    stamp = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    tag_error: ClientError | None = None
+    if changed:
+        try:
+            ec2.tag_instances(
+                [plan.instance_id for plan in changed], {ENFORCED_AT_TAG: stamp, ENFORCED_BY_TAG: enforced_by}
+            )
+        except ClientError as error:
+            tag_error = error
+            _note_unexpected(outcome, "(tagging)", error, "CreateTags", always=True)
+    for plan in changed:
+        outcome.enforced.append(plan.instance_id)
+        outcome.findings.append(_enforced(plan, stamp, reason_prefix))
+        if tag_error is not None:
+            outcome.findings.append(_failed(plan.instance_id, tag_error, "CreateTags (enforced, but not tagged)"))
+    return outcome
+
+
+def _enforced(plan: ModifyPlan, stamp: str, reason_prefix: str) -> Finding:
+    reason = reason_prefix + "HttpTokens set to required"
+    details = {"enforced_at": stamp, "state": plan.instance.state}
+    if plan.hop_limit is not None:
+        reason += f"; hop limit raised from {plan.instance.hop_limit} to {plan.hop_limit} (container host)"
+        details["hop_limit"] = str(plan.hop_limit)
+    return Finding(resource_id=plan.instance_id, action=Action.ENFORCED, reason=reason, details=details)
+
+
+def _failed(instance_id: str, error: ClientError, operation: str) -> Finding:
+    code = error.response.get("Error", {}).get("Code", "Unknown")
+    message = error.response.get("Error", {}).get("Message", "")
+    attempts = error.response.get("ResponseMetadata", {}).get("RetryAttempts", 0)
+    reason = f"{operation} failed: {code}" + (f" ({message})" if message else "")
+    if attempts:
+        reason += f" after {attempts} retries"
+    return Finding(resource_id=instance_id, action=Action.FAILED, reason=reason, error_code=code)
+
+
+def _note_unexpected(
+    outcome: EnforcementOutcome, instance_id: str, error: ClientError, operation: str, *, always: bool = False
+) -> None:
+    code = error.response.get("Error", {}).get("Code", "Unknown")
+    if always or code not in EXPECTED_ERROR_CODES:
+        logger.error("unexpected AWS error", extra={"operation": operation, "instance_id": instance_id, "code": code})
+        outcome.unexpected_errors.append(f"{operation} {instance_id}: {code}")
+    else:
+        logger.warning("AWS call failed", extra={"operation": operation, "instance_id": instance_id, "code": code})

@@ -1,0 +1,27 @@
+"""Lambda entry point for the launch watch (EventBridge: RunInstances, ModifyInstanceMetadataOptions,
+EC2 state-change pending/running)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.metrics import MetricUnit
+
+from imds_enforcer.deployment import Deployment
+from imds_enforcer.launch import watch_launch
+from imds_enforcer.observability import logger, metrics
+from imds_enforcer.settings import Settings
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.EVENT_BRIDGE, clear_state=True)
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: Any) -> dict[str, object]:
+    settings = Settings.from_env(os.environ)
+    outcome = watch_launch(event, settings=settings, deployment=Deployment.from_context(context))
+    metrics.add_metric(name="EventsIgnored" if outcome.status == "ignored" else "EventsProcessed",
+                       unit=MetricUnit.Count, value=1)
+    for finding in outcome.findings:
+        metrics.add_metric(name=f"Instances_{finding.action.value}", unit=MetricUnit.Count, value=1)
+    return outcome.summary()

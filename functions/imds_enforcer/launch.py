@@ -1,0 +1,104 @@
+"""The launch watch: look at the instances an event names and flag, fix or exempt each one that accepts IMDSv1."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from imds_enforcer import ec2
+from imds_enforcer.deployment import Deployment
+from imds_enforcer.enforcement import Pacer, enforce
+from imds_enforcer.events import Ignored, LaunchTrigger, TriggerKind, read_launch_event
+from imds_enforcer.observability import logger
+from imds_enforcer.policy import ModifyPlan, launch_decision
+from imds_enforcer.report import Action, Finding, Report
+from imds_enforcer.settings import Settings
+from imds_enforcer.sns import publish_report
+
+ENFORCED_BY = "launch_watch"
+TRIGGER = "launch"
+
+
+class UnexpectedAwsError(RuntimeError):
+    """Raised after the report is out, so Lambda's retry and the failure destination see the fault."""
+
+
+@dataclass
+class LaunchOutcome:
+    status: str  # "ignored" or "processed"
+    reason: str = ""
+    findings: list[Finding] = field(default_factory=list)
+    message_ids: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "status": self.status,
+            "reason": self.reason,
+            "findings": [finding.model_dump(mode="json", exclude_none=True) for finding in self.findings],
+            "published": len(self.message_ids),
+        }
+
+
+def watch_launch(raw_event: object, *, settings: Settings, deployment: Deployment) -> LaunchOutcome:
+    trigger = read_launch_event(
+        raw_event,
+        account=deployment.account,
+        region=deployment.region,
+        service_role_prefix=settings.SERVICE_ROLE_PREFIX,
+    )
+    if isinstance(trigger, Ignored):
+        logger.info("event ignored", extra={"reason": trigger.reason, "event_id": trigger.event_id})
+        return LaunchOutcome(status="ignored", reason=trigger.reason)
+    if trigger.rejected_ids:
+        logger.warning("event names invalid instance ids", extra={"ids": list(trigger.rejected_ids)})
+    logger.info("event accepted", extra={"kind": trigger.kind.value, "instances": list(trigger.instance_ids)})
+
+    findings, plans = _decide(trigger, settings)
+    outcome = enforce(
+        plans,
+        enforced_by=ENFORCED_BY,
+        pacer=Pacer(burst=settings.MODIFY_BURST, rate_per_second=settings.MODIFY_RATE_PER_SECOND),
+        reason_prefix="regression to optional undone: " if trigger.kind is TriggerKind.REGRESSION else "",
+    )
+    findings.extend(outcome.findings)
+    report = Report(
+        account=deployment.account,
+        region=deployment.region,
+        trigger=TRIGGER,
+        mode=settings.ENFORCEMENT_MODE.value,
+        source_event_id=trigger.event_id,
+        totals={"instances_in_event": len(trigger.instance_ids), "enforced": len(outcome.enforced)},
+        findings=findings,
+    )
+    message_ids = publish_report(report, topic_arn=settings.REPORT_TOPIC_ARN)
+    if outcome.unexpected_errors:
+        raise UnexpectedAwsError("; ".join(outcome.unexpected_errors))
+    return LaunchOutcome(status="processed", findings=findings, message_ids=message_ids)
+
+
+def _decide(trigger: LaunchTrigger, settings: Settings) -> tuple[list[Finding], list[ModifyPlan]]:
+    described = {facts.instance_id: facts for facts in ec2.describe_by_ids(trigger.instance_ids)}
+    findings: list[Finding] = []
+    plans: list[ModifyPlan] = []
+    for instance_id in trigger.instance_ids:
+        facts = described.get(instance_id)
+        if facts is None:
+            findings.append(
+                Finding(
+                    resource_id=instance_id,
+                    action=Action.FAILED,
+                    error_code="InvalidInstanceID.NotFound",
+                    reason="DescribeInstances does not list it (not yet visible, or already gone); "
+                    "its running state-change event will look again",
+                )
+            )
+            continue
+        decision = launch_decision(facts, settings)
+        if isinstance(decision, Finding):
+            if trigger.kind is TriggerKind.REGRESSION:
+                decision = decision.model_copy(update={"reason": "set back to optional: " + decision.reason})
+            findings.append(decision)
+        elif isinstance(decision, ModifyPlan):
+            plans.append(decision)
+        else:
+            logger.info("nothing to do", extra={"instance_id": instance_id, "tokens": facts.http_tokens})
+    return findings, plans

@@ -1,0 +1,91 @@
+"""Runtime settings: one pydantic model whose field names are the environment variable names.
+
+Read when a handler is called (never at import), and used by the CDK app at synth time to validate the
+environment it gives each Lambda, so a bad value fails early with the variable's name in the message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+SERVICE_TAG_PREFIX = "imdsv2-enforcer:"
+ENFORCED_AT_TAG = "imdsv2-enforcer:enforced-at"
+ENFORCED_BY_TAG = "imdsv2-enforcer:enforced-by"
+
+
+class EnforcementMode(StrEnum):
+    FLAG = "flag"
+    FIX = "fix"
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class SettingsError(ValueError):
+    """A setting is missing or invalid; the message names the environment variable."""
+
+
+class Settings(BaseModel):
+    """Every setting has a safe default: a handler runs with none of them set (flag mode, no changes)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", str_strip_whitespace=True)
+
+    ENFORCEMENT_MODE: EnforcementMode = EnforcementMode.FLAG
+    REPORT_TOPIC_ARN: Annotated[str, Field(pattern=r"^(arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256})?$")] = ""
+    LOOKBACK_DAYS: Annotated[int, Field(ge=1, le=455)] = 14
+    EXEMPT_TAG_KEY: Annotated[str, Field(min_length=1, max_length=128)] = "imdsv2-exempt"
+    ROLLBACK_ON_REJECTED: bool = False
+    SLACK_WEBHOOK_SECRET: str = ""
+    # Extra tag keys (beyond the built-in EKS/ECS/Kubernetes ones) that mark a container host.
+    CONTAINER_HOST_TAG_KEYS: tuple[str, ...] = ()
+    # Calls made by a principal whose role or session name starts with this prefix are our own (rollbacks).
+    SERVICE_ROLE_PREFIX: str = ""
+    # The usage gate.
+    WATCH_DAYS: Annotated[int, Field(ge=1, le=63)] = 14
+    COVERAGE_MIN_RATIO: Annotated[float, Field(gt=0, le=1)] = 0.9
+    SET_ACCOUNT_DEFAULT: bool = False
+    MODIFY_BURST: Annotated[int, Field(ge=1, le=100)] = 100
+    MODIFY_RATE_PER_SECOND: Annotated[float, Field(gt=0, le=100)] = 5.0
+    DEADLINE_MARGIN_SECONDS: Annotated[int, Field(ge=5, le=600)] = 60
+
+    @field_validator("CONTAINER_HOST_TAG_KEYS", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @property
+    def fix(self) -> bool:
+        return self.ENFORCEMENT_MODE is EnforcementMode.FIX
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Build from an environment mapping; unknown variables are ignored, empty ones mean the default."""
+        names = cls.model_fields.keys()
+        values = {name: environ[name] for name in names if environ.get(name, "").strip() != ""}
+        try:
+            return cls.model_validate(values)
+        except ValidationError as error:
+            problems = "; ".join(
+                f"{'.'.join(str(part) for part in issue['loc'])}={issue.get('input')!r}: {issue['msg']}"
+                for issue in error.errors()
+            )
+            raise SettingsError(f"invalid setting: {problems}") from None
+
+    def to_env(self) -> dict[str, str]:
+        """The environment variables that reproduce these settings (for the CDK app)."""
+        env: dict[str, str] = {}
+        for name, value in self.model_dump(mode="json").items():
+            if isinstance(value, list):
+                env[name] = ",".join(str(item) for item in value)
+            elif isinstance(value, bool):
+                env[name] = "true" if value else "false"
+            else:
+                env[name] = str(value)
+        return env

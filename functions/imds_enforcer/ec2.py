@@ -36,7 +36,7 @@ def iter_instances(filters: Sequence[FilterTypeDef], *, page_size: int = PAGE_SI
     for page in pages:
         for reservation in page.get("Reservations", []):
             for item in reservation.get("Instances", []):
-                yield InstanceFacts.from_api(item)  # type: ignore[arg-type]
+                yield InstanceFacts.from_api(item)
 
 
 def require_tokens(instance_id: str, *, hop_limit: int | None) -> None:
@@ -58,3 +58,21 @@ def tag_instances(instance_ids: Iterable[str], tags: Mapping[str, str]) -> None:
     tag_list = [{"Key": key, "Value": value} for key, value in tags.items()]
     for chunk in _chunks(ids, TAG_RESOURCES_LIMIT):
         clients.ec2().create_tags(Resources=list(chunk), Tags=tag_list)  # type: ignore[arg-type]
+
+
+# The account default (the usage gate's last step). Added after the launch watch's functions, unchanged above.
+
+if TYPE_CHECKING:
+    from mypy_boto3_ec2.type_defs import InstanceMetadataDefaultsResponseTypeDef
+
+
+def instance_metadata_defaults() -> InstanceMetadataDefaultsResponseTypeDef:
+    """The account-level IMDS defaults of this region (an empty mapping when none were ever set)."""
+    return clients.ec2().get_instance_metadata_defaults().get("AccountLevel", {})
+
+
+def require_tokens_by_default() -> None:
+    """HttpTokens=required for instances launched without an explicit choice. Only that field is sent: the hop
+    limit, endpoint and tags settings keep their values, and `HttpTokensEnforced` (which makes a launch that asks
+    for optional fail) is left to the guardrails step: exempt workloads may still launch that way."""
+    clients.ec2().modify_instance_metadata_defaults(HttpTokens="required")

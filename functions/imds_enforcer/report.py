@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
-SCHEMA_ID = "imds-enforcer/report/v1"
+SCHEMA_ID: Literal["imds-enforcer/report/v1"] = "imds-enforcer/report/v1"
 # SNS allows 256 KiB for the body and the attributes together; keep a margin for attributes and subject.
 MAX_MESSAGE_BYTES = 240 * 1024
 SUBJECT_LIMIT = 100

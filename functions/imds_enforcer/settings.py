@@ -38,7 +38,9 @@ class Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore", str_strip_whitespace=True)
 
     ENFORCEMENT_MODE: EnforcementMode = EnforcementMode.FLAG
-    REPORT_TOPIC_ARN: Annotated[str, Field(pattern=r"^(arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256})?$")] = ""
+    REPORT_TOPIC_ARN: Annotated[
+        str, Field(pattern=r"^(arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256})?$")
+    ] = ""
     LOOKBACK_DAYS: Annotated[int, Field(ge=1, le=455)] = 14
     EXEMPT_TAG_KEY: Annotated[str, Field(min_length=1, max_length=128)] = "imdsv2-exempt"
     ROLLBACK_ON_REJECTED: bool = False

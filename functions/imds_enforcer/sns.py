@@ -12,7 +12,9 @@ def publish_report(report: Report, *, topic_arn: str) -> list[str]:
     messages = render_messages(report)
     if messages and not topic_arn:
         # Never quiet: without a topic the report still reaches the logs in full.
-        logger.warning("REPORT_TOPIC_ARN is not set: report written to the log only", extra={"report": report.to_json()})
+        logger.warning(
+            "REPORT_TOPIC_ARN is not set: report written to the log only", extra={"report": report.to_json()}
+        )
         return []
     message_ids = []
     for message in messages:

@@ -90,8 +90,13 @@ def tags_of(instance_id: str) -> dict[str, str]:
 
 
 def state_change_event(
-    instance_id: str, state: str = "running", *, account: str = "123456789012", region: str = "us-east-1",
-    event_id: str = "7bf73129-1428-4cd3-a780-95db273d1602", id_key: str = "instance-id",
+    instance_id: str,
+    state: str = "running",
+    *,
+    account: str = "123456789012",
+    region: str = "us-east-1",
+    event_id: str = "7bf73129-1428-4cd3-a780-95db273d1602",
+    id_key: str = "instance-id",
 ) -> dict[str, Any]:
     """An `EC2 Instance State-change Notification` as EventBridge delivers it."""
     return {
@@ -108,7 +113,10 @@ def state_change_event(
 
 
 def run_instances_event(
-    instance_ids: list[str], *, account: str = "123456789012", region: str = "us-east-1",
+    instance_ids: list[str],
+    *,
+    account: str = "123456789012",
+    region: str = "us-east-1",
     event_id: str = "3a1b2c3d-0000-4000-8000-000000000001",
 ) -> dict[str, Any]:
     """A CloudTrail RunInstances record in its EventBridge envelope, shaped like the 2024 samples."""
@@ -146,8 +154,13 @@ def run_instances_event(
 
 
 def modify_options_event(
-    instance_id: str, tokens: str = "optional", *, caller_role: str = "PlatformAdmin",
-    account: str = "123456789012", region: str = "us-east-1", error_code: str | None = None,
+    instance_id: str,
+    tokens: str = "optional",
+    *,
+    caller_role: str = "PlatformAdmin",
+    account: str = "123456789012",
+    region: str = "us-east-1",
+    error_code: str | None = None,
 ) -> dict[str, Any]:
     """A CloudTrail ModifyInstanceMetadataOptions record: PascalCase request keys, as CloudTrail records them."""
     detail: dict[str, Any] = {
@@ -161,8 +174,12 @@ def modify_options_event(
             "arn": f"arn:aws:sts::{account}:assumed-role/{caller_role}/session",
             "sessionContext": {"sessionIssuer": {"type": "Role", "userName": caller_role}},
         },
-        "requestParameters": {"ModifyInstanceMetadataOptionsRequest": {"HttpTokens": tokens, "InstanceId": instance_id}},
-        "responseElements": None if error_code else {"ModifyInstanceMetadataOptionsResponse": {"instanceId": instance_id}},
+        "requestParameters": {
+            "ModifyInstanceMetadataOptionsRequest": {"HttpTokens": tokens, "InstanceId": instance_id}
+        },
+        "responseElements": None
+        if error_code
+        else {"ModifyInstanceMetadataOptionsResponse": {"instanceId": instance_id}},
     }
     if error_code:
         detail["errorCode"] = error_code

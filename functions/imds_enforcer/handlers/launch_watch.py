@@ -20,8 +20,9 @@ from imds_enforcer.settings import Settings
 def handler(event: dict[str, Any], context: Any) -> dict[str, object]:
     settings = Settings.from_env(os.environ)
     outcome = watch_launch(event, settings=settings, deployment=Deployment.from_context(context))
-    metrics.add_metric(name="EventsIgnored" if outcome.status == "ignored" else "EventsProcessed",
-                       unit=MetricUnit.Count, value=1)
+    metrics.add_metric(
+        name="EventsIgnored" if outcome.status == "ignored" else "EventsProcessed", unit=MetricUnit.Count, value=1
+    )
     for finding in outcome.findings:
         metrics.add_metric(name=f"Instances_{finding.action.value}", unit=MetricUnit.Count, value=1)
     return outcome.summary()

@@ -1,0 +1,451 @@
+"""The launch watch end to end under moto: real boto3 calls, real handler, reports read back from the topic."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from botocore.retries.standard import ExponentialBackoff
+
+from imds_enforcer import clients
+from imds_enforcer.handlers.launch_watch import handler
+from imds_enforcer.launch import UnexpectedAwsError
+from imds_enforcer.settings import ENFORCED_AT_TAG, ENFORCED_BY_TAG, SettingsError
+from tests.support.aws import (
+    ReportInbox,
+    launch,
+    make_inbox,
+    metadata_options,
+    modify_options_event,
+    run_instances_event,
+    state_change_event,
+    tags_of,
+)
+from tests.support.context import FakeLambdaContext
+from tests.support.faults import CallCounter, Fault, ec2_error, inject
+
+pytestmark = pytest.mark.usefixtures("aws")
+
+
+@pytest.fixture
+def fix_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENFORCEMENT_MODE", "fix")
+
+
+@pytest.fixture
+def retry_delays(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Real retries, without the real back-off sleeps: records each retry's attempt number instead."""
+    attempts: list[int] = []
+
+    def no_delay(self: ExponentialBackoff, context: Any) -> float:
+        attempts.append(context.attempt_number)
+        return 0.0
+
+    monkeypatch.setattr(ExponentialBackoff, "delay_amount", no_delay)
+    return attempts
+
+
+def findings_of(inbox: ReportInbox) -> list[dict[str, Any]]:
+    return [finding for message in inbox.drain() for finding in message.report["findings"]]
+
+
+# --- flag mode -------------------------------------------------------------------------------------------------
+
+
+def test_flag_mode_reports_and_changes_nothing(inbox: ReportInbox, lambda_context: FakeLambdaContext) -> None:
+    # Given a freshly launched instance that accepts IMDSv1
+    [instance_id] = launch(tags={"Name": "web-1"})
+
+    # When its RunInstances event arrives in flag mode (the default)
+    result = handler(run_instances_event([instance_id]), lambda_context)
+
+    # Then it is flagged, left as it was, and the report says so
+    assert [f["action"] for f in result["findings"]] == ["flagged"]
+    assert metadata_options(instance_id)["HttpTokens"] == "optional"
+    assert ENFORCED_AT_TAG not in tags_of(instance_id)
+    [message] = inbox.drain()
+    assert message.attributes["action"] == "flagged"
+    assert message.attributes["severity"] == "warning"
+    assert message.attributes["trigger"] == "launch"
+    assert message.subject == "IMDSv2: 1 flagged in 123456789012/us-east-1"
+    assert message.report["mode"] == "flag"
+    assert message.report["findings"][0]["resource_id"] == instance_id
+
+
+# --- fix mode --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("fix_mode")
+def test_fix_mode_requires_tokens_keeps_endpoint_and_hop_limit_and_tags(
+    inbox: ReportInbox, lambda_context: FakeLambdaContext
+) -> None:
+    # Given an ordinary instance and one whose metadata endpoint is disabled
+    [plain] = launch(hop_limit=1)
+    [endpoint_off] = launch(hop_limit=3, endpoint="disabled")
+
+    # When the launch event arrives in fix mode
+    handler(run_instances_event([plain, endpoint_off]), lambda_context)
+
+    # Then both require tokens, nothing else moved, and each says who enforced it and when
+    assert metadata_options(plain) | {} == metadata_options(plain)
+    assert metadata_options(plain)["HttpTokens"] == "required"
+    assert metadata_options(plain)["HttpPutResponseHopLimit"] == 1
+    assert metadata_options(endpoint_off)["HttpTokens"] == "required"
+    assert metadata_options(endpoint_off)["HttpEndpoint"] == "disabled"
+    assert metadata_options(endpoint_off)["HttpPutResponseHopLimit"] == 3
+    for instance_id in (plain, endpoint_off):
+        tags = tags_of(instance_id)
+        assert tags[ENFORCED_BY_TAG] == "launch_watch"
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", tags[ENFORCED_AT_TAG])
+    [message] = inbox.drain()
+    assert message.report["counts"] == {"enforced": 2}
+    assert message.attributes == message.attributes | {"action": "enforced", "severity": "info", "mode": "fix"}
+
+
+@pytest.mark.usefixtures("fix_mode")
+def test_exempt_instance_is_reported_and_untouched(inbox: ReportInbox, lambda_context: FakeLambdaContext) -> None:
+    [instance_id] = launch(tags={"imdsv2-exempt": "vendor appliance, ticket SEC-42"})
+
+    handler(state_change_event(instance_id, "running"), lambda_context)
+
+    assert metadata_options(instance_id)["HttpTokens"] == "optional"
+    [finding] = findings_of(inbox)
+    assert finding["action"] == "exempt"
+    assert "SEC-42" in finding["reason"]
+
+
+@pytest.mark.usefixtures("fix_mode")
+def test_custom_exemption_tag_key(
+    inbox: ReportInbox, lambda_context: FakeLambdaContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EXEMPT_TAG_KEY", "legacy-imds")
+    [exempt] = launch(tags={"legacy-imds": "yes"})
+    [default_tag] = launch(tags={"imdsv2-exempt": "not the configured key"})
+
+    handler(run_instances_event([exempt, default_tag]), lambda_context)
+
+    assert metadata_options(exempt)["HttpTokens"] == "optional"
+    assert metadata_options(default_tag)["HttpTokens"] == "required"
+
+
+@pytest.mark.usefixtures("fix_mode")
+@pytest.mark.parametrize(
+    ("tags", "hop_before", "hop_after"),
+    [
+        ({"eks:cluster-name": "prod"}, 1, 2),
+        ({"kubernetes.io/cluster/prod": "owned"}, 1, 2),
+        ({"AmazonECSManaged": ""}, 1, 2),
+        ({"eks:cluster-name": "prod"}, 4, 4),  # never lowered
+        ({"Name": "not a container host"}, 1, 1),
+    ],
+)
+def test_container_hosts_get_a_hop_limit_of_two(
+    inbox: ReportInbox, lambda_context: FakeLambdaContext, tags: dict[str, str], hop_before: int, hop_after: int
+) -> None:
+    [instance_id] = launch(tags=tags, hop_limit=hop_before)
+
+    handler(state_change_event(instance_id), lambda_context)
+
+    options = metadata_options(instance_id)
+    assert (options["HttpTokens"], options["HttpPutResponseHopLimit"]) == ("required", hop_after)
+    [finding] = findings_of(inbox)
+    assert ("hop limit raised from 1 to 2" in finding["reason"]) == (hop_before != hop_after)
+
+
+@pytest.mark.usefixtures("fix_mode")
+def test_configured_container_host_tag(
+    inbox: ReportInbox, lambda_context: FakeLambdaContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONTAINER_HOST_TAG_KEYS", "nomad-client")
+    [instance_id] = launch(tags={"nomad-client": "true"})
+    handler(state_change_event(instance_id), lambda_context)
+    assert metadata_options(instance_id)["HttpPutResponseHopLimit"] == 2
+
+
+@pytest.mark.usefixtures("fix_mode")
+def test_regression_to_optional_is_undone(inbox: ReportInbox, lambda_context: FakeLambdaContext) -> None:
+    # Given an instance that someone switched back to optional after it was compliant
+    [instance_id] = launch(tokens="required")
+    boto3.client("ec2").modify_instance_metadata_options(InstanceId=instance_id, HttpTokens="optional")
+
+    # When CloudTrail's ModifyInstanceMetadataOptions event arrives
+    handler(modify_options_event(instance_id, "optional", caller_role="PlatformAdmin"), lambda_context)
+
+    # Then it is required again, and the report says it was a regression
+    assert metadata_options(instance_id)["HttpTokens"] == "required"
+    [finding] = findings_of(inbox)
+    assert finding["action"] == "enforced"
+    assert finding["reason"].startswith("regression to optional undone")
+
+
+@pytest.mark.usefixtures("fix_mode")
+def test_rollback_by_the_service_itself_is_left_alone(
+    inbox: ReportInbox, lambda_context: FakeLambdaContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SERVICE_ROLE_PREFIX", "ImdsEnforcer-us-east-1")
+    [instance_id] = launch()
+
+    result = handler(
+        modify_options_event(instance_id, caller_role="ImdsEnforcer-us-east-1-UsageGateRole-ABC"), lambda_context
+    )
+
+    assert result["status"] == "ignored"
+    assert metadata_options(instance_id)["HttpTokens"] == "optional"
+    assert inbox.drain() == []
+
+
+@pytest.mark.usefixtures("fix_mode")
+def test_duplicate_delivery_changes_and_reports_nothing_the_second_time(
+    inbox: ReportInbox, lambda_context: FakeLambdaContext
+) -> None:
+    [instance_id] = launch()
+    event = run_instances_event([instance_id])
+
+    handler(event, lambda_context)
+    enforced_at = tags_of(instance_id)[ENFORCED_AT_TAG]
+    first = inbox.drain()
+    second_result = handler(copy.deepcopy(event), lambda_context)
+
+    assert [f["action"] for m in first for f in m.report["findings"]] == ["enforced"]
+    assert second_result["findings"] == []
+    assert inbox.drain() == []
+    assert tags_of(instance_id)[ENFORCED_AT_TAG] == enforced_at
+
+
+@pytest.mark.usefixtures("fix_mode")
+def test_already_required_instances_publish_nothing(inbox: ReportInbox, lambda_context: FakeLambdaContext) -> None:
+    ids = launch(tokens="required", count=2)
+    result = handler(run_instances_event(ids), lambda_context)
+    assert result == {"status": "processed", "reason": "", "findings": [], "published": 0}
+    assert inbox.drain() == []
+
+
+@pytest.mark.usefixtures("fix_mode")
+def test_foreign_account_event_changes_nothing(inbox: ReportInbox, lambda_context: FakeLambdaContext) -> None:
+    [instance_id] = launch()
+    result = handler(run_instances_event([instance_id], account="210987654321"), lambda_context)
+    assert result["status"] == "ignored"
+    assert "210987654321" in str(result["reason"])
+    assert metadata_options(instance_id)["HttpTokens"] == "optional"
+    assert inbox.drain() == []
+
+
+@pytest.mark.usefixtures("fix_mode")
+def test_mixed_event_reports_every_instance(inbox: ReportInbox, lambda_context: FakeLambdaContext) -> None:
+    [optional] = launch()
+    [exempt] = launch(tags={"imdsv2-exempt": "yes"})
+    [required] = launch(tokens="required")
+    missing = "i-0123456789abcdef0"
+
+    handler(run_instances_event([optional, exempt, required, missing]), lambda_context)
+
+    by_id = {f["resource_id"]: f for f in findings_of(inbox)}
+    assert by_id[optional]["action"] == "enforced"
+    assert by_id[exempt]["action"] == "exempt"
+    assert by_id[missing]["action"] == "failed"
+    assert by_id[missing]["error_code"] == "InvalidInstanceID.NotFound"
+    assert required not in by_id
+
+
+# --- failures --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("fix_mode")
+def test_pending_instance_fails_then_running_event_gives_a_second_chance(
+    inbox: ReportInbox, lambda_context: FakeLambdaContext, retry_delays: list[int]
+) -> None:
+    # Given an instance still pending, which EC2 will not modify yet
+    [instance_id] = launch()
+    fault = inject(clients.ec2(), "ModifyInstanceMetadataOptions", Fault(ec2_error("IncorrectInstanceState"), times=1))
+
+    # When the pending event arrives, then the running event
+    first = handler(state_change_event(instance_id, "pending"), lambda_context)
+    second = handler(state_change_event(instance_id, "running"), lambda_context)
+
+    # Then the first reports the failure with its code, and the second enforces it
+    assert [(f["action"], f.get("error_code")) for f in first["findings"]] == [("failed", "IncorrectInstanceState")]
+    assert [f["action"] for f in second["findings"]] == ["enforced"]
+    assert metadata_options(instance_id)["HttpTokens"] == "required"
+    assert fault.injected == 1
+    messages = inbox.drain()
+    assert [m.attributes["severity"] for m in messages] == ["high", "info"]
+
+
+@pytest.mark.usefixtures("fix_mode")
+def test_instance_gone_between_describe_and_modify(
+    inbox: ReportInbox, lambda_context: FakeLambdaContext, retry_delays: list[int]
+) -> None:
+    [gone, fine] = launch(count=2)
+    inject(
+        clients.ec2(),
+        "ModifyInstanceMetadataOptions",
+        Fault(ec2_error("InvalidInstanceID.NotFound", f"The instance ID '{gone}' does not exist"), only_for=gone),
+    )
+
+    result = handler(run_instances_event([gone, fine]), lambda_context)
+
+    actions = {f["resource_id"]: (f["action"], f.get("error_code")) for f in result["findings"]}
+    assert actions == {gone: ("failed", "InvalidInstanceID.NotFound"), fine: ("enforced", None)}
+    assert metadata_options(fine)["HttpTokens"] == "required"
+
+
+@pytest.mark.usefixtures("fix_mode")
+def test_throttling_is_retried_then_succeeds(
+    inbox: ReportInbox, lambda_context: FakeLambdaContext, retry_delays: list[int]
+) -> None:
+    [instance_id] = launch()
+    fault = inject(
+        clients.ec2(), "ModifyInstanceMetadataOptions", Fault(ec2_error("RequestLimitExceeded", status=503), times=2)
+    )
+
+    result = handler(state_change_event(instance_id), lambda_context)
+
+    assert [f["action"] for f in result["findings"]] == ["enforced"]
+    assert fault.sends == 3
+    assert retry_delays == [1, 2]
+
+
+@pytest.mark.usefixtures("fix_mode")
+def test_throttling_after_all_retries_is_a_failed_finding_not_a_crash(
+    inbox: ReportInbox, lambda_context: FakeLambdaContext, retry_delays: list[int]
+) -> None:
+    [throttled, other] = launch(count=2)
+    fault = inject(
+        clients.ec2(),
+        "ModifyInstanceMetadataOptions",
+        Fault(ec2_error("RequestLimitExceeded", status=503), only_for=throttled),
+    )
+
+    result = handler(run_instances_event([throttled, other]), lambda_context)
+
+    by_id = {f["resource_id"]: f for f in result["findings"]}
+    assert by_id[throttled]["error_code"] == "RequestLimitExceeded"
+    assert "after 5 retries" in by_id[throttled]["reason"]
+    assert by_id[other]["action"] == "enforced"
+    assert fault.injected == 6  # 1 send + 5 retries (standard mode; max_attempts counts retries here)
+    assert metadata_options(throttled)["HttpTokens"] == "optional"
+
+
+@pytest.mark.usefixtures("fix_mode")
+def test_unexpected_error_is_reported_then_raised_for_lambda_retry(
+    inbox: ReportInbox, lambda_context: FakeLambdaContext
+) -> None:
+    [denied, fine] = launch(count=2)
+    inject(clients.ec2(), "ModifyInstanceMetadataOptions", Fault(ec2_error("UnauthorizedOperation"), only_for=denied))
+
+    with pytest.raises(UnexpectedAwsError, match="UnauthorizedOperation"):
+        handler(run_instances_event([denied, fine]), lambda_context)
+
+    # the report still went out, with the other instance enforced
+    by_id = {f["resource_id"]: f for f in findings_of(inbox)}
+    assert by_id[denied]["error_code"] == "UnauthorizedOperation"
+    assert by_id[fine]["action"] == "enforced"
+
+
+@pytest.mark.usefixtures("fix_mode")
+def test_describe_failure_raises_and_changes_nothing(
+    inbox: ReportInbox, lambda_context: FakeLambdaContext, retry_delays: list[int]
+) -> None:
+    [instance_id] = launch()
+    inject(clients.ec2(), "DescribeInstances", Fault(ec2_error("InternalError", status=500)))
+
+    with pytest.raises(ClientError, match="InternalError"):
+        handler(state_change_event(instance_id), lambda_context)
+
+    assert metadata_options(instance_id)["HttpTokens"] == "optional"
+    assert inbox.drain() == []
+
+
+def test_bad_setting_fails_loudly_naming_the_variable(
+    lambda_context: FakeLambdaContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ENFORCEMENT_MODE", "enforce")
+    with pytest.raises(SettingsError, match="ENFORCEMENT_MODE"):
+        handler(state_change_event("i-0abc"), lambda_context)
+
+
+# --- API calls -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("fix_mode")
+def test_fifty_instances_take_one_describe_one_tag_call_and_one_publish(
+    inbox: ReportInbox, lambda_context: FakeLambdaContext
+) -> None:
+    ids = launch(count=50)
+    counter = CallCounter().attach(clients.ec2(), clients.sns())
+
+    handler(run_instances_event(ids), lambda_context)
+
+    assert counter.calls == {
+        "DescribeInstances": 1,
+        "ModifyInstanceMetadataOptions": 50,
+        "CreateTags": 1,
+        "Publish": 1,
+    }
+    assert all(metadata_options(i)["HttpTokens"] == "required" for i in ids)
+
+
+# --- the real payloads -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sample_events(samples_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(path.read_text()) for path in sorted((samples_dir / "events").glob("*.json"))]
+
+
+@pytest.mark.usefixtures("fix_mode")
+def test_every_sample_event_is_handled_without_an_exception(
+    sample_events: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for event in sample_events:
+        # Given the function deployed in the event's own account and region
+        region = event["region"] if re.fullmatch(r"[a-z]{2}-[a-z]+-\d", event["region"]) else "us-east-1"
+        monkeypatch.setenv("AWS_DEFAULT_REGION", region)
+        monkeypatch.setenv("AWS_REGION", region)
+        clients.reset_clients()
+        box = make_inbox(f"reports-{event['id'][:8]}")
+        monkeypatch.setenv("REPORT_TOPIC_ARN", box.topic_arn)
+        context = FakeLambdaContext(account=event["account"], region=event["region"])
+
+        # When it is delivered
+        result = handler(event, context)
+
+        # Then it is either ignored with a reason, or every instance it names is in the report
+        if result["status"] == "ignored":
+            assert result["reason"]
+            assert box.drain() == []
+        else:
+            named = {i["instanceId"] for i in event["detail"]["responseElements"]["instancesSet"]["items"]}
+            reported = {f["resource_id"] for m in box.drain() for f in m.report["findings"]}
+            assert reported == named  # not in this account: each one a `failed` NotFound finding
+
+
+@pytest.mark.usefixtures("fix_mode")
+def test_real_console_launch_of_two_instances_is_enforced(
+    samples_dir: Path, inbox: ReportInbox, lambda_context: FakeLambdaContext
+) -> None:
+    # Given the recorded 2024 console launch, with its two instances standing in for instances in this account
+    sample = json.loads(
+        (
+            samples_dir / "events" / "cloudtrail_runinstances_2-instances_sso-role_console-useragent_2024.json"
+        ).read_text()
+    )
+    ids = launch(count=2)
+    event = copy.deepcopy(sample)
+    event.update(account=lambda_context.account, region=lambda_context.region)
+    event["detail"].update(recipientAccountId=lambda_context.account, awsRegion=lambda_context.region)
+    for item, instance_id in zip(event["detail"]["responseElements"]["instancesSet"]["items"], ids, strict=True):
+        item["instanceId"] = instance_id
+
+    # When it is delivered in fix mode
+    handler(event, lambda_context)
+
+    # Then both instances require tokens
+    assert [metadata_options(i)["HttpTokens"] for i in ids] == ["required", "required"]
+    assert {f["resource_id"] for f in findings_of(inbox)} == set(ids)

@@ -1,0 +1,81 @@
+"""Inject AWS faults below the retry layer, so botocore's real retries happen (see LOCAL-AWS-NOTES.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from botocore.awsrequest import AWSResponse
+
+
+class _Body:
+    def __init__(self, content: bytes) -> None:
+        self._content = content
+
+    def stream(self, **_: Any) -> Iterator[bytes]:
+        yield self._content
+
+
+def ec2_error(code: str, message: str = "injected fault", status: int = 400) -> AWSResponse:
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        f"<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors>"
+        "<RequestID>00000000-0000-0000-0000-000000000000</RequestID></Response>"
+    ).encode()
+    return AWSResponse("https://ec2.amazonaws.com/", status, {"Content-Type": "text/xml"}, _Body(body))
+
+
+def cloudwatch_error(code: str, message: str = "injected fault", status: int = 400) -> AWSResponse:
+    body = f'{{"__type": "{code}", "message": "{message}"}}'.encode()
+    headers = {"Content-Type": "application/x-amz-json-1.0", "x-amzn-query-error": f"{code};Sender"}
+    return AWSResponse("https://monitoring.amazonaws.com/", status, headers, _Body(body))
+
+
+@dataclass
+class Fault:
+    """Answers the first `times` sends of an operation with an error (None: every send); then lets moto answer."""
+
+    response: AWSResponse
+    times: int | None = None
+    only_for: str | None = None  # a substring of the request body, e.g. an instance id
+    sends: int = 0
+    injected: int = 0
+    bodies: list[bytes] = field(default_factory=list)
+
+    def __call__(self, request: Any, **_: Any) -> AWSResponse | None:
+        self.sends += 1
+        body = request.body if isinstance(request.body, bytes) else str(request.body or "").encode()
+        self.bodies.append(body)
+        if self.only_for is not None and self.only_for.encode() not in body:
+            return None
+        if self.times is not None and self.injected >= self.times:
+            return None
+        self.injected += 1
+        # In-process moto answers every before-send too (botocore emits to all handlers and takes the first
+        # response); pointing this one request elsewhere keeps moto from also applying it.
+        request.url = "https://fault-injection.invalid/"
+        return self.response
+
+
+def inject(client: Any, operation: str, fault: Fault) -> Fault:
+    service = client.meta.service_model.service_name
+    if service == "monitoring":
+        service = "cloudwatch"
+    client.meta.events.register_first(f"before-send.{service}.{operation}", fault)
+    return fault
+
+
+@dataclass
+class CallCounter:
+    """Counts API calls per operation (one per call, not per retry)."""
+
+    calls: dict[str, int] = field(default_factory=dict)
+
+    def __call__(self, model: Any, **_: Any) -> None:
+        self.calls[model.name] = self.calls.get(model.name, 0) + 1
+
+    def attach(self, *clients: Any) -> CallCounter:
+        for client in clients:
+            client.meta.events.register("before-call", self)
+        return self

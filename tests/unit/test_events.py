@@ -1,0 +1,204 @@
+"""Reading incoming events: every real payload in ../shared/aws-samples/events, and our own edge cases."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from imds_enforcer.events import Ignored, LaunchTrigger, TriggerKind, read_launch_event
+from tests.support.aws import modify_options_event, run_instances_event, state_change_event
+
+ACCOUNT = "123456789012"
+REGION = "us-east-1"
+
+# What each real payload asks of the launch watch, read in its own account and region.
+SAMPLE_EXPECTATIONS: dict[str, tuple[str, Any]] = {
+    "cloudtrail-serviceevent_bidfulfilledevent_spot_awsserviceevent.json": ("ignored", "detail-type"),
+    "cloudtrail_modifyinstancemetadataoptions_error-invalidparametervalue_prewrapped.json": ("ignored", "aws.sqs"),
+    "cloudtrail_runinstances_2-instances_sso-role_console-useragent_2024.json": (
+        "run_instances",
+        ("i-00000000000000000", "i-00000000000000001"),
+    ),
+    "cloudtrail_runinstances_autoscaling-eks-fleet_launchtemplate-no-imageid_httptokens-required.json": (
+        "run_instances",
+        ("i-07d06021b0da55115",),
+    ),
+    "cloudtrail_runinstances_autoscaling-invoked_2-instances_us-west-1_2016.json": (
+        "run_instances",
+        ("i-784cdacd", "i-7b4cdace"),
+    ),
+    "cloudtrail_runinstances_dryrun-eks-nodegroup_no-responseelements-key.json": ("ignored", "DryRunOperation"),
+    "cloudtrail_runinstances_error-unauthorizedoperation_responseelements-null_maxcount-10.json": (
+        "ignored",
+        "UnauthorizedOperation",
+    ),
+    "cloudtrail_runinstances_metadataoptions-optional_prewrapped_source-aws.sqs.json": ("ignored", "aws.sqs"),
+    "cloudtrail_runinstances_request-metadataoptions-httptokens-optional_numbers-as-strings.json": (
+        "run_instances",
+        ("i-05261ffb46217cdc3",),
+    ),
+    "scheduled-event_epoch-time_no-version-field_c7n.json": ("ignored", "aws.events"),
+}
+
+
+def load(samples_dir: Path, name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((samples_dir / "events" / name).read_text())
+    return data
+
+
+def test_every_sample_event_has_an_expectation(samples_dir: Path) -> None:
+    present = {path.name for path in (samples_dir / "events").glob("*.json")}
+    assert present == set(SAMPLE_EXPECTATIONS), "a new sample event arrived: say what it should do"
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLE_EXPECTATIONS))
+def test_sample_event_is_read_as_expected(samples_dir: Path, name: str) -> None:
+    # Given a real payload, read in the account and region it came from
+    event = load(samples_dir, name)
+    kind, expected = SAMPLE_EXPECTATIONS[name]
+
+    # When the launch watch reads it
+    result = read_launch_event(event, account=event["account"], region=event["region"])
+
+    # Then it asks for exactly the instances it names, or is ignored with a reason a person can act on
+    if kind == "ignored":
+        assert isinstance(result, Ignored)
+        assert expected in result.reason
+    else:
+        assert isinstance(result, LaunchTrigger)
+        assert result.kind is TriggerKind(kind)
+        assert result.instance_ids == expected
+        assert result.event_id == event["id"]
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLE_EXPECTATIONS))
+def test_sample_event_from_another_account_is_ignored(samples_dir: Path, name: str) -> None:
+    event = load(samples_dir, name)
+    result = read_launch_event(event, account="999999999999", region=event["region"])
+    assert isinstance(result, Ignored)
+    assert "999999999999" in result.reason
+
+
+def test_failed_modify_call_in_its_real_shape_is_ignored_even_from_ec2(samples_dir: Path) -> None:
+    # Given the only recorded ModifyInstanceMetadataOptions, delivered with the right source this time
+    event = copy.deepcopy(
+        load(samples_dir, "cloudtrail_modifyinstancemetadataoptions_error-invalidparametervalue_prewrapped.json")
+    )
+    event["source"] = "aws.ec2"
+    # When read: the call failed (responseElements null), so it changed nothing
+    result = read_launch_event(event, account=ACCOUNT, region=REGION)
+    assert isinstance(result, Ignored)
+    assert "Client.InvalidParameterValue" in result.reason
+
+
+def test_run_instances_from_the_wrong_region_is_ignored(samples_dir: Path) -> None:
+    event = load(samples_dir, "cloudtrail_runinstances_autoscaling-invoked_2-instances_us-west-1_2016.json")
+    result = read_launch_event(event, account=event["account"], region="eu-west-1")
+    assert isinstance(result, Ignored)
+    assert "us-west-1" in result.reason
+
+
+@pytest.mark.parametrize("id_key", ["instance-id", "instance_id"])
+@pytest.mark.parametrize("state", ["pending", "running"])
+def test_state_change_pending_or_running_names_the_instance(id_key: str, state: str) -> None:
+    event = state_change_event("i-0abc1234def567890", state, id_key=id_key)
+    result = read_launch_event(event, account=ACCOUNT, region=REGION)
+    assert result == LaunchTrigger(TriggerKind.STATE_CHANGE, ("i-0abc1234def567890",), event["id"])
+
+
+@pytest.mark.parametrize("state", ["terminated", "stopping", "stopped", "shutting-down"])
+def test_state_change_to_other_states_is_ignored(state: str) -> None:
+    result = read_launch_event(state_change_event("i-0abc1234def567890", state), account=ACCOUNT, region=REGION)
+    assert isinstance(result, Ignored)
+    assert state in result.reason
+
+
+def test_state_change_without_version_is_accepted() -> None:
+    event = state_change_event("i-0abc1234def567890")
+    del event["version"]
+    assert isinstance(read_launch_event(event, account=ACCOUNT, region=REGION), LaunchTrigger)
+
+
+def test_regression_to_optional_by_a_person_is_a_trigger() -> None:
+    result = read_launch_event(modify_options_event("i-0abc1234def567890"), account=ACCOUNT, region=REGION)
+    assert isinstance(result, LaunchTrigger)
+    assert result.kind is TriggerKind.REGRESSION
+
+
+def test_modify_to_required_is_not_a_regression() -> None:
+    result = read_launch_event(modify_options_event("i-0abc", "required"), account=ACCOUNT, region=REGION)
+    assert isinstance(result, Ignored)
+    assert "does not set HttpTokens to optional" in result.reason
+
+
+def test_rollback_by_this_service_is_not_a_regression() -> None:
+    event = modify_options_event("i-0abc", caller_role="ImdsEnforcer-us-east-1-UsageGateRole-1X2Y3Z")
+    result = read_launch_event(event, account=ACCOUNT, region=REGION, service_role_prefix="ImdsEnforcer-us-east-1")
+    assert isinstance(result, Ignored)
+    assert "by this service" in result.reason
+
+
+def test_camel_case_modify_request_is_read_too() -> None:
+    event = modify_options_event("i-0abc")
+    event["detail"]["requestParameters"] = {"instanceId": "i-0abc", "httpTokens": "optional"}
+    result = read_launch_event(event, account=ACCOUNT, region=REGION)
+    assert isinstance(result, LaunchTrigger)
+    assert result.instance_ids == ("i-0abc",)
+
+
+def test_duplicate_and_invalid_instance_ids() -> None:
+    event = run_instances_event(["i-0aaa", "i-0aaa", "not-an-instance", "i-0bbb"])
+    result = read_launch_event(event, account=ACCOUNT, region=REGION)
+    assert isinstance(result, LaunchTrigger)
+    assert result.instance_ids == ("i-0aaa", "i-0bbb")
+    assert result.rejected_ids == ("not-an-instance",)
+
+
+def test_only_invalid_ids_is_ignored_naming_them() -> None:
+    result = read_launch_event(run_instances_event(["bogus"]), account=ACCOUNT, region=REGION)
+    assert isinstance(result, Ignored)
+    assert "'bogus'" in result.reason
+
+
+@pytest.mark.parametrize(
+    ("mutate", "fragment"),
+    [
+        (lambda e: e.pop("detail"), "detail"),
+        (lambda e: e.pop("account"), "account"),
+        (lambda e: e.update({"time": "yesterday"}), "time"),
+        (lambda e: e["detail"].pop("eventName"), "eventName"),
+        (lambda e: e["detail"].update({"responseElements": {"instancesSet": {"items": [{"x": 1}]}}}), "instanceId"),
+    ],
+)
+def test_malformed_events_are_ignored_naming_the_field(mutate: Any, fragment: str) -> None:
+    event = run_instances_event(["i-0aaa"])
+    mutate(event)
+    result = read_launch_event(event, account=ACCOUNT, region=REGION)
+    assert isinstance(result, Ignored)
+    assert "malformed" in result.reason
+    assert fragment in result.reason
+
+
+@pytest.mark.parametrize("raw", [None, [], "RunInstances", 42])
+def test_non_objects_are_ignored(raw: object) -> None:
+    result = read_launch_event(raw, account=ACCOUNT, region=REGION)
+    assert isinstance(result, Ignored)
+    assert "not a JSON object" in result.reason
+
+
+def test_cloudtrail_event_for_another_recipient_account_is_ignored() -> None:
+    event = run_instances_event(["i-0aaa"])
+    event["detail"]["recipientAccountId"] = "210987654321"
+    result = read_launch_event(event, account=ACCOUNT, region=REGION)
+    assert isinstance(result, Ignored)
+    assert "210987654321" in result.reason
+
+
+def test_numbers_as_strings_are_accepted() -> None:
+    event = run_instances_event(["i-0aaa"])
+    event["detail"]["responseElements"]["instancesSet"]["items"][0]["instanceState"] = {"code": "0", "name": "pending"}
+    assert isinstance(read_launch_event(event, account=ACCOUNT, region=REGION), LaunchTrigger)

@@ -1,0 +1,165 @@
+"""Deploy-time configuration: one pydantic model read from the CDK context (cdk.json, overridable with ``-c``).
+
+Values given with ``cdk synth -c key=value`` arrive as strings, so every field accepts its string form too:
+``"true"``/``"false"``, numeric strings, and comma-separated (or JSON) lists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from typing import Annotated, Literal
+
+import aws_cdk as cdk
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+import infra  # noqa: F401  (puts functions/ on sys.path for the import below)
+from imds_enforcer.settings import EnforcementMode, Settings, SettingsError
+
+# The values CloudWatch Logs accepts for a log group's retention (PutRetentionPolicy).
+LogRetentionDays = Literal[
+    1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653
+]
+
+# Deliberately simple: catches typos and stray separators; SNS sends a confirmation mail that proves the rest.
+_EMAIL = re.compile(
+    r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)+$"
+)
+_REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d$")
+
+# REPORT_TOPIC_ARN is a CloudFormation token at synth time; the settings model validates this stand-in instead.
+PLACEHOLDER_TOPIC_ARN = "arn:aws:sns:us-east-1:123456789012:imds-enforcer-placeholder"
+
+
+class ConfigError(ValueError):
+    """The deploy configuration is invalid; the message names the cdk.json context key."""
+
+
+def _split_list(value: object) -> object:
+    """Accept a list, a JSON list string or a comma-separated string (what ``-c key=a,b`` delivers)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError:
+                return value  # let the list validator report it, with the key name
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+def _describe(location: tuple[int | str, ...], value: object, message: str) -> str:
+    key, *rest = location
+    where = f" (item {'.'.join(str(part) for part in rest)})" if rest else ""
+    return f'cdk.json context "{key}"{where}: {value!r}: {message}'
+
+
+class DeployConfig(BaseModel):
+    """What a platform team chooses when deploying; field names are the cdk.json context keys."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", str_strip_whitespace=True)
+
+    enforcement_mode: EnforcementMode = EnforcementMode.FLAG
+    lookback_days: Annotated[int, Field(ge=1, le=455)] = 14
+    exempt_tag_key: Annotated[str, Field(min_length=1, max_length=128)] = "imdsv2-exempt"
+    regions: Annotated[list[str], Field(min_length=1)] = ["us-east-1"]
+    account: Annotated[str | None, Field(pattern=r"^\d{12}$")] = None
+    notification_emails: list[str] = []
+    container_host_tag_keys: list[Annotated[str, Field(min_length=1, max_length=128)]] = []
+    gate_schedule_hours: Annotated[int, Field(ge=1, le=168)] = 6
+    rollback_on_rejected: bool = False
+    set_account_default: bool = False
+    watch_days: Annotated[int, Field(ge=1, le=63)] = 14
+    coverage_min_ratio: Annotated[float, Field(gt=0, le=1)] = 0.9
+    log_retention_days: LogRetentionDays = 90
+    gate_memory_mb: Annotated[int, Field(ge=128, le=10240)] = 512
+    # A Lambda runs for at most 15 minutes; under 2 leaves no time once the handler keeps its deadline margin.
+    gate_timeout_minutes: Annotated[int, Field(ge=2, le=15)] = 15
+
+    @field_validator("regions", "notification_emails", "container_host_tag_keys", mode="before")
+    @classmethod
+    def _lists(cls, value: object) -> object:
+        return _split_list(value)
+
+    @field_validator("log_retention_days", mode="before")
+    @classmethod
+    def _retention(cls, value: object) -> object:
+        # A Literal of ints is strict about type, so turn -c's "30" into 30 first.
+        return int(value) if isinstance(value, str) and value.strip().isdigit() else value
+
+    @field_validator("account", mode="before")
+    @classmethod
+    def _account(cls, value: object) -> object:
+        # cdk.json may say null, and -c account= may be empty: both mean "the CLI's default account".
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        return str(value).strip() if isinstance(value, int) else value
+
+    @field_validator("regions")
+    @classmethod
+    def _regions(cls, value: list[str]) -> list[str]:
+        for region in value:
+            if not _REGION.match(region):
+                raise ValueError(f"{region!r} is not an AWS region name")
+        if len(set(value)) != len(value):
+            raise ValueError("a region is listed twice")
+        return value
+
+    @field_validator("notification_emails")
+    @classmethod
+    def _emails(cls, value: list[str]) -> list[str]:
+        for address in value:
+            if not _EMAIL.match(address):
+                raise ValueError(f"{address!r} is not an e-mail address")
+        return value
+
+    @classmethod
+    def from_context(cls, context: Mapping[str, object], environ: Mapping[str, str] | None = None) -> DeployConfig:
+        """Validate the context; the account defaults to the CLI's ``CDK_DEFAULT_ACCOUNT``.
+
+        Raises ConfigError naming every bad key, e.g. ``cdk.json context "lookback_days": 0: ...``.
+        """
+        environ = os.environ if environ is None else environ
+        values = {name: context[name] for name in cls.model_fields if context.get(name) is not None}
+        if str(values.get("account", "")).strip() == "" and environ.get("CDK_DEFAULT_ACCOUNT"):
+            values["account"] = environ["CDK_DEFAULT_ACCOUNT"]
+        try:
+            return cls.model_validate(values)
+        except ValidationError as error:
+            problems = "; ".join(_describe(issue["loc"], issue.get("input"), issue["msg"]) for issue in error.errors())
+            raise ConfigError(f"invalid deploy configuration: {problems}") from None
+
+    def lambda_settings(self, topic_arn: str, *, service_role_prefix: str = "") -> Settings:
+        """The runtime settings both Lambdas get, validated by the same model the handlers use.
+
+        ``topic_arn`` may be an unresolved CDK token: the model then checks a placeholder ARN and the token is
+        put back afterwards (``model_copy`` does not re-validate), so every other value is still checked.
+        ``service_role_prefix`` is the stack name: CloudFormation names the roles it generates
+        ``<stackName>-<logicalId>-<suffix>``, which lets the launch watch recognise its own calls.
+        """
+        checked_arn = PLACEHOLDER_TOPIC_ARN if cdk.Token.is_unresolved(topic_arn) else topic_arn
+        env = {
+            "ENFORCEMENT_MODE": self.enforcement_mode.value,
+            "REPORT_TOPIC_ARN": checked_arn,
+            "LOOKBACK_DAYS": str(self.lookback_days),
+            "EXEMPT_TAG_KEY": self.exempt_tag_key,
+            "ROLLBACK_ON_REJECTED": str(self.rollback_on_rejected).lower(),
+            "CONTAINER_HOST_TAG_KEYS": ",".join(self.container_host_tag_keys),
+            "SERVICE_ROLE_PREFIX": service_role_prefix,
+            "WATCH_DAYS": str(self.watch_days),
+            "COVERAGE_MIN_RATIO": str(self.coverage_min_ratio),
+            "SET_ACCOUNT_DEFAULT": str(self.set_account_default).lower(),
+        }
+        try:
+            # Through from_env, exactly as a handler reads it: proves the environment round-trips.
+            settings = Settings.from_env(env)
+        except SettingsError as error:
+            raise ConfigError(f"the Lambda environment built from cdk.json context is invalid: {error}") from None
+        return settings.model_copy(update={"REPORT_TOPIC_ARN": topic_arn})
+
+    def lambda_environment(self, topic_arn: str, *, service_role_prefix: str = "") -> dict[str, str]:
+        """The Lambda environment variables (empty values dropped: the runtime reads them as defaults)."""
+        settings = self.lambda_settings(topic_arn, service_role_prefix=service_role_prefix)
+        return {name: value for name, value in settings.to_env().items() if value != ""}

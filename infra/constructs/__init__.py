@@ -1,0 +1,1 @@
+"""The product's building blocks; the stack composes them."""

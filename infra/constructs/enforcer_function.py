@@ -1,0 +1,167 @@
+"""The one way this service deploys a Lambda: same runtime, code, layer, logging, role shape and failure handling."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import aws_cdk as cdk
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_lambda_destinations as destinations
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_sqs as sqs
+from constructs import Construct
+
+from infra.constructs.nag import acknowledge
+
+# The newest Python in aws-cdk-lib (cdk-nag rule L1 flags anything older); the layer is built for the same one.
+RUNTIME = lambda_.Runtime.PYTHON_3_14
+ARCHITECTURE = lambda_.Architecture.ARM_64
+
+# Everything under functions/ that is not Lambda code: tests, caches, and the requirements (vendored in the layer).
+CODE_EXCLUDES = [
+    "requirements*.txt",
+    "**/__pycache__",
+    "**/*.pyc",
+    "tests",
+    "**/tests",
+    ".pytest_cache",
+    ".mypy_cache",
+    ".ruff_cache",
+    ".hypothesis",
+]
+
+POWERTOOLS_ENVIRONMENT = {
+    "POWERTOOLS_SERVICE_NAME": "imds-enforcer",
+    "POWERTOOLS_METRICS_NAMESPACE": "ImdsEnforcer",
+    "POWERTOOLS_LOG_LEVEL": "INFO",
+}
+
+
+# jsii enums are keyed by name; DeployConfig validates the day count, this maps it (every allowed value is here).
+_RETENTION: dict[int, logs.RetentionDays] = {
+    1: logs.RetentionDays.ONE_DAY,
+    3: logs.RetentionDays.THREE_DAYS,
+    5: logs.RetentionDays.FIVE_DAYS,
+    7: logs.RetentionDays.ONE_WEEK,
+    14: logs.RetentionDays.TWO_WEEKS,
+    30: logs.RetentionDays.ONE_MONTH,
+    60: logs.RetentionDays.TWO_MONTHS,
+    90: logs.RetentionDays.THREE_MONTHS,
+    120: logs.RetentionDays.FOUR_MONTHS,
+    150: logs.RetentionDays.FIVE_MONTHS,
+    180: logs.RetentionDays.SIX_MONTHS,
+    365: logs.RetentionDays.ONE_YEAR,
+    400: logs.RetentionDays.THIRTEEN_MONTHS,
+    545: logs.RetentionDays.EIGHTEEN_MONTHS,
+    731: logs.RetentionDays.TWO_YEARS,
+    1096: logs.RetentionDays.THREE_YEARS,
+    1827: logs.RetentionDays.FIVE_YEARS,
+    2192: logs.RetentionDays.SIX_YEARS,
+    2557: logs.RetentionDays.SEVEN_YEARS,
+    2922: logs.RetentionDays.EIGHT_YEARS,
+    3288: logs.RetentionDays.NINE_YEARS,
+    3653: logs.RetentionDays.TEN_YEARS,
+}
+
+
+def log_retention(days: int) -> logs.RetentionDays:
+    return _RETENTION[days]
+
+
+def runtime_python_version() -> str:
+    """``"3.14"`` for ``python3.14``: the version pip must download wheels for."""
+    return RUNTIME.name.removeprefix("python")
+
+
+class DependenciesLayer(Construct):
+    """The vendored third-party packages (see ``infra.layer``), shared by every function."""
+
+    def __init__(self, scope: Construct, construct_id: str, *, layer_dir: Path) -> None:
+        super().__init__(scope, construct_id)
+        self.layer = lambda_.LayerVersion(
+            self,
+            "Layer",
+            code=lambda_.Code.from_asset(str(layer_dir), exclude=[".requirements-sha256"]),
+            compatible_runtimes=[RUNTIME],
+            compatible_architectures=[ARCHITECTURE],
+            description="IMDSv2 Enforcer dependencies: aws-lambda-powertools, pydantic",
+        )
+
+
+class EnforcerFunction(Construct):
+    """A Lambda with its own log group, least-privilege role and dead-letter queue.
+
+    The role starts empty (no AWS managed policy): it can write to its own log group, send failed async
+    invocations to its own queue, and do what ``statements`` allow. Async invocations are retried twice, then
+    land in ``dead_letter_queue``; the EventBridge rules that invoke the function use the same queue.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        handler: str,
+        description: str,
+        code_dir: Path,
+        layers: Sequence[lambda_.ILayerVersion],
+        environment: Mapping[str, str],
+        statements: Sequence[iam.PolicyStatement],
+        memory_size: int,
+        timeout: cdk.Duration,
+        reserved_concurrency: int | None,
+        log_retention: logs.RetentionDays,
+    ) -> None:
+        super().__init__(scope, construct_id)
+
+        self.log_group = logs.LogGroup(self, "Logs", retention=log_retention)
+
+        self.role = iam.Role(
+            self, "Role", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"), description=description
+        )
+        # What AWSLambdaBasicExecutionRole would give, but only on this function's own log group.
+        self.role.add_to_principal_policy(
+            iam.PolicyStatement(
+                sid="WriteOwnLogs",
+                actions=["logs:CreateLogStream", "logs:PutLogEvents"],
+                resources=[self.log_group.log_group_arn],
+            )
+        )
+        for statement in statements:
+            self.role.add_to_principal_policy(statement)
+
+        self.dead_letter_queue = sqs.Queue(
+            self,
+            "DeadLetterQueue",
+            encryption=sqs.QueueEncryption.SQS_MANAGED,
+            enforce_ssl=True,
+            # The longest SQS allows: failures over a holiday weekend are still there to inspect and redrive.
+            retention_period=cdk.Duration.days(14),
+        )
+        acknowledge(
+            self.dead_letter_queue,
+            "AwsSolutions-SQS3",
+            "This queue is itself the dead-letter destination of the function's failed async invocations and of "
+            "the EventBridge targets that invoke it; a DLQ for a DLQ adds nothing.",
+        )
+
+        self.function = lambda_.Function(
+            self,
+            "Function",
+            description=description,
+            runtime=RUNTIME,
+            architecture=ARCHITECTURE,
+            handler=handler,
+            code=lambda_.Code.from_asset(str(code_dir), exclude=CODE_EXCLUDES),
+            layers=list(layers),
+            environment={**environment, **POWERTOOLS_ENVIRONMENT},
+            memory_size=memory_size,
+            timeout=timeout,
+            reserved_concurrent_executions=reserved_concurrency,
+            role=self.role,
+            log_group=self.log_group,
+            retry_attempts=2,
+            on_failure=destinations.SqsDestination(self.dead_letter_queue),
+        )

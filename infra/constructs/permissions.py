@@ -1,0 +1,79 @@
+"""The AWS permissions each Lambda needs, declared next to each other and built by plain functions.
+
+Least privilege: every action is spelled out (no ``*`` in an action), modifications are limited to EC2
+instances of this account and region, and tagging is limited to the tag keys the service writes.
+Publishing to the report topic is granted separately (``ReportTopic.grant_publish``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from aws_cdk import aws_iam as iam
+
+import infra  # noqa: F401  (puts functions/ on sys.path for the import below)
+from imds_enforcer.settings import ENFORCED_AT_TAG, ENFORCED_BY_TAG
+
+SERVICE_TAG_KEYS: tuple[str, str] = (ENFORCED_AT_TAG, ENFORCED_BY_TAG)
+
+# These actions support no resource-level permissions: IAM only accepts "*" as their resource.
+UNSCOPABLE_ACTIONS = frozenset(
+    {
+        "ec2:DescribeInstances",
+        "cloudwatch:GetMetricData",
+        "ec2:GetInstanceMetadataDefaults",
+        "ec2:ModifyInstanceMetadataDefaults",
+    }
+)
+
+
+def _describe_instances() -> iam.PolicyStatement:
+    return iam.PolicyStatement(sid="DescribeInstances", actions=["ec2:DescribeInstances"], resources=["*"])
+
+
+def _modify_metadata_options(instance_arn: str) -> iam.PolicyStatement:
+    return iam.PolicyStatement(
+        sid="RequireImdsv2OnInstances", actions=["ec2:ModifyInstanceMetadataOptions"], resources=[instance_arn]
+    )
+
+
+def _tag_instances(instance_arn: str, tag_keys: Sequence[str]) -> iam.PolicyStatement:
+    # ForAllValues: every key in the request must be one of ours, so the role cannot rewrite anyone else's tags.
+    return iam.PolicyStatement(
+        sid="TagEnforcedInstances",
+        actions=["ec2:CreateTags"],
+        resources=[instance_arn],
+        conditions={"ForAllValues:StringEquals": {"aws:TagKeys": list(tag_keys)}},
+    )
+
+
+def launch_watch_statements(*, instance_arn: str) -> list[iam.PolicyStatement]:
+    """Read a launched instance's options; in fix mode require IMDSv2 and tag who did it and when."""
+    return [
+        _describe_instances(),
+        _modify_metadata_options(instance_arn),
+        _tag_instances(instance_arn, SERVICE_TAG_KEYS),
+    ]
+
+
+def usage_gate_statements(
+    *, instance_arn: str, exempt_tag_key: str, set_account_default: bool
+) -> list[iam.PolicyStatement]:
+    """Sweep instances, read their IMDSv1 usage, switch the ready ones, roll back (tagging the exemption)."""
+    statements = [
+        _describe_instances(),
+        iam.PolicyStatement(sid="ReadMetadataUsage", actions=["cloudwatch:GetMetricData"], resources=["*"]),
+        _modify_metadata_options(instance_arn),
+        # A rollback writes the exemption tag (reason and date), so the gate never switches that instance again.
+        _tag_instances(instance_arn, [*SERVICE_TAG_KEYS, exempt_tag_key]),
+    ]
+    if set_account_default:
+        # Opt-in only: changing the account default affects every future launch in the region.
+        statements.append(
+            iam.PolicyStatement(
+                sid="SetAccountMetadataDefaults",
+                actions=["ec2:GetInstanceMetadataDefaults", "ec2:ModifyInstanceMetadataDefaults"],
+                resources=["*"],
+            )
+        )
+    return statements

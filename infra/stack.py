@@ -1,0 +1,84 @@
+"""One IMDSv2 Enforcer deployment (an account and region): composes the constructs, wires grants and outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aws_cdk as cdk
+from constructs import Construct
+
+from infra import FUNCTIONS_DIR, REPO_ROOT
+from infra.config import DeployConfig
+from infra.constructs.enforcer_function import DependenciesLayer, log_retention, runtime_python_version
+from infra.constructs.launch_watch import LaunchWatch
+from infra.constructs.report_topic import ReportTopic
+from infra.constructs.usage_gate import UsageGate
+from infra.layer import build_dependencies_layer
+
+LAYER_BUILD_DIR = REPO_ROOT / "build" / "layer"
+
+
+def stack_name(region: str) -> str:
+    return f"ImdsEnforcer-{region}"
+
+
+class ImdsEnforcerStack(cdk.Stack):
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: DeployConfig,
+        env: cdk.Environment,
+        layer_dir: Path = LAYER_BUILD_DIR,
+    ) -> None:
+        super().__init__(
+            scope,
+            construct_id,
+            env=env,
+            description="IMDSv2 Enforcer: drives this account and region to IMDSv2-only, safely, and reports it",
+        )
+
+        report = ReportTopic(self, "Report", notification_emails=config.notification_emails)
+        environment = config.lambda_environment(report.topic.topic_arn, service_role_prefix=self.stack_name)
+
+        layer = DependenciesLayer(
+            self,
+            "Dependencies",
+            layer_dir=build_dependencies_layer(
+                requirements=FUNCTIONS_DIR / "requirements.txt",
+                out_dir=layer_dir,
+                python_version=runtime_python_version(),
+            ),
+        )
+        retention = log_retention(config.log_retention_days)
+
+        launch_watch = LaunchWatch(
+            self,
+            "LaunchWatch",
+            code_dir=FUNCTIONS_DIR,
+            layers=[layer.layer],
+            environment=environment,
+            log_retention=retention,
+        )
+        usage_gate = UsageGate(
+            self,
+            "UsageGate",
+            code_dir=FUNCTIONS_DIR,
+            layers=[layer.layer],
+            environment=environment,
+            log_retention=retention,
+            schedule_hours=config.gate_schedule_hours,
+            memory_mb=config.gate_memory_mb,
+            timeout_minutes=config.gate_timeout_minutes,
+            exempt_tag_key=config.exempt_tag_key,
+            set_account_default=config.set_account_default,
+        )
+        for enforcer in (launch_watch.enforcer, usage_gate.enforcer):
+            report.grant_publish(enforcer.role)
+
+        cdk.CfnOutput(self, "ReportTopicArn", value=report.topic.topic_arn, description="Subscribe here for reports")
+        cdk.CfnOutput(self, "LaunchWatchFunctionName", value=launch_watch.enforcer.function.function_name)
+        cdk.CfnOutput(self, "UsageGateFunctionName", value=usage_gate.enforcer.function.function_name)
+        cdk.CfnOutput(self, "LaunchWatchDeadLetterQueueUrl", value=launch_watch.enforcer.dead_letter_queue.queue_url)
+        cdk.CfnOutput(self, "UsageGateDeadLetterQueueUrl", value=usage_gate.enforcer.dead_letter_queue.queue_url)

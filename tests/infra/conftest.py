@@ -1,0 +1,79 @@
+"""Infra tests: synthesize the real app (``app.build_app``) once per session and share the result."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+for path in (REPO_ROOT / "functions", REPO_ROOT):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
+
+from aws_cdk.assertions import Template  # noqa: E402
+
+from infra.config import DeployConfig  # noqa: E402
+
+ACCOUNT = "123456789012"
+REGIONS = ("us-east-1", "eu-west-1")
+
+# Values as `cdk synth -c key=value` delivers them (strings), so the app's coercion is exercised end to end.
+CONTEXT: dict[str, Any] = {
+    "account": ACCOUNT,
+    "regions": ",".join(REGIONS),
+    "enforcement_mode": "fix",
+    "notification_emails": ["secops@example.com"],
+    "set_account_default": "true",
+    "rollback_on_rejected": "true",
+    "lookback_days": "21",
+    "container_host_tag_keys": "team:k8s-node,platform:ecs",
+    "log_retention_days": "30",
+    "gate_schedule_hours": "4",
+    "gate_memory_mb": "1024",
+    "gate_timeout_minutes": "10",
+}
+
+
+@dataclass(frozen=True)
+class Synthesized:
+    outdir: Path
+    config: DeployConfig
+    templates: dict[str, dict[str, Any]]  # stack name -> CloudFormation template
+    environments: dict[str, str]  # stack name -> aws://account/region
+
+    def template(self, region: str = REGIONS[0]) -> Template:
+        return Template.from_json(self.templates[f"ImdsEnforcer-{region}"])
+
+    def template_path(self, stack_name: str) -> Path:
+        return self.outdir / f"{stack_name}.template.json"
+
+
+@pytest.fixture(scope="session")
+def synthesized(tmp_path_factory: pytest.TempPathFactory) -> Synthesized:
+    from app import build_app
+
+    outdir = tmp_path_factory.mktemp("cdk.out")
+    # Given the CLI's context, when the app synthesizes with cdk-nag installed (findings would raise here)...
+    assembly = build_app(context=CONTEXT, outdir=str(outdir)).synth()
+    return Synthesized(
+        outdir=outdir,
+        config=DeployConfig.from_context(CONTEXT, environ={}),
+        templates={stack.stack_name: json.loads(json.dumps(stack.template)) for stack in assembly.stacks},
+        environments={
+            stack.stack_name: f"aws://{stack.environment.account}/{stack.environment.region}"
+            for stack in assembly.stacks
+        },
+    )
+
+
+@pytest.fixture(scope="session")
+def template(synthesized: Synthesized) -> Template:
+    return synthesized.template()

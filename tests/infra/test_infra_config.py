@@ -1,0 +1,171 @@
+"""DeployConfig: what cdk.json / -c may say, and what the Lambdas get from it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, get_args
+
+import aws_cdk as cdk
+import pytest
+
+from imds_enforcer.settings import EnforcementMode, Settings
+from infra import REPO_ROOT
+from infra.config import PLACEHOLDER_TOPIC_ARN, ConfigError, DeployConfig, LogRetentionDays
+from infra.constructs.enforcer_function import log_retention
+
+TOPIC_ARN = "arn:aws:sns:eu-west-1:123456789012:reports"
+
+
+def test_cdk_json_context_holds_every_key_with_the_model_defaults() -> None:
+    context = json.loads((REPO_ROOT / "cdk.json").read_text())["context"]
+
+    assert set(DeployConfig.model_fields) <= set(context)
+    assert DeployConfig.from_context(context, environ={}) == DeployConfig()
+
+
+def test_cdk_json_app_command_is_portable() -> None:
+    assert json.loads((REPO_ROOT / "cdk.json").read_text())["app"] == "python3 app.py"
+
+
+def test_cli_string_values_are_coerced() -> None:
+    config = DeployConfig.from_context(
+        {
+            "enforcement_mode": "fix",
+            "lookback_days": "30",
+            "regions": "us-east-1, eu-west-1",
+            "account": "210987654321",
+            "notification_emails": "a@example.com,b@example.org",
+            "container_host_tag_keys": '["team:k8s", "platform"]',
+            "gate_schedule_hours": "12",
+            "rollback_on_rejected": "true",
+            "set_account_default": "False",
+            "watch_days": "7",
+            "coverage_min_ratio": "0.75",
+            "log_retention_days": "365",
+            "gate_memory_mb": "2048",
+            "gate_timeout_minutes": "5",
+        },
+        environ={},
+    )
+
+    assert config == DeployConfig(
+        enforcement_mode=EnforcementMode.FIX,
+        lookback_days=30,
+        regions=["us-east-1", "eu-west-1"],
+        account="210987654321",
+        notification_emails=["a@example.com", "b@example.org"],
+        container_host_tag_keys=["team:k8s", "platform"],
+        gate_schedule_hours=12,
+        rollback_on_rejected=True,
+        set_account_default=False,
+        watch_days=7,
+        coverage_min_ratio=0.75,
+        log_retention_days=365,
+        gate_memory_mb=2048,
+        gate_timeout_minutes=5,
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("enforcement_mode", "fixx"),
+        ("lookback_days", 0),
+        ("lookback_days", "two weeks"),
+        ("exempt_tag_key", ""),
+        ("regions", "us-east-1,mars-north-1"),
+        ("regions", []),
+        ("account", "1234"),
+        ("notification_emails", "secops@example.com,not-an-address"),
+        ("container_host_tag_keys", ["x" * 129]),
+        ("gate_schedule_hours", "0"),
+        ("rollback_on_rejected", "maybe"),
+        ("set_account_default", "yes please"),
+        ("watch_days", 64),
+        ("coverage_min_ratio", "0"),
+        ("log_retention_days", "91"),
+        ("gate_memory_mb", 64),
+        ("gate_timeout_minutes", "16"),
+    ],
+)
+def test_a_bad_value_fails_naming_the_key(key: str, value: Any) -> None:
+    with pytest.raises(ConfigError, match=f'cdk.json context "{key}"'):
+        DeployConfig.from_context({key: value}, environ={})
+
+
+def test_account_defaults_to_the_cli_account_and_context_wins() -> None:
+    environ = {"CDK_DEFAULT_ACCOUNT": "111111111111"}
+
+    assert DeployConfig.from_context({}, environ=environ).account == "111111111111"
+    assert DeployConfig.from_context({"account": None}, environ=environ).account == "111111111111"
+    assert DeployConfig.from_context({"account": ""}, environ=environ).account == "111111111111"
+    assert DeployConfig.from_context({"account": "222222222222"}, environ=environ).account == "222222222222"
+    assert DeployConfig.from_context({}, environ={}).account is None
+
+
+def test_every_allowed_log_retention_maps_to_a_cdk_retention() -> None:
+    for days in get_args(LogRetentionDays):
+        assert log_retention(days).name  # raises KeyError for a value CloudWatch accepts but we cannot map
+
+
+def test_lambda_settings_reproduce_the_config_through_the_runtime_model() -> None:
+    config = DeployConfig(
+        enforcement_mode=EnforcementMode.FIX,
+        lookback_days=20,
+        exempt_tag_key="keep-imdsv1",
+        container_host_tag_keys=["team:k8s"],
+        rollback_on_rejected=True,
+        set_account_default=True,
+        watch_days=9,
+        coverage_min_ratio=0.8,
+    )
+
+    env = config.lambda_environment(TOPIC_ARN, service_role_prefix="ImdsEnforcer-eu-west-1")
+    settings = Settings.from_env(env)
+
+    assert settings == Settings(
+        ENFORCEMENT_MODE=EnforcementMode.FIX,
+        REPORT_TOPIC_ARN=TOPIC_ARN,
+        LOOKBACK_DAYS=20,
+        EXEMPT_TAG_KEY="keep-imdsv1",
+        CONTAINER_HOST_TAG_KEYS=("team:k8s",),
+        ROLLBACK_ON_REJECTED=True,
+        SET_ACCOUNT_DEFAULT=True,
+        WATCH_DAYS=9,
+        COVERAGE_MIN_RATIO=0.8,
+        SERVICE_ROLE_PREFIX="ImdsEnforcer-eu-west-1",
+    )
+
+
+def test_a_token_topic_arn_is_validated_as_a_placeholder_and_kept_as_the_token() -> None:
+    token = cdk.Token.as_string(cdk.Fn.ref("ReportTopic"))
+
+    settings = DeployConfig().lambda_settings(token)
+
+    assert token == settings.REPORT_TOPIC_ARN
+    assert Settings.from_env({"REPORT_TOPIC_ARN": PLACEHOLDER_TOPIC_ARN}).REPORT_TOPIC_ARN == PLACEHOLDER_TOPIC_ARN
+
+
+def test_a_malformed_literal_topic_arn_fails_synth() -> None:
+    with pytest.raises(ConfigError, match="REPORT_TOPIC_ARN"):
+        DeployConfig().lambda_settings("arn:aws:sqs:us-east-1:123456789012:not-a-topic")
+
+
+def test_empty_settings_are_left_out_of_the_environment() -> None:
+    env = DeployConfig().lambda_environment(TOPIC_ARN)
+
+    assert "CONTAINER_HOST_TAG_KEYS" not in env
+    assert "SLACK_WEBHOOK_SECRET" not in env
+    assert all(value != "" for value in env.values())
+
+
+def test_the_app_exits_non_zero_naming_the_key(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import app
+
+    # Given cdk.json says something impossible (the CLI's -c values reach the App the same way, as context)...
+    monkeypatch.setattr(app, "cdk_json_context", lambda: {"lookback_days": "0"})
+
+    assert app.main() == 2
+    assert 'cdk.json context "lookback_days"' in capsys.readouterr().err

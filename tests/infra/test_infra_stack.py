@@ -1,0 +1,409 @@
+"""The synthesized stacks: what deploys, asserted on the templates (never on hashed logical ids)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from aws_cdk.assertions import Capture, Match, Matcher, Template
+
+from imds_enforcer.settings import EnforcementMode, Settings
+from infra.config import PLACEHOLDER_TOPIC_ARN
+
+ACCOUNT = "123456789012"
+REGIONS = ("us-east-1", "eu-west-1")
+HANDLERS = {
+    "launch_watch": "imds_enforcer.handlers.launch_watch.handler",
+    "usage_gate": "imds_enforcer.handlers.usage_gate.handler",
+}
+SERVICE_TAGS = ["imdsv2-enforcer:enforced-at", "imdsv2-enforcer:enforced-by"]
+
+
+# ---- helpers -------------------------------------------------------------------------------------------------
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _render(value: Any) -> str:
+    """A Fn::Join of strings and pseudo-parameter Refs as one string, e.g. ``arn:${AWS::Partition}:ec2:...``."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and "Ref" in value:
+        return "${" + str(value["Ref"]) + "}"
+    if isinstance(value, dict) and "Fn::Join" in value:
+        separator, parts = value["Fn::Join"]
+        return str(separator).join(_render(part) for part in parts)
+    return json.dumps(value)
+
+
+def _identity_policies(template: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every identity policy document: AWS::IAM::Policy resources and the inline policies of roles."""
+    for logical_id, resource in template["Resources"].items():
+        if resource["Type"] == "AWS::IAM::Policy":
+            yield logical_id, resource["Properties"]["PolicyDocument"]
+        elif resource["Type"] == "AWS::IAM::Role":
+            for policy in resource["Properties"].get("Policies", []):
+                yield logical_id, policy["PolicyDocument"]
+
+
+def _function(template: Template, handler: str) -> dict[str, Any]:
+    (function,) = template.find_resources("AWS::Lambda::Function", {"Properties": {"Handler": handler}}).values()
+    return dict(function)
+
+
+def _role_policy_statements(template: Template, handler: str) -> list[dict[str, Any]]:
+    """The statements attached to the role of the function with this handler."""
+    role_id = _function(template, handler)["Properties"]["Role"]["Fn::GetAtt"][0]
+    policies = template.find_resources("AWS::IAM::Policy", {"Properties": {"Roles": [{"Ref": role_id}]}})
+    return [
+        statement for policy in policies.values() for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+    ]
+
+
+def _only_logical_id(template: Template, resource_type: str) -> str:
+    (logical_id,) = template.find_resources(resource_type).keys()
+    return logical_id
+
+
+# ---- the app -------------------------------------------------------------------------------------------------
+
+
+def test_one_stack_per_region_in_the_configured_account(synthesized: Any) -> None:
+    assert synthesized.environments == {f"ImdsEnforcer-{region}": f"aws://{ACCOUNT}/{region}" for region in REGIONS}
+
+
+def test_cdk_nag_found_nothing_unacknowledged(synthesized: Any) -> None:
+    # Synth raises ValidationFailed on any unacknowledged finding; the report, if written, must be clean too.
+    report_file = synthesized.outdir / "validation-report.json"
+    if report_file.exists():
+        report = json.loads(report_file.read_text())
+        assert [r for r in report["pluginReports"] if r.get("violations")] == []
+
+
+def test_every_cdk_nag_acknowledgement_is_narrow_and_explained(synthesized: Any) -> None:
+    # Given the cloud assembly's metadata, when we collect the acknowledgements...
+    acknowledged: dict[str, set[str]] = {}
+    for region in REGIONS:
+        metadata = json.loads((synthesized.outdir / f"ImdsEnforcer-{region}.metadata.json").read_text())
+        for path, entries in metadata.items():
+            for entry in entries:
+                if entry["type"] == "aws:cdk:acknowledged-rules":
+                    for rule, reason in entry["data"].items():
+                        assert len(reason) > 60, f"{rule} on {path} needs a specific reason"
+                        acknowledged.setdefault(path.split("/", 2)[2], set()).add(rule.split("[")[0])
+    # ...then only the two roles' wildcard resources and the DLQs' "no DLQ" are acknowledged, nothing stack-wide.
+    assert acknowledged == {
+        "LaunchWatch/Enforcer/Role/DefaultPolicy": {"AwsSolutions::AwsSolutions-IAM5"},
+        "UsageGate/Enforcer/Role/DefaultPolicy": {"AwsSolutions::AwsSolutions-IAM5"},
+        "LaunchWatch/Enforcer/DeadLetterQueue": {"AwsSolutions::AwsSolutions-SQS3"},
+        "UsageGate/Enforcer/DeadLetterQueue": {"AwsSolutions::AwsSolutions-SQS3"},
+    }
+
+
+@pytest.mark.parametrize("region", REGIONS)
+def test_cfn_lint_finds_no_errors(synthesized: Any, region: str) -> None:
+    import cfnlint.api
+
+    config = cfnlint.api.ManualArgs(
+        regions=[region],
+        # W3005: CDK renders an explicit DependsOn on the function's role next to the Fn::GetAtt of its ARN.
+        # Redundant but harmless, and not ours to remove without overriding CDK's dependency graph.
+        ignore_checks=["W3005"],
+    )
+    matches = cfnlint.api.lint_file(synthesized.template_path(f"ImdsEnforcer-{region}"), config=config)
+
+    problems = [str(match) for match in matches if not match.rule.id.startswith("I")]
+    assert problems == []
+
+
+def test_outputs(template: Template) -> None:
+    for name in (
+        "ReportTopicArn",
+        "LaunchWatchFunctionName",
+        "UsageGateFunctionName",
+        "LaunchWatchDeadLetterQueueUrl",
+        "UsageGateDeadLetterQueueUrl",
+    ):
+        template.has_output(name, {"Value": Match.any_value()})
+
+
+# ---- report topic --------------------------------------------------------------------------------------------
+
+
+def test_report_topic_is_encrypted_with_a_rotated_key(template: Template) -> None:
+    key_id = _only_logical_id(template, "AWS::KMS::Key")
+
+    template.has_resource_properties("AWS::KMS::Key", {"EnableKeyRotation": True})
+    template.has_resource_properties("AWS::SNS::Topic", {"KmsMasterKeyId": {"Fn::GetAtt": [key_id, "Arn"]}})
+
+
+def test_report_topic_refuses_publishing_without_tls(template: Template) -> None:
+    topic_id = _only_logical_id(template, "AWS::SNS::Topic")
+
+    template.has_resource_properties(
+        "AWS::SNS::TopicPolicy",
+        {
+            "Topics": [{"Ref": topic_id}],
+            "PolicyDocument": {
+                "Statement": Match.array_with(
+                    [
+                        Match.object_like(
+                            {
+                                "Effect": "Deny",
+                                "Action": "sns:Publish",
+                                "Principal": "*",
+                                "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+                            }
+                        )
+                    ]
+                )
+            },
+        },
+    )
+
+
+def test_report_topic_mails_the_configured_address(template: Template) -> None:
+    template.resource_count_is("AWS::SNS::Subscription", 1)
+    template.has_resource_properties(
+        "AWS::SNS::Subscription",
+        {
+            "Protocol": "email",
+            "Endpoint": "secops@example.com",
+            "TopicArn": {"Ref": _only_logical_id(template, "AWS::SNS::Topic")},
+        },
+    )
+
+
+# ---- functions -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "memory", "timeout", "concurrency"),
+    # The gate never runs two sweeps at once; the launch watch reserves nothing (new accounts have a quota of 10).
+    [("launch_watch", 256, 60, Match.absent()), ("usage_gate", 1024, 600, 1)],
+)
+def test_functions_run_python_3_14_on_arm_with_the_layer(
+    template: Template, name: str, memory: int, timeout: int, concurrency: object
+) -> None:
+    template.has_resource_properties(
+        "AWS::Lambda::Function",
+        {
+            "Handler": HANDLERS[name],
+            "Runtime": "python3.14",
+            "Architectures": ["arm64"],
+            "MemorySize": memory,
+            "Timeout": timeout,
+            "ReservedConcurrentExecutions": concurrency,
+            "Layers": [{"Ref": _only_logical_id(template, "AWS::Lambda::LayerVersion")}],
+            "LoggingConfig": {"LogGroup": {"Ref": Match.any_value()}},
+        },
+    )
+    template.has_resource_properties(
+        "AWS::Lambda::LayerVersion", {"CompatibleArchitectures": ["arm64"], "CompatibleRuntimes": ["python3.14"]}
+    )
+
+
+@pytest.mark.parametrize("region", REGIONS)
+@pytest.mark.parametrize("name", sorted(HANDLERS))
+def test_function_environment_parses_with_the_runtime_settings(synthesized: Any, region: str, name: str) -> None:
+    # Given the environment a function deploys with...
+    template = synthesized.template(region)
+    env = dict(_function(template, HANDLERS[name])["Properties"]["Environment"]["Variables"])
+    topic_id = _only_logical_id(template, "AWS::SNS::Topic")
+    assert env.pop("REPORT_TOPIC_ARN") == {"Ref": topic_id}
+
+    # ...when the handler reads it (the topic ARN is only known at deploy time)...
+    settings = Settings.from_env({**env, "REPORT_TOPIC_ARN": PLACEHOLDER_TOPIC_ARN})
+
+    # ...then it holds what the context said.
+    assert settings == Settings(
+        ENFORCEMENT_MODE=EnforcementMode.FIX,
+        REPORT_TOPIC_ARN=PLACEHOLDER_TOPIC_ARN,
+        LOOKBACK_DAYS=21,
+        EXEMPT_TAG_KEY="imdsv2-exempt",
+        ROLLBACK_ON_REJECTED=True,
+        CONTAINER_HOST_TAG_KEYS=("team:k8s-node", "platform:ecs"),
+        SERVICE_ROLE_PREFIX=f"ImdsEnforcer-{region}",
+        SET_ACCOUNT_DEFAULT=True,
+    )
+    assert env["POWERTOOLS_SERVICE_NAME"] == "imds-enforcer"
+    assert env["POWERTOOLS_METRICS_NAMESPACE"] == "ImdsEnforcer"
+    assert env["POWERTOOLS_LOG_LEVEL"] == "INFO"
+    assert synthesized.config.lambda_settings(PLACEHOLDER_TOPIC_ARN, service_role_prefix=f"ImdsEnforcer-{region}") == (
+        settings
+    )
+
+
+def test_each_function_logs_to_its_own_group_with_retention(template: Template) -> None:
+    groups = template.find_resources("AWS::Logs::LogGroup")
+    assert len(groups) == 2
+    assert all(group["Properties"]["RetentionInDays"] == 30 for group in groups.values())
+    for handler in HANDLERS.values():
+        group_id = _function(template, handler)["Properties"]["LoggingConfig"]["LogGroup"]["Ref"]
+        assert group_id in groups
+        writes = [s for s in _role_policy_statements(template, handler) if "logs:PutLogEvents" in _as_list(s["Action"])]
+        assert [s["Resource"] for s in writes] == [{"Fn::GetAtt": [group_id, "Arn"]}]
+
+
+def test_failed_async_invocations_go_to_an_encrypted_tls_only_queue(template: Template) -> None:
+    queue = Capture()
+    template.resource_count_is("AWS::Lambda::EventInvokeConfig", 2)
+    template.has_resource_properties(
+        "AWS::Lambda::EventInvokeConfig",
+        {
+            "MaximumRetryAttempts": 2,
+            "Qualifier": "$LATEST",
+            "DestinationConfig": {"OnFailure": {"Destination": {"Fn::GetAtt": [queue, "Arn"]}}},
+        },
+    )
+    queues = template.find_resources("AWS::SQS::Queue")
+    assert queue.as_string() in queues
+    for properties in (q["Properties"] for q in queues.values()):
+        assert properties == {"MessageRetentionPeriod": 14 * 24 * 3600, "SqsManagedSseEnabled": True}
+    template.resource_properties_count_is(
+        "AWS::SQS::QueuePolicy",
+        {
+            "PolicyDocument": {
+                "Statement": Match.array_with(
+                    [Match.object_like({"Effect": "Deny", "Condition": {"Bool": {"aws:SecureTransport": "false"}}})]
+                )
+            }
+        },
+        2,
+    )
+
+
+# ---- triggers ------------------------------------------------------------------------------------------------
+
+
+def _rule_targets(template: Template, handler: str) -> Matcher:
+    function_id = next(
+        logical_id
+        for logical_id, resource in template.find_resources("AWS::Lambda::Function").items()
+        if resource["Properties"]["Handler"] == handler
+    )
+    return Match.exact(
+        [
+            {
+                "Arn": {"Fn::GetAtt": [function_id, "Arn"]},
+                "Id": Match.any_value(),
+                "DeadLetterConfig": {"Arn": {"Fn::GetAtt": [Match.string_like_regexp("DeadLetterQueue"), "Arn"]}},
+                "RetryPolicy": {"MaximumRetryAttempts": Match.any_value(), "MaximumEventAgeInSeconds": 3600},
+            }
+        ]
+    )
+
+
+def test_launch_watch_rules_match_exactly_the_launch_events(template: Template) -> None:
+    template.resource_count_is("AWS::Events::Rule", 3)
+    targets = _rule_targets(template, HANDLERS["launch_watch"])
+    template.has_resource_properties(
+        "AWS::Events::Rule",
+        {
+            "EventPattern": Match.exact(
+                {
+                    "source": ["aws.ec2"],
+                    "detail-type": ["AWS API Call via CloudTrail"],
+                    "detail": {
+                        "eventSource": ["ec2.amazonaws.com"],
+                        "eventName": ["RunInstances", "ModifyInstanceMetadataOptions"],
+                    },
+                }
+            ),
+            "State": "ENABLED",
+            "Targets": targets,
+        },
+    )
+    template.has_resource_properties(
+        "AWS::Events::Rule",
+        {
+            "EventPattern": Match.exact(
+                {
+                    "source": ["aws.ec2"],
+                    "detail-type": ["EC2 Instance State-change Notification"],
+                    "detail": {"state": ["pending", "running"]},
+                }
+            ),
+            "State": "ENABLED",
+            "Targets": targets,
+        },
+    )
+
+
+def test_usage_gate_runs_on_the_configured_schedule(template: Template) -> None:
+    template.has_resource_properties(
+        "AWS::Events::Rule",
+        {
+            "ScheduleExpression": "rate(4 hours)",
+            "State": "ENABLED",
+            "Targets": _rule_targets(template, HANDLERS["usage_gate"]),
+        },
+    )
+
+
+# ---- IAM -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("region", REGIONS)
+def test_no_identity_policy_grants_a_wildcard_action(synthesized: Any, region: str) -> None:
+    policies = list(_identity_policies(synthesized.templates[f"ImdsEnforcer-{region}"]))
+    assert len(policies) == 2
+    for logical_id, document in policies:
+        for statement in document["Statement"]:
+            for action in _as_list(statement["Action"]):
+                assert "*" not in action, f"{logical_id} allows {action}"
+
+
+def test_roles_carry_no_managed_policies(template: Template) -> None:
+    for role in template.find_resources("AWS::IAM::Role").values():
+        assert "ManagedPolicyArns" not in role["Properties"]
+
+
+@pytest.mark.parametrize("region", REGIONS)
+@pytest.mark.parametrize("name", sorted(HANDLERS))
+def test_instance_changes_are_scoped_to_this_accounts_instances(synthesized: Any, region: str, name: str) -> None:
+    statements = _role_policy_statements(synthesized.template(region), HANDLERS[name])
+    instance_arn = f"arn:${{AWS::Partition}}:ec2:{region}:{ACCOUNT}:instance/*"
+
+    for action in ("ec2:ModifyInstanceMetadataOptions", "ec2:CreateTags"):
+        granting = [s for s in statements if action in _as_list(s["Action"])]
+        assert granting, f"{name} lacks {action}"
+        assert [_render(resource) for s in granting for resource in _as_list(s["Resource"])] == [instance_arn]
+
+
+@pytest.mark.parametrize(
+    ("name", "tag_keys"),
+    [("launch_watch", SERVICE_TAGS), ("usage_gate", [*SERVICE_TAGS, "imdsv2-exempt"])],
+)
+def test_tagging_is_limited_to_the_service_tag_keys(template: Template, name: str, tag_keys: list[str]) -> None:
+    (create_tags,) = [s for s in _role_policy_statements(template, HANDLERS[name]) if s["Action"] == "ec2:CreateTags"]
+    assert create_tags["Condition"] == {"ForAllValues:StringEquals": {"aws:TagKeys": tag_keys}}
+
+
+def test_only_the_gate_may_set_the_account_default_when_configured(template: Template) -> None:
+    defaults = {"ec2:GetInstanceMetadataDefaults", "ec2:ModifyInstanceMetadataDefaults"}
+
+    def actions(name: str) -> set[str]:
+        return {a for s in _role_policy_statements(template, HANDLERS[name]) for a in _as_list(s["Action"])}
+
+    assert defaults <= actions("usage_gate")
+    assert not defaults & actions("launch_watch")
+    assert "cloudwatch:GetMetricData" in actions("usage_gate")
+
+
+@pytest.mark.parametrize("name", sorted(HANDLERS))
+def test_functions_may_publish_to_the_report_topic_and_use_its_key(template: Template, name: str) -> None:
+    topic_id = _only_logical_id(template, "AWS::SNS::Topic")
+    key_id = _only_logical_id(template, "AWS::KMS::Key")
+    statements = _role_policy_statements(template, HANDLERS[name])
+
+    assert {"Action": "sns:Publish", "Effect": "Allow", "Resource": {"Ref": topic_id}} in statements
+    assert {
+        "Action": ["kms:GenerateDataKey", "kms:Decrypt"],
+        "Effect": "Allow",
+        "Resource": {"Fn::GetAtt": [key_id, "Arn"]},
+    } in statements

@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 
-.PHONY: setup demo test lint typecheck unit bench synth deploy destroy clean
+.PHONY: setup demo test lint typecheck unit bench synth deploy destroy clean schema
 
 $(STAMP): requirements.txt requirements-dev.txt functions/requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -48,3 +48,7 @@ destroy: setup node_modules/.bin/cdk
 
 clean:
 	rm -rf build cdk.out .pytest_cache .mypy_cache .ruff_cache
+
+# Regenerate the published report's JSON Schema (a test fails when it is stale).
+schema: setup
+	$(BIN)/python -c "import json, sys; sys.path.insert(0, 'functions'); from imds_enforcer.report import report_json_schema; print(json.dumps(report_json_schema(), indent=2, sort_keys=True))" > docs/report-schema.json

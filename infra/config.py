@@ -131,13 +131,11 @@ class DeployConfig(BaseModel):
             problems = "; ".join(_describe(issue["loc"], issue.get("input"), issue["msg"]) for issue in error.errors())
             raise ConfigError(f"invalid deploy configuration: {problems}") from None
 
-    def lambda_settings(self, topic_arn: str, *, service_role_prefix: str = "") -> Settings:
+    def lambda_settings(self, topic_arn: str) -> Settings:
         """The runtime settings both Lambdas get, validated by the same model the handlers use.
 
         ``topic_arn`` may be an unresolved CDK token: the model then checks a placeholder ARN and the token is
         put back afterwards (``model_copy`` does not re-validate), so every other value is still checked.
-        ``service_role_prefix`` is the stack name: CloudFormation names the roles it generates
-        ``<stackName>-<logicalId>-<suffix>``, which lets the launch watch recognise its own calls.
         """
         checked_arn = PLACEHOLDER_TOPIC_ARN if cdk.Token.is_unresolved(topic_arn) else topic_arn
         env = {
@@ -147,7 +145,6 @@ class DeployConfig(BaseModel):
             "EXEMPT_TAG_KEY": self.exempt_tag_key,
             "ROLLBACK_ON_REJECTED": str(self.rollback_on_rejected).lower(),
             "CONTAINER_HOST_TAG_KEYS": ",".join(self.container_host_tag_keys),
-            "SERVICE_ROLE_PREFIX": service_role_prefix,
             "WATCH_DAYS": str(self.watch_days),
             "COVERAGE_MIN_RATIO": str(self.coverage_min_ratio),
             "SET_ACCOUNT_DEFAULT": str(self.set_account_default).lower(),
@@ -159,7 +156,7 @@ class DeployConfig(BaseModel):
             raise ConfigError(f"the Lambda environment built from cdk.json context is invalid: {error}") from None
         return settings.model_copy(update={"REPORT_TOPIC_ARN": topic_arn})
 
-    def lambda_environment(self, topic_arn: str, *, service_role_prefix: str = "") -> dict[str, str]:
+    def lambda_environment(self, topic_arn: str) -> dict[str, str]:
         """The Lambda environment variables (empty values dropped: the runtime reads them as defaults)."""
-        settings = self.lambda_settings(topic_arn, service_role_prefix=service_role_prefix)
+        settings = self.lambda_settings(topic_arn)
         return {name: value for name, value in settings.to_env().items() if value != ""}

@@ -40,7 +40,7 @@ class ImdsEnforcerStack(cdk.Stack):
         )
 
         report = ReportTopic(self, "Report", notification_emails=config.notification_emails)
-        environment = config.lambda_environment(report.topic.topic_arn, service_role_prefix=self.stack_name)
+        environment = config.lambda_environment(report.topic.topic_arn)
 
         layer = DependenciesLayer(
             self,

@@ -114,7 +114,7 @@ class Ignored:
 
 
 def read_launch_event(
-    raw: object, *, account: str, region: str, service_role_prefix: str = ""
+    raw: object, *, account: str, region: str, service_role_path: str = ""
 ) -> LaunchTrigger | Ignored:
     """Decide what an incoming event asks of the launch watch. Never raises on bad input."""
     if not isinstance(raw, Mapping):
@@ -132,7 +132,7 @@ def read_launch_event(
     if event.detail_type == STATE_CHANGE:
         return _read_state_change(event)
     if event.detail_type == CLOUDTRAIL_CALL:
-        return _read_cloudtrail(event, account=account, service_role_prefix=service_role_prefix)
+        return _read_cloudtrail(event, account=account, service_role_path=service_role_path)
     return Ignored(f"detail-type {event.detail_type!r} is not one the launch watch handles", event.id)
 
 
@@ -146,7 +146,7 @@ def _read_state_change(event: EnforcerEvent) -> LaunchTrigger | Ignored:
     return _trigger(TriggerKind.STATE_CHANGE, [change.instance_id], event.id)
 
 
-def _read_cloudtrail(event: EnforcerEvent, *, account: str, service_role_prefix: str) -> LaunchTrigger | Ignored:
+def _read_cloudtrail(event: EnforcerEvent, *, account: str, service_role_path: str) -> LaunchTrigger | Ignored:
     try:
         call = CloudTrailCall.model_validate(event.detail)
     except ValidationError as error:
@@ -161,7 +161,7 @@ def _read_cloudtrail(event: EnforcerEvent, *, account: str, service_role_prefix:
     if name == "RunInstances":
         return _read_run_instances(call, event.id)
     if name == "ModifyInstanceMetadataOptions":
-        return _read_modify(call, event.id, service_role_prefix)
+        return _read_modify(call, event.id, service_role_path)
     return Ignored(f"CloudTrail event {name} is not one the launch watch handles", event.id)
 
 
@@ -178,7 +178,7 @@ def _read_run_instances(call: CloudTrailCall, event_id: str) -> LaunchTrigger | 
     return _trigger(TriggerKind.RUN_INSTANCES, [item.instanceId for item in items], event_id)
 
 
-def _read_modify(call: CloudTrailCall, event_id: str, service_role_prefix: str) -> LaunchTrigger | Ignored:
+def _read_modify(call: CloudTrailCall, event_id: str, service_role_path: str) -> LaunchTrigger | Ignored:
     parameters = call.requestParameters or {}
     body = parameters.get("ModifyInstanceMetadataOptionsRequest", parameters)
     try:
@@ -189,21 +189,17 @@ def _read_modify(call: CloudTrailCall, event_id: str, service_role_prefix: str) 
         return Ignored(
             f"ModifyInstanceMetadataOptions on {request.instance_id} does not set HttpTokens to optional", event_id
         )
-    caller = _caller_role(call.userIdentity)
-    if service_role_prefix and caller and caller.startswith(service_role_prefix):
+    caller = _caller_role_arn(call.userIdentity)
+    if service_role_path and caller and f":role{service_role_path}" in caller:
         return Ignored(f"{request.instance_id} was set to optional by this service ({caller}): a rollback", event_id)
     return _trigger(TriggerKind.REGRESSION, [request.instance_id], event_id)
 
 
-def _caller_role(identity: UserIdentity | None) -> str | None:
-    if identity is None:
+def _caller_role_arn(identity: UserIdentity | None) -> str | None:
+    """The ARN of the role behind an assumed-role session; unlike the session ARN it includes the role's path."""
+    if identity is None or identity.sessionContext is None or identity.sessionContext.sessionIssuer is None:
         return None
-    issuer = identity.sessionContext.sessionIssuer if identity.sessionContext else None
-    if issuer and issuer.userName:
-        return issuer.userName
-    if identity.arn and ":assumed-role/" in identity.arn:
-        return identity.arn.split(":assumed-role/", 1)[1].split("/", 1)[0]
-    return None
+    return identity.sessionContext.sessionIssuer.arn
 
 
 def _trigger(kind: TriggerKind, ids: list[str], event_id: str) -> LaunchTrigger | Ignored:

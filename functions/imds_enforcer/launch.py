@@ -43,7 +43,7 @@ def watch_launch(raw_event: object, *, settings: Settings, deployment: Deploymen
         raw_event,
         account=deployment.account,
         region=deployment.region,
-        service_role_prefix=settings.SERVICE_ROLE_PREFIX,
+        service_role_path=settings.SERVICE_ROLE_PATH,
     )
     if isinstance(trigger, Ignored):
         logger.info("event ignored", extra={"reason": trigger.reason, "event_id": trigger.event_id})

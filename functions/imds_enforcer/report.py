@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -183,3 +185,17 @@ def _chunk_findings(report: Report, findings: list[Finding], max_bytes: int) -> 
         chunks[-1].append(finding)
         used += size
     return chunks
+
+
+def report_json_schema() -> dict[str, object]:
+    """The JSON Schema of a published message (docs/report-schema.json is generated from this)."""
+    schema = Report.model_json_schema(by_alias=True, mode="serialization")
+    # Fields with a non-None default are always written; only the None-able ones may be absent (exclude_none).
+    schema["required"] = sorted(name for name, prop in schema["properties"].items() if name != "source_event_id")
+    finding = schema["$defs"]["Finding"]
+    finding["required"] = sorted(
+        name for name, prop in finding["properties"].items() if "null" not in json.dumps(prop.get("anyOf", ""))
+    )
+    schema["$id"] = SCHEMA_ID
+    schema["title"] = "IMDSv2 Enforcer report"
+    return schema

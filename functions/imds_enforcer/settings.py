@@ -15,6 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 SERVICE_TAG_PREFIX = "imdsv2-enforcer:"
 ENFORCED_AT_TAG = "imdsv2-enforcer:enforced-at"
 ENFORCED_BY_TAG = "imdsv2-enforcer:enforced-by"
+# The IAM path of the service's own roles: CloudTrail's sessionIssuer.arn carries it, so the launch watch can tell
+# the service's own calls (a rollback) from a person's, whatever name CloudFormation generated for the role.
+SERVICE_ROLE_PATH = "/imds-enforcer/"
 
 
 class EnforcementMode(StrEnum):
@@ -47,8 +50,8 @@ class Settings(BaseModel):
     SLACK_WEBHOOK_SECRET: str = ""
     # Extra tag keys (beyond the built-in EKS/ECS/Kubernetes ones) that mark a container host.
     CONTAINER_HOST_TAG_KEYS: tuple[str, ...] = ()
-    # Calls made by a principal whose role or session name starts with this prefix are our own (rollbacks).
-    SERVICE_ROLE_PREFIX: str = ""
+    # Calls made by a role under this IAM path are the service's own (rollbacks), not regressions.
+    SERVICE_ROLE_PATH: Annotated[str, Field(pattern=r"^/([A-Za-z0-9+=,.@_-]+/)*$")] = SERVICE_ROLE_PATH
     # The usage gate.
     WATCH_DAYS: Annotated[int, Field(ge=1, le=63)] = 14
     COVERAGE_MIN_RATIO: Annotated[float, Field(gt=0, le=1)] = 0.9

@@ -13,6 +13,8 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
+import infra  # noqa: F401  (puts functions/ on sys.path for the import below)
+from imds_enforcer.settings import SERVICE_ROLE_PATH
 from infra.constructs.nag import acknowledge
 
 # The newest Python in aws-cdk-lib (cdk-nag rule L1 flags anything older); the layer is built for the same one.
@@ -118,8 +120,13 @@ class EnforcerFunction(Construct):
 
         self.log_group = logs.LogGroup(self, "Logs", retention=log_retention)
 
+        # Under the service's IAM path: CloudTrail records it, so the launch watch knows the service's own calls.
         self.role = iam.Role(
-            self, "Role", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"), description=description
+            self,
+            "Role",
+            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+            description=description,
+            path=SERVICE_ROLE_PATH,
         )
         # What AWSLambdaBasicExecutionRole would give, but only on this function's own log group.
         self.role.add_to_principal_policy(

@@ -120,7 +120,7 @@ def test_lambda_settings_reproduce_the_config_through_the_runtime_model() -> Non
         coverage_min_ratio=0.8,
     )
 
-    env = config.lambda_environment(TOPIC_ARN, service_role_prefix="ImdsEnforcer-eu-west-1")
+    env = config.lambda_environment(TOPIC_ARN)
     settings = Settings.from_env(env)
 
     assert settings == Settings(
@@ -133,7 +133,6 @@ def test_lambda_settings_reproduce_the_config_through_the_runtime_model() -> Non
         SET_ACCOUNT_DEFAULT=True,
         WATCH_DAYS=9,
         COVERAGE_MIN_RATIO=0.8,
-        SERVICE_ROLE_PREFIX="ImdsEnforcer-eu-west-1",
     )
 
 

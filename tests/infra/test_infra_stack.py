@@ -227,15 +227,12 @@ def test_function_environment_parses_with_the_runtime_settings(synthesized: Any,
         EXEMPT_TAG_KEY="imdsv2-exempt",
         ROLLBACK_ON_REJECTED=True,
         CONTAINER_HOST_TAG_KEYS=("team:k8s-node", "platform:ecs"),
-        SERVICE_ROLE_PREFIX=f"ImdsEnforcer-{region}",
         SET_ACCOUNT_DEFAULT=True,
     )
     assert env["POWERTOOLS_SERVICE_NAME"] == "imds-enforcer"
     assert env["POWERTOOLS_METRICS_NAMESPACE"] == "ImdsEnforcer"
     assert env["POWERTOOLS_LOG_LEVEL"] == "INFO"
-    assert synthesized.config.lambda_settings(PLACEHOLDER_TOPIC_ARN, service_role_prefix=f"ImdsEnforcer-{region}") == (
-        settings
-    )
+    assert synthesized.config.lambda_settings(PLACEHOLDER_TOPIC_ARN) == settings
 
 
 def test_each_function_logs_to_its_own_group_with_retention(template: Template) -> None:
@@ -361,6 +358,13 @@ def test_no_identity_policy_grants_a_wildcard_action(synthesized: Any, region: s
 def test_roles_carry_no_managed_policies(template: Template) -> None:
     for role in template.find_resources("AWS::IAM::Role").values():
         assert "ManagedPolicyArns" not in role["Properties"]
+
+
+def test_roles_live_under_the_path_the_launch_watch_recognises_as_its_own(template: Template) -> None:
+    # CloudTrail's sessionIssuer.arn carries the path: that is how a rollback by the gate is told from a regression.
+    roles = template.find_resources("AWS::IAM::Role")
+    assert len(roles) == 2
+    assert {role["Properties"]["Path"] for role in roles.values()} == {Settings().SERVICE_ROLE_PATH}
 
 
 @pytest.mark.parametrize("region", REGIONS)

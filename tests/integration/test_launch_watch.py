@@ -185,15 +185,14 @@ def test_regression_to_optional_is_undone(inbox: ReportInbox, lambda_context: Fa
 
 
 @pytest.mark.usefixtures("fix_mode")
-def test_rollback_by_the_service_itself_is_left_alone(
-    inbox: ReportInbox, lambda_context: FakeLambdaContext, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("SERVICE_ROLE_PREFIX", "ImdsEnforcer-us-east-1")
+def test_rollback_by_the_service_itself_is_left_alone(inbox: ReportInbox, lambda_context: FakeLambdaContext) -> None:
+    # Given the gate (a role under the service's IAM path, the default setting) rolled an instance back
     [instance_id] = launch()
-
-    result = handler(
-        modify_options_event(instance_id, caller_role="ImdsEnforcer-us-east-1-UsageGateRole-ABC"), lambda_context
+    event = modify_options_event(
+        instance_id, caller_role="ImdsEnforcer-us-e-UsageGateRole-ABC", caller_role_path="/imds-enforcer/"
     )
+
+    result = handler(event, lambda_context)
 
     assert result["status"] == "ignored"
     assert metadata_options(instance_id)["HttpTokens"] == "optional"

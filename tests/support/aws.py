@@ -9,6 +9,8 @@ from typing import Any
 
 import boto3
 
+from tests.support.schema import assert_valid_report
+
 
 @dataclass(frozen=True)
 class Received:
@@ -31,11 +33,13 @@ class ReportInbox:
                 return received
             for message in batch:
                 envelope = json.loads(message["Body"])
+                report = json.loads(envelope["Message"])
+                assert_valid_report(report)
                 received.append(
                     Received(
                         subject=envelope.get("Subject", ""),
                         attributes={k: v["Value"] for k, v in envelope.get("MessageAttributes", {}).items()},
-                        report=json.loads(envelope["Message"]),
+                        report=report,
                     )
                 )
                 sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
@@ -158,6 +162,7 @@ def modify_options_event(
     tokens: str = "optional",
     *,
     caller_role: str = "PlatformAdmin",
+    caller_role_path: str = "/",
     account: str = "123456789012",
     region: str = "us-east-1",
     error_code: str | None = None,
@@ -172,7 +177,13 @@ def modify_options_event(
         "userIdentity": {
             "type": "AssumedRole",
             "arn": f"arn:aws:sts::{account}:assumed-role/{caller_role}/session",
-            "sessionContext": {"sessionIssuer": {"type": "Role", "userName": caller_role}},
+            "sessionContext": {
+                "sessionIssuer": {
+                    "type": "Role",
+                    "userName": caller_role,
+                    "arn": f"arn:aws:iam::{account}:role{caller_role_path}{caller_role}",
+                }
+            },
         },
         "requestParameters": {
             "ModifyInstanceMetadataOptionsRequest": {"HttpTokens": tokens, "InstanceId": instance_id}

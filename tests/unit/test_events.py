@@ -136,10 +136,18 @@ def test_modify_to_required_is_not_a_regression() -> None:
 
 
 def test_rollback_by_this_service_is_not_a_regression() -> None:
-    event = modify_options_event("i-0abc", caller_role="ImdsEnforcer-us-east-1-UsageGateRole-1X2Y3Z")
-    result = read_launch_event(event, account=ACCOUNT, region=REGION, service_role_prefix="ImdsEnforcer-us-east-1")
+    event = modify_options_event(
+        "i-0abc", caller_role="ImdsEnforcer-ap-southeast-2-UsageGate-1X2Y3Z", caller_role_path="/imds-enforcer/"
+    )
+    result = read_launch_event(event, account=ACCOUNT, region=REGION, service_role_path="/imds-enforcer/")
     assert isinstance(result, Ignored)
     assert "by this service" in result.reason
+
+
+def test_same_role_name_outside_the_service_path_is_a_regression() -> None:
+    event = modify_options_event("i-0abc", caller_role="ImdsEnforcer-lookalike", caller_role_path="/")
+    result = read_launch_event(event, account=ACCOUNT, region=REGION, service_role_path="/imds-enforcer/")
+    assert isinstance(result, LaunchTrigger)
 
 
 def test_camel_case_modify_request_is_read_too() -> None:

@@ -1,8 +1,36 @@
-"""The single Logger and Metrics of the service (Powertools); handlers decorate, modules log."""
+"""The single Logger and Metrics of the service (Powertools); handlers decorate, modules log.
+
+Metric names live here, once: the handlers emit them and the CDK dashboard and alarms read them.
+"""
 
 from __future__ import annotations
 
-from aws_lambda_powertools import Logger, Metrics
+from collections import Counter
+from collections.abc import Iterable
 
-logger = Logger(service="imds-enforcer")
-metrics = Metrics(namespace="ImdsEnforcer", service="imds-enforcer")
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+
+from imds_enforcer.report import Action, Finding
+
+SERVICE = "imds-enforcer"
+NAMESPACE = "ImdsEnforcer"
+EVENTS_PROCESSED = "EventsProcessed"
+EVENTS_IGNORED = "EventsIgnored"
+OPTIONAL_REMAINING = "OptionalInstancesRemaining"
+DEFERRED = "DeferredInstances"
+
+logger = Logger(service=SERVICE)
+metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
+
+
+def action_metric(action: Action) -> str:
+    """`Enforced`, `Rejected`, `InsufficientData`, ...: one count per finding action."""
+    return "".join(part.capitalize() for part in action.value.split("_"))
+
+
+def record_findings(findings: Iterable[Finding]) -> None:
+    counted = Counter(finding.action for finding in findings)
+    for action in Action:
+        # Zeros too: an alarm on `Rejected` or a dashboard line needs datapoints, not gaps, on quiet runs.
+        metrics.add_metric(name=action_metric(action), unit=MetricUnit.Count, value=counted[action])

@@ -448,3 +448,22 @@ def test_real_console_launch_of_two_instances_is_enforced(
     # Then both instances require tokens
     assert [metadata_options(i)["HttpTokens"] for i in ids] == ["required", "required"]
     assert {f["resource_id"] for f in findings_of(inbox)} == set(ids)
+
+
+# --- metrics ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("fix_mode")
+def test_handler_emits_a_count_per_action_as_embedded_metrics(
+    inbox: ReportInbox, lambda_context: FakeLambdaContext, capsys: pytest.CaptureFixture[str]
+) -> None:
+    [instance_id] = launch()
+    capsys.readouterr()
+
+    handler(state_change_event(instance_id), lambda_context)
+
+    emf = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"_aws"')]
+    [blob] = emf
+    assert blob["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "ImdsEnforcer"
+    assert blob["service"] == "imds-enforcer"
+    assert (blob["Enforced"], blob["Failed"], blob["Rejected"], blob["EventsProcessed"]) == ([1.0], [0.0], [0.0], [1.0])

@@ -11,7 +11,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from imds_enforcer.deployment import Deployment
 from imds_enforcer.launch import watch_launch
-from imds_enforcer.observability import logger, metrics
+from imds_enforcer.observability import EVENTS_IGNORED, EVENTS_PROCESSED, logger, metrics, record_findings
 from imds_enforcer.settings import Settings
 
 
@@ -20,9 +20,7 @@ from imds_enforcer.settings import Settings
 def handler(event: dict[str, Any], context: Any) -> dict[str, object]:
     settings = Settings.from_env(os.environ)
     outcome = watch_launch(event, settings=settings, deployment=Deployment.from_context(context))
-    metrics.add_metric(
-        name="EventsIgnored" if outcome.status == "ignored" else "EventsProcessed", unit=MetricUnit.Count, value=1
-    )
-    for finding in outcome.findings:
-        metrics.add_metric(name=f"Instances_{finding.action.value}", unit=MetricUnit.Count, value=1)
+    name = EVENTS_IGNORED if outcome.status == "ignored" else EVENTS_PROCESSED
+    metrics.add_metric(name=name, unit=MetricUnit.Count, value=1)
+    record_findings(outcome.findings)
     return outcome.summary()

@@ -15,7 +15,7 @@ for path in (ROOT / "functions", ROOT):
         sys.path.insert(0, str(path))
 
 from emulator.moto_ext import teach_moto  # noqa: E402
-from imds_enforcer import clients  # noqa: E402
+from imds_enforcer import clients, secrets  # noqa: E402
 from imds_enforcer.settings import Settings  # noqa: E402
 from tests.support.aws import ReportInbox, make_inbox  # noqa: E402
 from tests.support.context import FakeLambdaContext  # noqa: E402
@@ -37,8 +37,10 @@ def aws_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("AWS_REGION", REGION)
     monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "ImdsEnforcer")
     clients.reset_clients()
+    secrets.reset_webhook_urls()
     yield
     clients.reset_clients()
+    secrets.reset_webhook_urls()
 
 
 @pytest.fixture

@@ -1,0 +1,298 @@
+"""`python -m demo`: the real handlers against a local AWS emulator, step by step, with the reports they publish.
+
+Exits 0 when every step did what it should, 1 when one did not (each miss is printed as `CHECK FAILED`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import demo  # noqa: F401 - puts functions/ on sys.path before anything imports imds_enforcer
+
+if TYPE_CHECKING:
+    from demo.aws import Inbox
+
+ACCOUNT = "123456789012"
+FOREIGN_ACCOUNT = "999988887777"
+REGION = "us-east-1"
+EXEMPT_TAG_KEY = "imdsv2-exempt"
+ENFORCED_BY_TAG = "imdsv2-enforcer:enforced-by"
+GATE_MODULE = "imds_enforcer.handlers.usage_gate"
+
+
+@dataclass
+class Checks:
+    """Outcome assertions that keep the demo going after a miss, so one run shows every problem."""
+
+    failures: list[str] = field(default_factory=list)
+
+    def expect(self, condition: bool, message: str) -> None:
+        if not condition:
+            self.failures.append(message)
+            print(f"  CHECK FAILED: {message}")
+
+
+def _quiet_observability() -> None:
+    # Read by Powertools when imds_enforcer.observability is first imported, so set before any handler import:
+    # the JSON logs and the EMF metrics lines would bury the demo's own output.
+    os.environ["POWERTOOLS_LOG_LEVEL"] = "WARNING"
+    os.environ["POWERTOOLS_METRICS_DISABLED"] = "true"
+    os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "ImdsEnforcer")
+    os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "imds-enforcer")
+
+
+def _settings_env(**values: str) -> None:
+    """The demo decides every product setting: leftovers from the caller's shell must not change the story."""
+    from imds_enforcer.settings import Settings
+
+    for name in Settings.model_fields:
+        os.environ.pop(name, None)
+    os.environ.update(values)
+
+
+def main() -> int:
+    _quiet_observability()
+    from emulator.server import start_server, use_endpoint
+
+    started = time.monotonic()
+    checks = Checks()
+    print("IMDSv2 Enforcer: local demo (moto server on 127.0.0.1, real handlers, no AWS account)")
+    try:
+        with start_server() as local:
+            print(f"  emulator: {local.endpoint_url}  account {local.account}  region {local.region}")
+            use_endpoint(local.endpoint_url, region=REGION)
+            _run(checks)
+    except Exception as error:  # the demo's verdict must name what broke, then fail
+        print(f"\nDEMO ERROR: {type(error).__name__}: {error}")
+        raise
+    elapsed = time.monotonic() - started
+    print()
+    if checks.failures:
+        print(f"DEMO FAILED: {len(checks.failures)} check(s) failed in {elapsed:.1f} s:")
+        for failure in checks.failures:
+            print(f"  - {failure}")
+        return 1
+    print(f"DEMO OK: every step did what it should ({elapsed:.1f} s)")
+    return 0
+
+
+def _run(checks: Checks) -> None:
+    from demo import events, show
+    from demo.aws import CallCounter, Inbox, actions_by_resource, snapshot
+    from demo.context import DemoLambdaContext
+    from emulator.fleet import seed_fleet
+    from imds_enforcer import clients
+    from imds_enforcer.handlers import launch_watch
+
+    show.heading("Seeding the emulator")
+    fleet = seed_fleet()
+    inbox = Inbox.create()
+    print(f"  {len(fleet.all)} instances (one per reservation), 14 days of hourly AWS/EC2 MetadataNoToken each")
+    print(f"  report topic {inbox.topic_arn}, with an SQS queue subscribed")
+    before = snapshot(fleet.all)
+    show.fleet("fleet before", before, fleet.roles, exempt_tag_key=EXEMPT_TAG_KEY)
+
+    names = {instance_id: row.name for instance_id, row in before.items()}
+
+    # Count what the product sends, on its own (cached) clients: that is what idempotence means in AWS terms.
+    counter = CallCounter()
+    for client in (clients.ec2(), clients.sns()):
+        client.meta.events.register("before-call", counter)
+
+    context = DemoLambdaContext(function_name="imds-enforcer-launch-watch", account=ACCOUNT, region=REGION)
+
+    def invoke(event: dict[str, Any]) -> tuple[dict[str, Any], Counter[str]]:
+        """Call the handler as Lambda would; returns its summary and the AWS operations it sent."""
+        counter.take()
+        result: dict[str, Any] = launch_watch.handler(event, context)
+        calls = counter.take()
+        print(
+            f"  handler returned: status={result['status']} findings={len(result['findings'])}"
+            f" published={result['published']}"
+        )
+        if result.get("reason"):
+            print(f"  reason: {result['reason']}")
+        print("  AWS calls: " + (", ".join(f"{name} x{count}" for name, count in sorted(calls.items())) or "none"))
+        return result, calls
+
+    launch_event = events.run_instances(fleet.all, account=ACCOUNT, region=REGION)
+    not_exempt = [instance_id for instance_id in fleet.optional if instance_id != fleet.exempt]
+
+    # (a) flag mode -------------------------------------------------------------------------------------------
+    show.heading("(a) Launch watch, flag mode: a RunInstances event for the whole fleet")
+    _settings_env(ENFORCEMENT_MODE="flag", REPORT_TOPIC_ARN=inbox.topic_arn)
+    invoke(launch_event)
+    received = inbox.drain()
+    show.reports(received, names)
+    actions = actions_by_resource(received)
+    for instance_id in not_exempt:
+        checks.expect(
+            actions.get(instance_id) == "flagged",
+            f"(a) {instance_id} should be flagged, got {actions.get(instance_id)}",
+        )
+    checks.expect(actions.get(fleet.exempt) == "exempt", "(a) the exempt instance should be reported exempt")
+    for instance_id in fleet.required:
+        checks.expect(instance_id not in actions, f"(a) {instance_id} is already required: nothing to report")
+    checks.expect(snapshot(fleet.all) == before, "(a) flag mode must change nothing")
+
+    # (b) fix mode --------------------------------------------------------------------------------------------
+    show.heading("(b) Launch watch, fix mode: the same event")
+    _settings_env(ENFORCEMENT_MODE="fix", REPORT_TOPIC_ARN=inbox.topic_arn)
+    _, calls = invoke(launch_event)
+    received = inbox.drain()
+    show.reports(received, names)
+    after_fix = snapshot(fleet.all)
+    show.fleet("fleet after fix mode", after_fix, fleet.roles, exempt_tag_key=EXEMPT_TAG_KEY, before=before)
+    actions = actions_by_resource(received)
+    for instance_id in not_exempt:
+        row = after_fix[instance_id]
+        checks.expect(actions.get(instance_id) == "enforced", f"(b) {instance_id} should be enforced")
+        checks.expect(row.tokens == "required", f"(b) {instance_id} should end HttpTokens=required, is {row.tokens}")
+        checks.expect(row.tags.get(ENFORCED_BY_TAG) == "launch_watch", f"(b) {instance_id} should carry enforced-by")
+    for host in (fleet.eks_host, fleet.ecs_host):
+        checks.expect(after_fix[host].hop_limit == 2, f"(b) container host {host} should end with hop limit 2")
+    for instance_id in fleet.web:
+        checks.expect(after_fix[instance_id].hop_limit == 1, f"(b) web {instance_id} hop limit must stay 1")
+    checks.expect(after_fix[fleet.endpoint_disabled].endpoint == "disabled", "(b) a disabled endpoint stays disabled")
+    checks.expect(after_fix[fleet.stopped].state == "stopped", "(b) the stopped instance stays stopped")
+    checks.expect(after_fix[fleet.exempt] == before[fleet.exempt], "(b) the exempt instance must be untouched")
+    for instance_id in fleet.required:
+        checks.expect(after_fix[instance_id] == before[instance_id], f"(b) required {instance_id} must be untouched")
+    checks.expect(
+        calls.get("ModifyInstanceMetadataOptions", 0) == len(not_exempt),
+        f"(b) one modify per enforced instance ({len(not_exempt)}), got {calls.get('ModifyInstanceMetadataOptions')}",
+    )
+
+    # (c) the same event again --------------------------------------------------------------------------------
+    show.heading("(c) Fix mode, the same event delivered again (EventBridge delivers at least once)")
+    _, calls = invoke(launch_event)
+    received = inbox.drain()
+    show.reports(received, names)
+    checks.expect(calls.get("ModifyInstanceMetadataOptions", 0) == 0, "(c) a repeat must modify nothing")
+    checks.expect(calls.get("CreateTags", 0) == 0, "(c) a repeat must tag nothing")
+    checks.expect(snapshot(fleet.all) == after_fix, "(c) a repeat must change nothing")
+    repeat_actions = set(actions_by_resource(received).values())
+    checks.expect(repeat_actions <= {"exempt"}, f"(c) a repeat reports no new action, got {sorted(repeat_actions)}")
+    if received:
+        show.note("Only the exemption is reported again: the instance is still optional, on purpose.")
+
+    # (d) a regression --------------------------------------------------------------------------------------
+    show.heading("(d) Regression: an admin sets a web instance back to optional")
+    victim = fleet.web[0]
+    import boto3
+
+    boto3.client("ec2").modify_instance_metadata_options(InstanceId=victim, HttpTokens="optional")
+    print(f"  ModifyInstanceMetadataOptions {victim} HttpTokens=optional -> now {snapshot([victim])[victim].tokens}")
+    invoke(events.modify_options(victim, "optional", caller_role="PlatformAdmin", account=ACCOUNT, region=REGION))
+    received = inbox.drain()
+    show.reports(received, names)
+    checks.expect(actions_by_resource(received).get(victim) == "enforced", f"(d) {victim} should be enforced again")
+    checks.expect(snapshot([victim])[victim].tokens == "required", f"(d) {victim} should end required")
+
+    # (e) a foreign event -----------------------------------------------------------------------------------
+    show.heading(f"(e) A RunInstances event from another account ({FOREIGN_ACCOUNT})")
+    result, _ = invoke(events.run_instances(fleet.web, account=FOREIGN_ACCOUNT, region=REGION))
+    received = inbox.drain()
+    show.reports(received, names)
+    checks.expect(result["status"] == "ignored", "(e) a foreign event must be ignored")
+    checks.expect(FOREIGN_ACCOUNT in str(result.get("reason")), "(e) the reason should name the foreign account")
+    checks.expect(not received, "(e) a foreign event publishes nothing")
+
+    # (f) the usage gate ------------------------------------------------------------------------------------
+    show.heading("(f) Usage gate: scheduled sweep of instances that launched before the 14-day window")
+    gate = _import_gate()
+    if gate is None:
+        print(f"  the usage gate is not built yet ({GATE_MODULE} is missing): skipped")
+    else:
+        _run_gate(gate, inbox, names, checks)
+
+    show.heading("Fleet at the end")
+    show.fleet("fleet now", snapshot(fleet.all), fleet.roles, exempt_tag_key=EXEMPT_TAG_KEY, before=before)
+
+
+def _import_gate() -> Callable[[dict[str, Any], Any], object] | None:
+    import importlib
+
+    try:
+        module = importlib.import_module(GATE_MODULE)
+    except ModuleNotFoundError as error:
+        if error.name != GATE_MODULE:
+            raise  # the gate exists but one of its imports is broken: that is a failure, not "not built"
+        return None
+    handler: Callable[[dict[str, Any], Any], object] = module.handler
+    return handler
+
+
+def _run_gate(
+    gate: Callable[[dict[str, Any], Any], object], inbox: Inbox, fleet_names: Mapping[str, str], checks: Checks
+) -> None:
+    from demo import events, show
+    from demo.aws import actions_by_resource, snapshot
+    from demo.context import DemoLambdaContext
+    from emulator.fleet import seed_gate_candidates
+
+    candidates = seed_gate_candidates()
+    print(
+        f"  {len(candidates.all)} more optional instances, launched 30 days ago, 14 days of metrics: quiet ones,"
+        " an EKS node, one still calling IMDSv1, one with days of missing data, one exempt"
+    )
+    before = snapshot(candidates.all)
+    names = {**fleet_names, **{instance_id: row.name for instance_id, row in before.items()}}
+    show.fleet("gate candidates before", before, candidates.roles, exempt_tag_key=EXEMPT_TAG_KEY)
+    should_enforce: Sequence[str] = (*candidates.quiet, candidates.container_host)
+
+    for mode in ("flag", "fix"):
+        print(f"\n  --- gate in {mode} mode ---")
+        _settings_env(ENFORCEMENT_MODE=mode, REPORT_TOPIC_ARN=inbox.topic_arn, LOOKBACK_DAYS="14")
+        context = DemoLambdaContext(function_name="imds-enforcer-usage-gate", account=ACCOUNT, region=REGION)
+        result = gate(events.scheduled("imds-enforcer-usage-gate", account=ACCOUNT, region=REGION), context)
+        print(f"  handler returned: {_brief(result)}")
+        received = inbox.drain()
+        show.reports(received, names)
+        actions = actions_by_resource(received)
+        now = snapshot(candidates.all)
+        expected_ready = "ready" if mode == "flag" else "enforced"
+        for instance_id in should_enforce:
+            checks.expect(
+                actions.get(instance_id) == expected_ready,
+                f"(f/{mode}) quiet {instance_id} should be {expected_ready}, got {actions.get(instance_id)}",
+            )
+        checks.expect(
+            actions.get(candidates.imdsv1_user) == "blocked",
+            f"(f/{mode}) the IMDSv1 caller should be blocked, got {actions.get(candidates.imdsv1_user)}",
+        )
+        checks.expect(
+            actions.get(candidates.gappy) == "insufficient_data",
+            f"(f/{mode}) the instance with gaps should be insufficient_data, got {actions.get(candidates.gappy)}",
+        )
+        for instance_id in (candidates.imdsv1_user, candidates.gappy, candidates.exempt):
+            checks.expect(now[instance_id].tokens == "optional", f"(f/{mode}) {instance_id} must stay optional")
+        if mode == "flag":
+            checks.expect(now == before, "(f/flag) flag mode must change nothing")
+        else:
+            for instance_id in should_enforce:
+                checks.expect(now[instance_id].tokens == "required", f"(f/fix) {instance_id} should end required")
+                checks.expect(
+                    now[instance_id].tags.get(ENFORCED_BY_TAG) == "usage_gate",
+                    f"(f/fix) {instance_id} should carry enforced-by=usage_gate",
+                )
+            checks.expect(now[candidates.container_host].hop_limit == 2, "(f/fix) the EKS node should end with hop 2")
+            show.fleet("gate candidates after", now, candidates.roles, exempt_tag_key=EXEMPT_TAG_KEY, before=before)
+
+
+def _brief(result: object) -> str:
+    if isinstance(result, Mapping):
+        return " ".join(
+            f"{key}={value}" for key, value in result.items() if value not in ("", None) and not isinstance(value, list)
+        )
+    return repr(result)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

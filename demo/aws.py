@@ -1,0 +1,112 @@
+"""What the demo reads back from the emulator: the fleet's metadata options and tags, and the reports on the topic."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+
+SERVICE_TAG_PREFIX = "imdsv2-enforcer:"
+
+
+@dataclass(frozen=True)
+class InstanceRow:
+    instance_id: str
+    name: str
+    state: str
+    tokens: str
+    hop_limit: int
+    endpoint: str
+    tags: dict[str, str]
+
+
+def snapshot(instance_ids: Sequence[str]) -> dict[str, InstanceRow]:
+    """The instances as DescribeInstances shows them now (one call: the demo fleet is small)."""
+    rows: dict[str, InstanceRow] = {}
+    response = boto3.client("ec2").describe_instances(InstanceIds=list(instance_ids))
+    for reservation in response["Reservations"]:
+        for item in reservation["Instances"]:
+            options = item.get("MetadataOptions", {})
+            tags = {tag["Key"]: tag["Value"] for tag in item.get("Tags", [])}
+            rows[item["InstanceId"]] = InstanceRow(
+                instance_id=item["InstanceId"],
+                name=tags.get("Name", ""),
+                state=item["State"]["Name"],
+                tokens=options.get("HttpTokens", "?"),
+                hop_limit=options.get("HttpPutResponseHopLimit", 0),
+                endpoint=options.get("HttpEndpoint", "?"),
+                tags=tags,
+            )
+    return rows
+
+
+@dataclass(frozen=True)
+class Received:
+    subject: str
+    attributes: dict[str, str]
+    report: dict[str, Any]
+
+    @property
+    def findings(self) -> list[dict[str, Any]]:
+        findings: list[dict[str, Any]] = self.report.get("findings", [])
+        return findings
+
+
+@dataclass(frozen=True)
+class Inbox:
+    """The report topic with an SQS queue subscribed: what a security team's subscription would receive."""
+
+    topic_arn: str
+    queue_url: str
+
+    @classmethod
+    def create(cls, name: str = "imds-enforcer-reports") -> Inbox:
+        sns = boto3.client("sns")
+        sqs = boto3.client("sqs")
+        topic_arn = sns.create_topic(Name=name)["TopicArn"]
+        queue_url = sqs.create_queue(QueueName=f"{name}-inbox")["QueueUrl"]
+        attributes = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]
+        sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=attributes["QueueArn"])
+        return cls(topic_arn=topic_arn, queue_url=queue_url)
+
+    def drain(self) -> list[Received]:
+        sqs = boto3.client("sqs")
+        received: list[Received] = []
+        while True:
+            batch = sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10).get("Messages", [])
+            if not batch:
+                return received
+            for message in batch:
+                envelope = json.loads(message["Body"])
+                received.append(
+                    Received(
+                        subject=envelope.get("Subject", ""),
+                        attributes={
+                            key: value["Value"] for key, value in envelope.get("MessageAttributes", {}).items()
+                        },
+                        report=json.loads(envelope["Message"]),
+                    )
+                )
+                sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
+
+
+@dataclass
+class CallCounter:
+    """Counts the AWS operations the product's clients send (botocore `before-call`, so retries count once)."""
+
+    calls: Counter[str] = field(default_factory=Counter)
+
+    def __call__(self, model: Any, **_: Any) -> None:
+        self.calls[model.name] += 1
+
+    def take(self) -> Counter[str]:
+        taken, self.calls = self.calls, Counter()
+        return taken
+
+
+def actions_by_resource(received: Sequence[Received]) -> dict[str, str]:
+    return {finding["resource_id"]: finding["action"] for message in received for finding in message.findings}

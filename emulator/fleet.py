@@ -1,0 +1,253 @@
+"""A realistic fleet seeded into the emulator with real boto3 calls, plus the 14 days of `MetadataNoToken` history
+the usage gate reads. The returned dataclasses name every instance by its role, so the demo, the tests and the
+benchmarks can assert on the right one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import boto3
+
+from emulator.server import ACCOUNT, REGION
+
+if TYPE_CHECKING:
+    from mypy_boto3_cloudwatch.type_defs import MetricDatumTypeDef
+    from mypy_boto3_ec2.literals import HttpTokensStateType, InstanceMetadataEndpointStateType, InstanceTypeType
+
+IMAGE_ID = "ami-12c6146b"  # an AMI moto ships with
+EXEMPT_TAG_KEY = "imdsv2-exempt"
+METRIC_NAMESPACE = "AWS/EC2"
+METRIC_NAME = "MetadataNoToken"
+# PutMetricData takes at most 1000 datums per call.
+PUT_METRIC_LIMIT = 1000
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """Instance ids by role. Every id is also in `roles` (id -> role label) for printing."""
+
+    web: tuple[str, ...]  # optional, quiet: zero IMDSv1 calls on every day
+    imdsv1_user: str  # optional, still calls IMDSv1 (the gate must block it)
+    gappy: str  # optional, metrics missing on some days (the gate must report insufficient data)
+    required: tuple[str, ...]  # already IMDSv2-only
+    exempt: str  # optional with the exemption tag
+    eks_host: str  # optional container host with hop limit 1 (needs 2 under IMDSv2)
+    ecs_host: str  # optional container host
+    stopped: str  # optional, stopped
+    endpoint_disabled: str  # optional tokens, but the metadata endpoint is off
+    roles: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def optional(self) -> tuple[str, ...]:
+        """Every instance that accepts IMDSv1 (HttpTokens=optional), exempt ones included."""
+        return (
+            *self.web,
+            self.imdsv1_user,
+            self.gappy,
+            self.exempt,
+            self.eks_host,
+            self.ecs_host,
+            self.stopped,
+            self.endpoint_disabled,
+        )
+
+    @property
+    def all(self) -> tuple[str, ...]:
+        return (*self.optional, *self.required)
+
+
+def _launch(
+    name: str,
+    *,
+    tags: Mapping[str, str] | None = None,
+    tokens: HttpTokensStateType = "optional",
+    hop_limit: int = 1,
+    endpoint: InstanceMetadataEndpointStateType = "enabled",
+    instance_type: InstanceTypeType = "t3.micro",
+) -> str:
+    ec2 = boto3.client("ec2")
+    all_tags = {"Name": name, **(tags or {})}
+    response = ec2.run_instances(
+        ImageId=IMAGE_ID,
+        MinCount=1,
+        MaxCount=1,
+        InstanceType=instance_type,
+        MetadataOptions={"HttpTokens": tokens, "HttpPutResponseHopLimit": hop_limit, "HttpEndpoint": endpoint},
+        TagSpecifications=[
+            {"ResourceType": "instance", "Tags": [{"Key": key, "Value": value} for key, value in all_tags.items()]}
+        ],
+    )
+    return response["Instances"][0]["InstanceId"]
+
+
+def seed_fleet(
+    *,
+    prefix: str = "",
+    web_count: int = 4,
+    metric_days: int = 14,
+    backdate_days: int | None = None,
+    now: datetime | None = None,
+) -> Fleet:
+    """Launch the fleet (one instance per reservation, as real launches by different teams would be) and seed its
+    `MetadataNoToken` history. ``backdate_days`` moves the launch times back (same process as the server only)."""
+    now = now or datetime.now(UTC)
+    roles: dict[str, str] = {}
+
+    def launch(role: str, name: str, **kwargs: Any) -> str:
+        instance_id = _launch(prefix + name, **kwargs)
+        roles[instance_id] = role
+        return instance_id
+
+    web_tags = {"team": "storefront", "env": "prod"}
+    web = tuple(launch("web", f"web-{index + 1:02d}", tags=web_tags) for index in range(web_count))
+    imdsv1_user = launch(
+        "imdsv1-user", "legacy-reporting", tags={"team": "finance", "env": "prod"}, instance_type="m5.large"
+    )
+    gappy = launch("metrics-gaps", "batch-worker", tags={"team": "data", "env": "staging"})
+    required = (
+        launch("required", "api-01", tokens="required", hop_limit=2, tags={"team": "platform", "env": "prod"}),
+        launch("required", "api-02", tokens="required", hop_limit=2, tags={"team": "platform", "env": "prod"}),
+    )
+    exempt = launch(
+        "exempt",
+        "vendor-appliance",
+        tags={"team": "network", "env": "prod", EXEMPT_TAG_KEY: "vendor AMI needs IMDSv1 until v9 (CHG-2291)"},
+    )
+    eks_host = launch(
+        "eks-host",
+        "eks-node-a",
+        tags={"team": "platform", "env": "prod", "eks:cluster-name": "prod", "kubernetes.io/cluster/prod": "owned"},
+        instance_type="m5.xlarge",
+    )
+    ecs_host = launch(
+        "ecs-host", "ecs-node-a", tags={"team": "platform", "env": "prod", "AmazonECSManaged": ""}, hop_limit=1
+    )
+    stopped = launch("stopped", "build-agent", tags={"team": "ci", "env": "dev"})
+    boto3.client("ec2").stop_instances(InstanceIds=[stopped])
+    endpoint_disabled = launch("endpoint-off", "bastion", endpoint="disabled", tags={"team": "security", "env": "prod"})
+
+    fleet = Fleet(
+        web=web,
+        imdsv1_user=imdsv1_user,
+        gappy=gappy,
+        required=required,
+        exempt=exempt,
+        eks_host=eks_host,
+        ecs_host=ecs_host,
+        stopped=stopped,
+        endpoint_disabled=endpoint_disabled,
+        roles=roles,
+    )
+    quiet = [instance_id for instance_id in fleet.all if instance_id not in (imdsv1_user, gappy)]
+    seed_usage(quiet, days=metric_days, now=now)
+    seed_usage([imdsv1_user], days=metric_days, now=now, calls={3 * 24 + 5: 12.0})
+    seed_usage([gappy], days=metric_days, now=now, missing_days=range(4, 9))
+    if backdate_days is not None:
+        backdate_launch(fleet.all, backdate_days)
+    return fleet
+
+
+@dataclass(frozen=True)
+class GateCandidates:
+    """A fresh set of optional instances for the usage gate, each with a known verdict."""
+
+    quiet: tuple[str, ...]  # zero IMDSv1 calls over the whole window: enforce
+    container_host: str  # quiet EKS node at hop limit 1: enforce with hop limit 2
+    imdsv1_user: str  # IMDSv1 calls in the window: block
+    gappy: str  # days without data: insufficient data
+    exempt: str  # exemption tag: never touched
+    roles: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def all(self) -> tuple[str, ...]:
+        return (*self.quiet, self.container_host, self.imdsv1_user, self.gappy, self.exempt)
+
+
+def seed_gate_candidates(
+    *, prefix: str = "old-", quiet_count: int = 3, metric_days: int = 15, launched_days_ago: int = 30
+) -> GateCandidates:
+    """Optional instances that launched before the look-back window, with `metric_days` of history (one more day
+    than the gate's default 14-day window, so the window is covered however the gate aligns its periods)."""
+    now = datetime.now(UTC)
+    roles: dict[str, str] = {}
+
+    def launch(role: str, name: str, **kwargs: Any) -> str:
+        instance_id = _launch(prefix + name, **kwargs)
+        roles[instance_id] = role
+        return instance_id
+
+    tags = {"team": "intranet", "env": "prod"}
+    quiet = tuple(launch("quiet", f"intranet-{index + 1:02d}", tags=tags) for index in range(quiet_count))
+    container_host = launch(
+        "eks-host",
+        "eks-node-b",
+        tags={**tags, "eks:cluster-name": "intranet", "kubernetes.io/cluster/intranet": "owned"},
+    )
+    imdsv1_user = launch("imdsv1-user", "wiki-legacy", tags=tags)
+    gappy = launch("metrics-gaps", "cron-box", tags=tags)
+    exempt = launch("exempt", "license-server", tags={**tags, EXEMPT_TAG_KEY: "licence check reads IMDSv1"})
+    candidates = GateCandidates(
+        quiet=quiet, container_host=container_host, imdsv1_user=imdsv1_user, gappy=gappy, exempt=exempt, roles=roles
+    )
+    seed_usage([*quiet, container_host, exempt], days=metric_days, now=now)
+    seed_usage(
+        [imdsv1_user],
+        days=metric_days,
+        now=now,
+        calls={2 * 24 + 3: 4.0, 9 * 24 + 14: 31.0},
+    )
+    seed_usage([gappy], days=metric_days, now=now, missing_days=range(2, 8))
+    backdate_launch(candidates.all, launched_days_ago)
+    return candidates
+
+
+def seed_usage(
+    instance_ids: Iterable[str],
+    *,
+    days: int = 14,
+    now: datetime | None = None,
+    calls: Mapping[int, float] | None = None,
+    missing_days: Iterable[int] = (),
+) -> int:
+    """Hourly `AWS/EC2 MetadataNoToken` datapoints for the last ``days`` days: zero, except ``calls`` (hours ago ->
+    IMDSv1 calls in that hour); no datapoint at all on the ``missing_days`` (days ago, 0 = today), because missing
+    data is not zero. Returns the number of datapoints written."""
+    end = (now or datetime.now(UTC)).replace(minute=0, second=0, microsecond=0)
+    missing = set(missing_days)
+    datums: list[MetricDatumTypeDef] = []
+    for instance_id in instance_ids:
+        for hours_ago in range(days * 24):
+            timestamp = end - timedelta(hours=hours_ago)
+            if hours_ago // 24 in missing:
+                continue
+            datums.append(
+                {
+                    "MetricName": METRIC_NAME,
+                    "Dimensions": [{"Name": "InstanceId", "Value": instance_id}],
+                    "Timestamp": timestamp,
+                    "Value": (calls or {}).get(hours_ago, 0.0),
+                    "Unit": "Count",
+                }
+            )
+    cloudwatch = boto3.client("cloudwatch")
+    for start in range(0, len(datums), PUT_METRIC_LIMIT):
+        cloudwatch.put_metric_data(Namespace=METRIC_NAMESPACE, MetricData=datums[start : start + PUT_METRIC_LIMIT])
+    return len(datums)
+
+
+def backdate_launch(instance_ids: Sequence[str], days: float, *, account: str = ACCOUNT, region: str = REGION) -> None:
+    """Move the instances' LaunchTime ``days`` back, as if they had run that long.
+
+    moto stamps LaunchTime = now and the API cannot change it, so this edits moto's in-memory model (a naive UTC
+    datetime in `Instance.launch_time`): it works only in the process that runs the moto server or `mock_aws`.
+    """
+    from moto.backends import get_backend
+
+    backend = get_backend("ec2")[account][region]
+    for instance_id in instance_ids:
+        instance = backend.get_instance(instance_id)
+        instance.launch_time = instance.launch_time - timedelta(days=days)

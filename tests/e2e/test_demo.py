@@ -1,0 +1,111 @@
+"""The demo path end to end, and proof that the handler's changes live in the emulator (not in this process):
+a second Python process, with only AWS_ENDPOINT_URL in common, reads them back."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from emulator.server import start_server
+from imds_enforcer import clients
+from tests.conftest import ROOT
+from tests.support.aws import launch, run_instances_event
+from tests.support.context import FakeLambdaContext
+
+pytestmark = pytest.mark.e2e
+
+DEMO_TIMEOUT_SECONDS = 120
+
+
+def test_demo_runs_every_step_and_exits_zero():
+    # Given a clean environment (no endpoint, no settings: the demo must set up everything itself)
+    env = {key: value for key, value in os.environ.items() if key != "AWS_ENDPOINT_URL"}
+
+    # When the README's main command runs as its own process
+    result = subprocess.run(
+        [sys.executable, "-m", "demo"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=DEMO_TIMEOUT_SECONDS,
+        check=False,
+    )
+
+    # Then every step happened and was checked
+    output = result.stdout
+    assert result.returncode == 0, f"demo failed:\n{output[-4000:]}\n{result.stderr[-4000:]}"
+    assert "DEMO OK" in output
+    assert "CHECK FAILED" not in output
+    for line in (
+        "(a) Launch watch, flag mode",
+        "(b) Launch watch, fix mode",
+        "(c) Fix mode, the same event delivered again",
+        "(d) Regression",
+        "(e) A RunInstances event from another account",
+        "(f) Usage gate",
+        "status=ignored",
+        "reason: event from account 999988887777; this deployment serves 123456789012",
+        "regression to optional undone",
+        "attributes: action=flagged severity=warning trigger=launch mode=flag",
+        "attributes: action=enforced severity=info trigger=launch mode=fix",
+    ):
+        assert line in output, f"missing from the demo's output: {line!r}"
+    # The usage gate ran in both modes, or the demo said plainly that it is not built yet
+    assert "the usage gate is not built yet" in output or (
+        "trigger=gate mode=flag" in output and "trigger=gate mode=fix" in output
+    )
+    # The fleet table at the end: the EKS node required with hop 2, the exempt one untouched, api-01 never touched
+    final = output[output.index("Fleet at the end") :]
+    assert re.search(r"eks-node-a\s+eks-host\s+running\s+required\s+2\s+enabled\s+enforced-at=", final)
+    assert re.search(r"vendor-appliance\s+exempt\s+running\s+optional\s+1\s+enabled\s+imdsv2-exempt=", final)
+    assert re.search(r"api-01\s+required\s+running\s+required\s+2\s+enabled\s+-\n", final)
+    # The Powertools JSON logs are quieted: the output is the demo's own
+    assert '"level":"INFO"' not in output
+
+
+def test_fix_mode_change_is_visible_to_another_process(monkeypatch):
+    with start_server() as local:
+        # Given an optional EKS node in a moto server on 127.0.0.1
+        monkeypatch.setenv("AWS_ENDPOINT_URL", local.endpoint_url)
+        clients.reset_clients()
+        [instance_id] = launch(tags={"Name": "eks-node", "eks:cluster-name": "prod"})
+        monkeypatch.setenv("ENFORCEMENT_MODE", "fix")
+
+        # When the launch watch handles its RunInstances event
+        from imds_enforcer.handlers.launch_watch import handler
+
+        summary = handler(run_instances_event([instance_id]), FakeLambdaContext())
+        assert [finding["action"] for finding in summary["findings"]] == ["enforced"]
+
+        # Then a second process, sharing nothing but the endpoint, sees the instance IMDSv2-only with hop limit 2
+        code = (
+            "import json, boto3; "
+            f"item = boto3.client('ec2').describe_instances(InstanceIds=['{instance_id}'])"
+            "['Reservations'][0]['Instances'][0]; "
+            "print(json.dumps({'options': item['MetadataOptions'], "
+            "'tags': {t['Key']: t['Value'] for t in item.get('Tags', [])}}))"
+        )
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "AWS_ENDPOINT_URL": local.endpoint_url,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            # No profile or config of the machine's user may redirect the second process.
+            "AWS_CONFIG_FILE": os.devnull,
+            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        }
+        result = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+        assert result.returncode == 0, result.stderr
+        seen = json.loads(result.stdout)
+        assert seen["options"]["HttpTokens"] == "required"
+        assert seen["options"]["HttpPutResponseHopLimit"] == 2
+        assert seen["tags"]["imdsv2-enforcer:enforced-by"] == "launch_watch"

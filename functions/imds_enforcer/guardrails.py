@@ -1,0 +1,273 @@
+"""IAM and SCP guardrails: the policy documents that lock the door once the fleet is on IMDSv2.
+
+AWS's transition path ends with condition keys that stop anyone from going back: ``ec2:MetadataHttpTokens``
+(String), ``ec2:MetadataHttpEndpoint`` (String), ``ec2:MetadataHttpPutResponseHopLimit`` (Numeric), all evaluated on
+the ``instance`` resource of ``RunInstances`` and ``ModifyInstanceMetadataOptions``, and ``ec2:RoleDelivery``
+(Numeric: 1.0 for role credentials fetched over IMDSv1, 2.0 over IMDSv2), carried by every request signed with
+EC2 role credentials. Every statement here is a Deny: a guardrail takes nothing away that an Allow elsewhere
+did not grant, and grants nothing.
+
+Two ways to apply the same statements, with different scope:
+
+- **SCP** (``scp_document``): attached to an account, OU or the organization root, it binds every principal in
+  the accounts below, administrators and the account's root user included (only the management account and
+  service-linked roles are outside SCPs). This is the door AWS recommends closing last.
+- **IAM managed policy** (``iam_policy_document``): binds only the users, groups and roles it is attached to; a
+  Deny in an identity policy is evaluated the same way, so it suits accounts without AWS Organizations, or a
+  trial on a few roles before the SCP goes on.
+
+Every statement exempts the service's own roles (under ``SERVICE_ROLE_PATH``: the usage gate's opt-in rollback
+sets ``HttpTokens=optional`` on an instance whose IMDSv1 callers broke) and the break-glass roles the operator
+names. Pure functions: no boto3, no environment.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from imds_enforcer.settings import SERVICE_ROLE_PATH
+
+POLICY_VERSION = "2012-10-17"
+# Organizations counts every character of an SCP, whitespace included; IAM counts a managed policy without it.
+SCP_MAX_CHARACTERS = 5120
+MANAGED_POLICY_MAX_CHARACTERS = 6144
+# The hop limit container hosts need under IMDSv2 (one hop for the instance, one for the container bridge).
+DEFAULT_MAX_HOP_LIMIT = 2
+
+PARTITIONS = ("aws", "aws-cn", "aws-us-gov")
+# A role ARN, or an ArnLike pattern for one: the account may be `*` (one SCP for an OU of many accounts) and the
+# path/name may hold `*`/`?` (IAM Identity Center roles end in a random suffix: AWSReservedSSO_BreakGlass_*).
+_ROLE_ARN = re.compile(r"^arn:(?P<partition>aws|aws-cn|aws-us-gov):iam::(?:\d{12}|\*):role/(?P<name>[\w+=,.@/*?-]+)$")
+
+
+class GuardrailsError(ValueError):
+    """An option is invalid or the document does not fit; the message names the option or the limit."""
+
+
+class Guardrails(BaseModel):
+    """The options of the guardrail documents, validated."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # Container hosts need 2; anything higher lets IMDS answers travel further than the instance's own containers.
+    max_hop_limit: Annotated[int, Field(ge=1, le=64)] = DEFAULT_MAX_HOP_LIMIT
+    # Break-glass roles (or ArnLike patterns) that the guardrails never stop, besides the service's own roles.
+    exempt_principal_arns: tuple[str, ...] = ()
+    # The RoleDelivery Deny breaks every instance still fetching credentials over IMDSv1: the last step only.
+    include_role_delivery: bool = True
+    partition: str = "aws"
+
+    @field_validator("partition")
+    @classmethod
+    def _known_partition(cls, value: str) -> str:
+        if value not in PARTITIONS:
+            raise ValueError(f"partition {value!r} is not one of {', '.join(PARTITIONS)}")
+        return value
+
+    @field_validator("exempt_principal_arns", mode="before")
+    @classmethod
+    def _role_arns(cls, value: object) -> object:
+        if isinstance(value, str):
+            # A lone string would otherwise be read as a sequence of one-character "ARNs".
+            value = (value,)
+        if not isinstance(value, Sequence):
+            return value
+        arns: list[str] = []
+        for arn in value:
+            match = _ROLE_ARN.fullmatch(arn) if isinstance(arn, str) else None
+            if match is None:
+                raise ValueError(f"{arn!r} is not an IAM role ARN (arn:aws:iam::<account id or *>:role/<path/name>)")
+            if not match["name"].strip("*?/"):
+                raise ValueError(f"{arn!r} would exempt every role, which switches the guardrails off")
+            if arn not in arns:
+                arns.append(arn)
+        return tuple(arns)
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        max_hop_limit: int = DEFAULT_MAX_HOP_LIMIT,
+        exempt_principal_arns: Sequence[str] = (),
+        include_role_delivery: bool = True,
+        partition: str = "aws",
+    ) -> Guardrails:
+        """Validate the options; raises GuardrailsError naming the option (and the bad ARN) on a bad value."""
+        try:
+            return cls.model_validate(
+                {
+                    "max_hop_limit": max_hop_limit,
+                    "exempt_principal_arns": exempt_principal_arns,
+                    "include_role_delivery": include_role_delivery,
+                    "partition": partition,
+                }
+            )
+        except ValidationError as error:
+            problems = "; ".join(
+                f"{'.'.join(str(part) for part in issue['loc'])}: {issue['msg'].removeprefix('Value error, ')}"
+                for issue in error.errors()
+            )
+            raise GuardrailsError(f"invalid guardrail option: {problems}") from None
+
+    @property
+    def service_role_pattern(self) -> str:
+        """The service's own roles in any account: the IAM path is what they share, not their generated names."""
+        return f"arn:{self.partition}:iam::*:role{SERVICE_ROLE_PATH}*"
+
+    @property
+    def instance_arn(self) -> str:
+        return f"arn:{self.partition}:ec2:*:*:instance/*"
+
+    def _exemption(self) -> dict[str, Any]:
+        """The condition every statement carries: a negated operator over many values is true only when the
+        principal matches none of them. A fresh dict each time, so statements share no mutable parts."""
+        return {"ArnNotLike": {"aws:PrincipalArn": [self.service_role_pattern, *self.exempt_principal_arns]}}
+
+    def statements(self) -> list[dict[str, Any]]:
+        """The Deny statements, in the order of the transition path. Each one's conditions are ANDed with the
+        exemption, so a request is denied only when it breaks the rule *and* comes from someone not exempt."""
+        statements = [
+            # Step "require IMDSv2 on new instances": no launch may come up accepting IMDSv1. The Resource is the
+            # instance only, because the key exists only there: on the subnet, image, volume... of the same
+            # RunInstances call it is absent, StringNotEquals would be true, and every launch would be denied.
+            # A launch that turns IMDS off altogether exposes no credentials, so it is let through; the two keys
+            # in one operator are ANDed (tokens not required AND endpoint not disabled).
+            {
+                "Sid": "RequireImdsV2OnLaunch",
+                "Effect": "Deny",
+                "Action": "ec2:RunInstances",
+                "Resource": self.instance_arn,
+                "Condition": {
+                    "StringNotEquals": {"ec2:MetadataHttpTokens": "required", "ec2:MetadataHttpEndpoint": "disabled"},
+                    **self._exemption(),
+                },
+            },
+            # Step "require IMDSv2 on existing instances", kept: nobody sets an enforced instance back to
+            # `optional` (except the gate's rollback, exempt above). StringNotEquals rather than
+            # StringEquals "optional": a negated operator is true when the key is absent, so a call that omits
+            # HttpTokens is denied too (the caller adds HttpTokens=required, a no-op on an enforced instance),
+            # and the rule does not depend on how EC2 fills the key for an omitted parameter. Turning IMDS off
+            # (HttpEndpoint=disabled) stays allowed; turning it back on needs HttpTokens=required in the same call.
+            {
+                "Sid": "DenyImdsV1OnModify",
+                "Effect": "Deny",
+                "Action": "ec2:ModifyInstanceMetadataOptions",
+                "Resource": self.instance_arn,
+                "Condition": {
+                    "StringNotEquals": {"ec2:MetadataHttpTokens": "required", "ec2:MetadataHttpEndpoint": "disabled"},
+                    **self._exemption(),
+                },
+            },
+            # Container hosts need hop limit 2 under IMDSv2; a higher one lets a token PUT answer cross more network
+            # hops (nested containers, a forwarding proxy), widening what can reach IMDS. An absent key makes
+            # NumericGreaterThan false, so calls that do not set the hop limit are not affected.
+            {
+                "Sid": "LimitImdsHopLimit",
+                "Effect": "Deny",
+                "Action": ["ec2:RunInstances", "ec2:ModifyInstanceMetadataOptions"],
+                "Resource": self.instance_arn,
+                "Condition": {
+                    "NumericGreaterThan": {"ec2:MetadataHttpPutResponseHopLimit": str(self.max_hop_limit)},
+                    **self._exemption(),
+                },
+            },
+        ]
+        if self.include_role_delivery:
+            # The last step: role credentials fetched over IMDSv1 (RoleDelivery 1.0) are useless for any action,
+            # so stolen ones from an instance still on `optional` buy nothing. Action "*" as AWS documents it: it
+            # is a Deny, it grants nothing. Requests not signed with EC2 role credentials carry no RoleDelivery,
+            # and NumericLessThan on an absent key is false, so they are untouched. It breaks any workload still
+            # on IMDSv1, so it belongs only after the usage gate reports the fleet clean.
+            statements.append(
+                {
+                    "Sid": "RequireImdsV2RoleCredentials",
+                    "Effect": "Deny",
+                    "Action": "*",
+                    "Resource": "*",
+                    "Condition": {"NumericLessThan": {"ec2:RoleDelivery": "2.0"}, **self._exemption()},
+                }
+            )
+        return statements
+
+
+def guardrail_statements(
+    *,
+    max_hop_limit: int = DEFAULT_MAX_HOP_LIMIT,
+    exempt_principal_arns: Sequence[str] = (),
+    include_role_delivery: bool = True,
+    partition: str = "aws",
+) -> list[dict[str, Any]]:
+    """The guardrail Deny statements (see ``Guardrails.statements``); raises GuardrailsError on a bad option."""
+    return Guardrails.of(
+        max_hop_limit=max_hop_limit,
+        exempt_principal_arns=exempt_principal_arns,
+        include_role_delivery=include_role_delivery,
+        partition=partition,
+    ).statements()
+
+
+def iam_policy_document(
+    *,
+    max_hop_limit: int = DEFAULT_MAX_HOP_LIMIT,
+    exempt_principal_arns: Sequence[str] = (),
+    include_role_delivery: bool = True,
+    partition: str = "aws",
+) -> dict[str, Any]:
+    """An identity policy (for a customer managed policy) binding only the principals it is attached to."""
+    document = {
+        "Version": POLICY_VERSION,
+        "Statement": guardrail_statements(
+            max_hop_limit=max_hop_limit,
+            exempt_principal_arns=exempt_principal_arns,
+            include_role_delivery=include_role_delivery,
+            partition=partition,
+        ),
+    }
+    size = len(minified(document))
+    if size > MANAGED_POLICY_MAX_CHARACTERS:
+        raise GuardrailsError(
+            f"the IAM managed policy is {size} characters, over IAM's limit of {MANAGED_POLICY_MAX_CHARACTERS}: "
+            f"name fewer exempt_principal_arns ({len(exempt_principal_arns)} given), or one ArnLike pattern for many"
+        )
+    return document
+
+
+def scp_document(
+    *,
+    max_hop_limit: int = DEFAULT_MAX_HOP_LIMIT,
+    exempt_principal_arns: Sequence[str] = (),
+    include_role_delivery: bool = True,
+    partition: str = "aws",
+) -> dict[str, Any]:
+    """A service control policy for an account, OU or root: binds everyone there, administrators included.
+
+    Deny statements only (a guardrail only takes away; what is allowed stays with the account's other SCPs) and no
+    Principal element (SCPs accept none: who is spared is the ``aws:PrincipalArn`` condition on each statement).
+    Raises GuardrailsError when the minified document (``minified``, what to upload) exceeds 5,120 characters.
+    """
+    document = {
+        "Version": POLICY_VERSION,
+        "Statement": guardrail_statements(
+            max_hop_limit=max_hop_limit,
+            exempt_principal_arns=exempt_principal_arns,
+            include_role_delivery=include_role_delivery,
+            partition=partition,
+        ),
+    }
+    size = len(minified(document))
+    if size > SCP_MAX_CHARACTERS:
+        raise GuardrailsError(
+            f"the SCP is {size} characters minified, over AWS Organizations' limit of {SCP_MAX_CHARACTERS}: "
+            f"name fewer exempt_principal_arns ({len(exempt_principal_arns)} given), or one ArnLike pattern for many"
+        )
+    return document
+
+
+def minified(document: dict[str, Any]) -> str:
+    """The document as uploaded: no whitespace, since Organizations counts every character of an SCP."""
+    return json.dumps(document, separators=(",", ":"))

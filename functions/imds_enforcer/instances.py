@@ -29,6 +29,10 @@ class InstanceFacts:
     def gone(self) -> bool:
         return self.state in GONE_STATES
 
+    @property
+    def pending(self) -> bool:
+        return self.state == "pending"
+
     @classmethod
     def from_api(cls, item: Mapping[str, Any]) -> InstanceFacts:
         options = item.get("MetadataOptions") or {}

@@ -99,6 +99,8 @@ def _decide(trigger: LaunchTrigger, settings: Settings) -> tuple[list[Finding], 
             findings.append(decision)
         elif isinstance(decision, ModifyPlan):
             plans.append(decision)
+        elif facts.pending:
+            logger.info("pending: its running state-change event will look again", extra={"instance_id": instance_id})
         else:
             logger.info("nothing to do", extra={"instance_id": instance_id, "tokens": facts.http_tokens})
     return findings, plans

@@ -52,8 +52,10 @@ def launch_decision(instance: InstanceFacts, settings: Settings) -> Finding | Mo
     """What the launch watch does with one instance it saw launch (or regress): nothing, a finding, or a modify.
 
     A new instance has no usage history, so it may be enforced only in fix mode; it is reported either way.
+    A pending instance is left to its `running` state-change event: EC2 refuses the modify while it is pending
+    (IncorrectInstanceState), and reporting it now would report the same launch twice.
     """
-    if instance.gone or not instance.accepts_imdsv1:
+    if instance.gone or instance.pending or not instance.accepts_imdsv1:
         return None
     if is_exempt(instance, settings):
         return exempt_finding(instance, settings)

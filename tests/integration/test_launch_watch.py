@@ -24,6 +24,7 @@ from tests.support.aws import (
     metadata_options,
     modify_options_event,
     run_instances_event,
+    set_state,
     state_change_event,
     tags_of,
 )
@@ -250,6 +251,25 @@ def test_mixed_event_reports_every_instance(inbox: ReportInbox, lambda_context: 
     assert by_id[missing]["action"] == "failed"
     assert by_id[missing]["error_code"] == "InvalidInstanceID.NotFound"
     assert required not in by_id
+
+
+@pytest.mark.usefixtures("fix_mode")
+def test_pending_instance_is_left_to_its_running_event(inbox: ReportInbox, lambda_context: FakeLambdaContext) -> None:
+    # Given an instance EC2 still reports as pending (it refuses modifies until running)
+    [instance_id] = launch()
+    set_state(instance_id, "pending")
+    counter = CallCounter().attach(clients.ec2(), clients.sns())
+
+    # When its RunInstances event arrives, then (once running) its state-change event
+    first = handler(run_instances_event([instance_id]), lambda_context)
+    set_state(instance_id, "running")
+    second = handler(state_change_event(instance_id, "running"), lambda_context)
+
+    # Then the first does nothing and reports nothing; the second enforces it
+    assert first["findings"] == []
+    assert [f["action"] for f in second["findings"]] == ["enforced"]
+    assert counter.calls["ModifyInstanceMetadataOptions"] == 1
+    assert [m.report["counts"] for m in inbox.drain()] == [{"enforced": 1}]
 
 
 # --- failures --------------------------------------------------------------------------------------------------

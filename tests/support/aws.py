@@ -205,3 +205,19 @@ def modify_options_event(
         "resources": [],
         "detail": detail,
     }
+
+
+def set_state(instance_id: str, state: str) -> None:
+    """Put a moto instance into a state RunInstances never leaves it in (moto starts instances `running`)."""
+    from moto.backends import get_backend
+    from moto.ec2.models.instances import InstanceState
+
+    codes = {"pending": 0, "running": 16, "shutting-down": 32, "terminated": 48, "stopping": 64, "stopped": 80}
+    for backend in get_backend("ec2").values():
+        for regional in backend.values():
+            for reservation in regional.reservations.values():
+                for instance in reservation.instances:
+                    if instance.id == instance_id:
+                        instance._state = InstanceState(state, codes[state])
+                        return
+    raise KeyError(instance_id)

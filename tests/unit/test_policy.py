@@ -48,9 +48,9 @@ settings = st.builds(
 
 
 @given(instances, settings)
-def test_never_touches_required_or_gone_instances(instance: InstanceFacts, config: Settings) -> None:
+def test_never_touches_required_gone_or_pending_instances(instance: InstanceFacts, config: Settings) -> None:
     decision = launch_decision(instance, config)
-    if instance.http_tokens == "required" or instance.state in ("shutting-down", "terminated"):
+    if instance.http_tokens == "required" or instance.state in ("pending", "shutting-down", "terminated"):
         assert decision is None
 
 
@@ -72,7 +72,7 @@ def test_flag_mode_never_modifies(instance: InstanceFacts, config: Settings) -> 
 @given(instances, settings)
 def test_fix_mode_enforces_every_live_optional_unexempt_instance(instance: InstanceFacts, config: Settings) -> None:
     decision = launch_decision(instance, config)
-    live_optional = instance.http_tokens == "optional" and instance.state not in ("shutting-down", "terminated")
+    live_optional = instance.http_tokens == "optional" and instance.state in ("running", "stopping", "stopped")
     if config.fix and live_optional and config.EXEMPT_TAG_KEY not in instance.tags:
         assert isinstance(decision, ModifyPlan)
     elif live_optional and config.EXEMPT_TAG_KEY not in instance.tags:

@@ -13,9 +13,10 @@ from collections.abc import Mapping
 from typing import Annotated, Literal
 
 import aws_cdk as cdk
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-import infra  # noqa: F401  (puts functions/ on sys.path for the import below)
+import infra  # noqa: F401  (puts functions/ on sys.path for the imports below)
+from imds_enforcer.report import Severity
 from imds_enforcer.settings import EnforcementMode, Settings, SettingsError
 
 # The values CloudWatch Logs accepts for a log group's retention (PutRetentionPolicy).
@@ -28,6 +29,11 @@ _EMAIL = re.compile(
     r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)+$"
 )
 _REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d$")
+# What Secrets Manager accepts as a secret name, and a secret's ARN (with or without the random 6-character suffix).
+_SECRET_NAME = re.compile(r"^[A-Za-z0-9/_+=.@-]{1,512}$")
+_SECRET_ARN = re.compile(r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:[A-Za-z0-9/_+=.@-]{1,512}$")
+# A key ARN, not an alias: an IAM policy grants kms:Decrypt on keys; an alias ARN there would match nothing.
+_KMS_KEY_ARN = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]{1,128}$")
 
 # REPORT_TOPIC_ARN is a CloudFormation token at synth time; the settings model validates this stand-in instead.
 PLACEHOLDER_TOPIC_ARN = "arn:aws:sns:us-east-1:123456789012:imds-enforcer-placeholder"
@@ -77,6 +83,12 @@ class DeployConfig(BaseModel):
     gate_memory_mb: Annotated[int, Field(ge=128, le=10240)] = 512
     # A Lambda runs for at most 15 minutes; under 2 leaves no time once the handler keeps its deadline margin.
     gate_timeout_minutes: Annotated[int, Field(ge=2, le=15)] = 15
+    # Name or ARN of the Secrets Manager secret holding the Slack webhook URL; empty deploys no Slack notifier.
+    slack_webhook_secret: str = ""
+    # Only when that secret is encrypted with a customer managed key: the notifier may then decrypt with it.
+    slack_webhook_secret_kms_key_arn: str = ""
+    # E-mail subscribers receive reports whose most severe finding is at least this (alarms always).
+    email_min_severity: Severity = Severity.INFO
 
     @field_validator("regions", "notification_emails", "container_host_tag_keys", mode="before")
     @classmethod
@@ -114,6 +126,27 @@ class DeployConfig(BaseModel):
             if not _EMAIL.match(address):
                 raise ValueError(f"{address!r} is not an e-mail address")
         return value
+
+    @field_validator("slack_webhook_secret")
+    @classmethod
+    def _secret(cls, value: str) -> str:
+        if value and not (_SECRET_ARN.match(value) or (_SECRET_NAME.match(value) and not value.startswith("arn:"))):
+            raise ValueError("is neither a Secrets Manager secret name nor a secret ARN")
+        return value
+
+    @field_validator("slack_webhook_secret_kms_key_arn")
+    @classmethod
+    def _kms_key(cls, value: str, info: ValidationInfo) -> str:
+        if value and not _KMS_KEY_ARN.match(value):
+            raise ValueError("is not a KMS key ARN (arn:<partition>:kms:<region>:<account>:key/<id>; not an alias)")
+        # A field validator (not a model one) so the error names this key; the secret is declared (validated) first.
+        if value and not info.data.get("slack_webhook_secret"):
+            raise ValueError("is set, but slack_webhook_secret is empty: there is no Slack notifier to grant it to")
+        return value
+
+    @property
+    def slack_enabled(self) -> bool:
+        return self.slack_webhook_secret != ""
 
     @classmethod
     def from_context(cls, context: Mapping[str, object], environ: Mapping[str, str] | None = None) -> DeployConfig:
@@ -160,3 +193,11 @@ class DeployConfig(BaseModel):
         """The Lambda environment variables (empty values dropped: the runtime reads them as defaults)."""
         settings = self.lambda_settings(topic_arn)
         return {name: value for name, value in settings.to_env().items() if value != ""}
+
+    def slack_environment(self) -> dict[str, str]:
+        """The Slack notifier's environment: the secret's name or ARN (never the URL), checked by the runtime model."""
+        try:
+            settings = Settings.from_env({"SLACK_WEBHOOK_SECRET": self.slack_webhook_secret})
+        except SettingsError as error:
+            raise ConfigError(f"the Slack notifier's environment is invalid: {error}") from None
+        return {"SLACK_WEBHOOK_SECRET": settings.SLACK_WEBHOOK_SECRET}

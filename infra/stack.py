@@ -11,7 +11,9 @@ from infra import FUNCTIONS_DIR, REPO_ROOT
 from infra.config import DeployConfig
 from infra.constructs.enforcer_function import DependenciesLayer, log_retention, runtime_python_version
 from infra.constructs.launch_watch import LaunchWatch
+from infra.constructs.monitoring import Monitoring
 from infra.constructs.report_topic import ReportTopic
+from infra.constructs.slack_notifier import SlackNotifier
 from infra.constructs.usage_gate import UsageGate
 from infra.layer import build_dependencies_layer
 
@@ -39,7 +41,12 @@ class ImdsEnforcerStack(cdk.Stack):
             description="IMDSv2 Enforcer: drives this account and region to IMDSv2-only, safely, and reports it",
         )
 
-        report = ReportTopic(self, "Report", notification_emails=config.notification_emails)
+        report = ReportTopic(
+            self,
+            "Report",
+            notification_emails=config.notification_emails,
+            email_min_severity=config.email_min_severity,
+        )
         environment = config.lambda_environment(report.topic.topic_arn)
 
         layer = DependenciesLayer(
@@ -74,11 +81,39 @@ class ImdsEnforcerStack(cdk.Stack):
             exempt_tag_key=config.exempt_tag_key,
             set_account_default=config.set_account_default,
         )
+        # Only the two that report may publish; the Slack notifier only reads the topic.
         for enforcer in (launch_watch.enforcer, usage_gate.enforcer):
             report.grant_publish(enforcer.role)
+        functions = {"LaunchWatch": launch_watch.enforcer, "UsageGate": usage_gate.enforcer}
+
+        if config.slack_enabled:
+            slack = SlackNotifier(
+                self,
+                "SlackNotifier",
+                topic=report.topic,
+                webhook_secret=config.slack_webhook_secret,
+                webhook_secret_kms_key_arn=config.slack_webhook_secret_kms_key_arn,
+                code_dir=FUNCTIONS_DIR,
+                layers=[layer.layer],
+                environment=config.slack_environment(),
+                log_retention=retention,
+            )
+            functions["SlackNotifier"] = slack.enforcer
+            cdk.CfnOutput(self, "SlackNotifierFunctionName", value=slack.enforcer.function.function_name)
+            cdk.CfnOutput(self, "SlackNotifierDeadLetterQueueUrl", value=slack.enforcer.dead_letter_queue.queue_url)
+
+        # Alarms notify the report topic too, so one subscription hears everything; see ReportTopic.allow_alarms.
+        monitoring = Monitoring(self, "Monitoring", functions=functions, alarm_topic=report.topic)
+        report.allow_alarms(monitoring.alarms)
 
         cdk.CfnOutput(self, "ReportTopicArn", value=report.topic.topic_arn, description="Subscribe here for reports")
         cdk.CfnOutput(self, "LaunchWatchFunctionName", value=launch_watch.enforcer.function.function_name)
         cdk.CfnOutput(self, "UsageGateFunctionName", value=usage_gate.enforcer.function.function_name)
         cdk.CfnOutput(self, "LaunchWatchDeadLetterQueueUrl", value=launch_watch.enforcer.dead_letter_queue.queue_url)
         cdk.CfnOutput(self, "UsageGateDeadLetterQueueUrl", value=usage_gate.enforcer.dead_letter_queue.queue_url)
+        cdk.CfnOutput(
+            self,
+            "DashboardUrl",
+            value=f"https://{self.region}.console.aws.amazon.com/cloudwatch/home?region={self.region}"
+            f"#dashboards:name={monitoring.dashboard.dashboard_name}",
+        )

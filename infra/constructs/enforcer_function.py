@@ -88,7 +88,7 @@ class DependenciesLayer(Construct):
             code=lambda_.Code.from_asset(str(layer_dir), exclude=[".requirements-sha256"]),
             compatible_runtimes=[RUNTIME],
             compatible_architectures=[ARCHITECTURE],
-            description="IMDSv2 Enforcer dependencies: aws-lambda-powertools, pydantic",
+            description="IMDSv2 Enforcer dependencies: aws-lambda-powertools, pydantic, slack-sdk",
         )
 
 
@@ -151,7 +151,7 @@ class EnforcerFunction(Construct):
             self.dead_letter_queue,
             "AwsSolutions-SQS3",
             "This queue is itself the dead-letter destination of the function's failed async invocations and of "
-            "the EventBridge targets that invoke it; a DLQ for a DLQ adds nothing.",
+            "what invokes it (EventBridge targets, the SNS subscription); a DLQ for a DLQ adds nothing.",
         )
 
         self.function = lambda_.Function(

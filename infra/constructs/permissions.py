@@ -2,7 +2,7 @@
 
 Least privilege: every action is spelled out (no ``*`` in an action), modifications are limited to EC2
 instances of this account and region, and tagging is limited to the tag keys the service writes.
-Publishing to the report topic is granted separately (``ReportTopic.grant_publish``).
+Publishing to the report topic is granted separately (``ReportTopic.grant_publish``), and never to the Slack notifier.
 """
 
 from __future__ import annotations
@@ -74,6 +74,29 @@ def usage_gate_statements(
                 sid="SetAccountMetadataDefaults",
                 actions=["ec2:GetInstanceMetadataDefaults", "ec2:ModifyInstanceMetadataDefaults"],
                 resources=["*"],
+            )
+        )
+    return statements
+
+
+def slack_notifier_statements(*, secret_arn: str, kms_key_arn: str, secret_region: str) -> list[iam.PolicyStatement]:
+    """Read the one webhook secret; decrypt with its customer managed key only when one is configured.
+
+    ``secret_region`` limits the key to Secrets Manager's use of it (kms:ViaService): the role cannot decrypt
+    anything else the key protects.
+    """
+    statements = [
+        iam.PolicyStatement(
+            sid="ReadSlackWebhookSecret", actions=["secretsmanager:GetSecretValue"], resources=[secret_arn]
+        )
+    ]
+    if kms_key_arn:
+        statements.append(
+            iam.PolicyStatement(
+                sid="DecryptSlackWebhookSecret",
+                actions=["kms:Decrypt"],
+                resources=[kms_key_arn],
+                conditions={"StringEquals": {"kms:ViaService": f"secretsmanager.{secret_region}.amazonaws.com"}},
             )
         )
     return statements

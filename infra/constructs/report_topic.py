@@ -3,19 +3,47 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, cast
 
 import aws_cdk as cdk
+from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subscriptions
 from constructs import Construct
 
+import infra  # noqa: F401  (puts functions/ on sys.path for the import below)
+from imds_enforcer.report import SEVERITY_RANK, Severity
+
+# A CloudWatch alarm notification (JSON) always has this key; a report never does.
+ALARM_MESSAGE_KEY = "AlarmName"
+
+
+def email_filter_policy(min_severity: Severity) -> dict[str, Any] | None:
+    """The e-mail subscriptions' filter, on the message body; ``None`` (everything) for ``info``.
+
+    On the body, not on the ``severity`` message attribute: CloudWatch alarms publish without attributes, and an
+    attribute filter (even ``exists: false``) drops such messages. A report passes when any of its findings is at
+    least ``min_severity`` (so does its ``severity`` attribute, the most severe finding's); alarms always pass.
+    """
+    if min_severity is Severity.INFO:
+        return None
+    wanted = [s.value for s in Severity if SEVERITY_RANK[s] >= SEVERITY_RANK[min_severity]]
+    return {"$or": [{"findings": {"severity": wanted}}, {ALARM_MESSAGE_KEY: [{"exists": True}]}]}
+
 
 class ReportTopic(Construct):
     """KMS-encrypted SNS topic that denies publishing over plain HTTP, with optional e-mail subscriptions."""
 
-    def __init__(self, scope: Construct, construct_id: str, *, notification_emails: Sequence[str]) -> None:
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        notification_emails: Sequence[str],
+        email_min_severity: Severity = Severity.INFO,
+    ) -> None:
         super().__init__(scope, construct_id)
         self.key = kms.Key(
             self,
@@ -29,9 +57,15 @@ class ReportTopic(Construct):
         self.topic = sns.Topic(
             self, "Topic", display_name="IMDSv2 Enforcer reports", master_key=self.key, enforce_ssl=True
         )
+        filter_policy = email_filter_policy(email_min_severity)
         for address in notification_emails:
             # The subscription's construct id is derived from the address, so each address appears once.
-            self.topic.add_subscription(subscriptions.EmailSubscription(address))
+            subscription = self.topic.add_subscription(subscriptions.EmailSubscription(address))
+            if filter_policy is not None:
+                # Set on the L1 resource: CDK's typed filter API has no "$or" across keys.
+                resource = cast(sns.CfnSubscription, subscription.node.default_child)
+                resource.filter_policy = filter_policy
+                resource.filter_policy_scope = "MessageBody"
 
     def grant_publish(self, grantee: iam.IGrantable) -> None:
         """Publish rights, written out exactly: ``Topic.grant_publish`` would add ``kms:GenerateDataKey*``."""
@@ -40,3 +74,34 @@ class ReportTopic(Construct):
         )
         # A publisher to an encrypted topic needs a data key, and Decrypt to use it.
         self.key.grant(grantee, "kms:GenerateDataKey", "kms:Decrypt")
+
+    def allow_alarms(self, alarms: Sequence[cloudwatch.IAlarm]) -> None:
+        """Let CloudWatch publish these alarms' notifications here (and only these: confused-deputy protection).
+
+        Needed because the topic has a resource policy and a customer managed key; CloudWatch's documented key
+        grant is Decrypt and GenerateDataKey*, spelled out here as the one action SNS uses.
+        """
+        if not alarms:
+            return
+        stack = cdk.Stack.of(self)
+        cloudwatch_principal = iam.ServicePrincipal("cloudwatch.amazonaws.com")
+        self.topic.add_to_resource_policy(
+            iam.PolicyStatement(
+                sid="CloudWatchAlarmsPublish",
+                principals=[cloudwatch_principal],
+                actions=["sns:Publish"],
+                resources=[self.topic.topic_arn],
+                conditions={
+                    "ArnEquals": {"aws:SourceArn": [alarm.alarm_arn for alarm in alarms]},
+                    "StringEquals": {"aws:SourceAccount": stack.account},
+                },
+            )
+        )
+        self.key.add_to_resource_policy(
+            iam.PolicyStatement(
+                sid="CloudWatchAlarmsUseKey",
+                principals=[cloudwatch_principal],
+                actions=["kms:Decrypt", "kms:GenerateDataKey"],
+                resources=["*"],  # in a key policy, "*" is this key
+            )
+        )

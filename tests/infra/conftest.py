@@ -24,6 +24,8 @@ from infra.config import DeployConfig  # noqa: E402
 
 ACCOUNT = "123456789012"
 REGIONS = ("us-east-1", "eu-west-1")
+SLACK_SECRET_NAME = "imds-enforcer/slack-webhook"
+SLACK_SECRET_KEY_ARN = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 
 # Values as `cdk synth -c key=value` delivers them (strings), so the app's coercion is exercised end to end.
 CONTEXT: dict[str, Any] = {
@@ -39,6 +41,10 @@ CONTEXT: dict[str, Any] = {
     "gate_schedule_hours": "4",
     "gate_memory_mb": "1024",
     "gate_timeout_minutes": "10",
+    # Everything optional on: the Slack notifier (secret by name, with its customer managed key) and e-mail filtering.
+    "slack_webhook_secret": SLACK_SECRET_NAME,
+    "slack_webhook_secret_kms_key_arn": SLACK_SECRET_KEY_ARN,
+    "email_min_severity": "warning",
 }
 
 

@@ -8,6 +8,7 @@ from typing import Any, get_args
 import aws_cdk as cdk
 import pytest
 
+from imds_enforcer.report import Severity
 from imds_enforcer.settings import EnforcementMode, Settings
 from infra import REPO_ROOT
 from infra.config import PLACEHOLDER_TOPIC_ARN, ConfigError, DeployConfig, LogRetentionDays
@@ -86,6 +87,13 @@ def test_cli_string_values_are_coerced() -> None:
         ("log_retention_days", "91"),
         ("gate_memory_mb", 64),
         ("gate_timeout_minutes", "16"),
+        ("slack_webhook_secret", "https://hooks.slack.com/services/T0/B0/x"),
+        ("slack_webhook_secret", "arn:aws:ssm:us-east-1:123456789012:parameter/slack"),
+        ("slack_webhook_secret", "has spaces"),
+        ("slack_webhook_secret_kms_key_arn", "arn:aws:kms:us-east-1:123456789012:alias/slack"),
+        # A key without a secret: nothing would use the grant.
+        ("slack_webhook_secret_kms_key_arn", "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab"),
+        ("email_min_severity", "critical"),
     ],
 )
 def test_a_bad_value_fails_naming_the_key(key: str, value: Any) -> None:
@@ -168,3 +176,30 @@ def test_the_app_exits_non_zero_naming_the_key(
 
     assert app.main() == 2
     assert 'cdk.json context "lookback_days"' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "secret",
+    ["imds-enforcer/slack-webhook", "arn:aws:secretsmanager:eu-west-1:123456789012:secret:slack-AbCdEf"],
+)
+def test_the_slack_notifier_is_configured_by_a_secret_name_or_arn_and_gets_only_that(secret: str) -> None:
+    config = DeployConfig.from_context(
+        {
+            "slack_webhook_secret": secret,
+            "slack_webhook_secret_kms_key_arn": "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab",
+            "email_min_severity": "high",
+        },
+        environ={},
+    )
+
+    assert config.slack_enabled
+    assert config.email_min_severity is Severity.HIGH
+    assert config.slack_environment() == {"SLACK_WEBHOOK_SECRET": secret}
+    assert secret == Settings.from_env(config.slack_environment()).SLACK_WEBHOOK_SECRET
+
+
+def test_by_default_there_is_no_slack_notifier_and_email_gets_everything() -> None:
+    config = DeployConfig.from_context({"slack_webhook_secret": "", "slack_webhook_secret_kms_key_arn": ""}, environ={})
+
+    assert not config.slack_enabled
+    assert config.email_min_severity is Severity.INFO

@@ -9,6 +9,7 @@ import pytest
 from infra.constructs.permissions import (
     UNSCOPABLE_ACTIONS,
     launch_watch_statements,
+    slack_notifier_statements,
     usage_gate_statements,
 )
 
@@ -70,3 +71,34 @@ def test_tagging_is_limited_to_the_service_tags_and_the_gate_may_also_write_the_
 
     assert tag_keys("launch_watch") == ["imdsv2-enforcer:enforced-at", "imdsv2-enforcer:enforced-by"]
     assert tag_keys("usage_gate") == ["imdsv2-enforcer:enforced-at", "imdsv2-enforcer:enforced-by", "imdsv2-exempt"]
+
+
+SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:slack-??????"
+KEY_ARN = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab"
+
+
+def test_the_slack_notifier_reads_one_secret_and_decrypts_only_with_a_configured_key() -> None:
+    without_key = [
+        s.to_statement_json()
+        for s in slack_notifier_statements(secret_arn=SECRET_ARN, kms_key_arn="", secret_region="x")
+    ]
+    with_key = [
+        s.to_statement_json()
+        for s in slack_notifier_statements(secret_arn=SECRET_ARN, kms_key_arn=KEY_ARN, secret_region="us-east-1")
+    ]
+
+    assert without_key == [
+        {
+            "Sid": "ReadSlackWebhookSecret",
+            "Effect": "Allow",
+            "Action": "secretsmanager:GetSecretValue",
+            "Resource": SECRET_ARN,
+        }
+    ]
+    assert with_key[1] == {
+        "Sid": "DecryptSlackWebhookSecret",
+        "Effect": "Allow",
+        "Action": "kms:Decrypt",
+        "Resource": KEY_ARN,
+        "Condition": {"StringEquals": {"kms:ViaService": "secretsmanager.us-east-1.amazonaws.com"}},
+    }

@@ -18,6 +18,9 @@ HANDLERS = {
     "launch_watch": "imds_enforcer.handlers.launch_watch.handler",
     "usage_gate": "imds_enforcer.handlers.usage_gate.handler",
 }
+# The Slack notifier is deployed too (conftest configures its secret); it neither reports nor touches instances.
+SLACK_HANDLER = "imds_enforcer.handlers.slack_notify.handler"
+ALL_HANDLERS = [*HANDLERS.values(), SLACK_HANDLER]
 SERVICE_TAGS = ["imdsv2-enforcer:enforced-at", "imdsv2-enforcer:enforced-by"]
 
 
@@ -95,12 +98,14 @@ def test_every_cdk_nag_acknowledgement_is_narrow_and_explained(synthesized: Any)
                     for rule, reason in entry["data"].items():
                         assert len(reason) > 60, f"{rule} on {path} needs a specific reason"
                         acknowledged.setdefault(path.split("/", 2)[2], set()).add(rule.split("[")[0])
-    # ...then only the two roles' wildcard resources and the DLQs' "no DLQ" are acknowledged, nothing stack-wide.
+    # ...then only the two enforcers' wildcard resources and the DLQs' "no DLQ" are acknowledged, nothing stack-wide
+    # (the Slack notifier's secret grant needs none: '-??????' matches one secret's random suffix, not a wildcard).
     assert acknowledged == {
         "LaunchWatch/Enforcer/Role/DefaultPolicy": {"AwsSolutions::AwsSolutions-IAM5"},
         "UsageGate/Enforcer/Role/DefaultPolicy": {"AwsSolutions::AwsSolutions-IAM5"},
         "LaunchWatch/Enforcer/DeadLetterQueue": {"AwsSolutions::AwsSolutions-SQS3"},
         "UsageGate/Enforcer/DeadLetterQueue": {"AwsSolutions::AwsSolutions-SQS3"},
+        "SlackNotifier/Enforcer/DeadLetterQueue": {"AwsSolutions::AwsSolutions-SQS3"},
     }
 
 
@@ -127,6 +132,9 @@ def test_outputs(template: Template) -> None:
         "UsageGateFunctionName",
         "LaunchWatchDeadLetterQueueUrl",
         "UsageGateDeadLetterQueueUrl",
+        "SlackNotifierFunctionName",
+        "SlackNotifierDeadLetterQueueUrl",
+        "DashboardUrl",
     ):
         template.has_output(name, {"Value": Match.any_value()})
 
@@ -167,7 +175,7 @@ def test_report_topic_refuses_publishing_without_tls(template: Template) -> None
 
 
 def test_report_topic_mails_the_configured_address(template: Template) -> None:
-    template.resource_count_is("AWS::SNS::Subscription", 1)
+    template.resource_count_is("AWS::SNS::Subscription", 2)  # the address and the Slack notifier
     template.has_resource_properties(
         "AWS::SNS::Subscription",
         {
@@ -237,9 +245,9 @@ def test_function_environment_parses_with_the_runtime_settings(synthesized: Any,
 
 def test_each_function_logs_to_its_own_group_with_retention(template: Template) -> None:
     groups = template.find_resources("AWS::Logs::LogGroup")
-    assert len(groups) == 2
+    assert len(groups) == 3
     assert all(group["Properties"]["RetentionInDays"] == 30 for group in groups.values())
-    for handler in HANDLERS.values():
+    for handler in ALL_HANDLERS:
         group_id = _function(template, handler)["Properties"]["LoggingConfig"]["LogGroup"]["Ref"]
         assert group_id in groups
         writes = [s for s in _role_policy_statements(template, handler) if "logs:PutLogEvents" in _as_list(s["Action"])]
@@ -248,7 +256,7 @@ def test_each_function_logs_to_its_own_group_with_retention(template: Template) 
 
 def test_failed_async_invocations_go_to_an_encrypted_tls_only_queue(template: Template) -> None:
     queue = Capture()
-    template.resource_count_is("AWS::Lambda::EventInvokeConfig", 2)
+    template.resource_count_is("AWS::Lambda::EventInvokeConfig", 3)
     template.has_resource_properties(
         "AWS::Lambda::EventInvokeConfig",
         {
@@ -270,7 +278,7 @@ def test_failed_async_invocations_go_to_an_encrypted_tls_only_queue(template: Te
                 )
             }
         },
-        2,
+        3,
     )
 
 
@@ -348,7 +356,7 @@ def test_usage_gate_runs_on_the_configured_schedule(template: Template) -> None:
 @pytest.mark.parametrize("region", REGIONS)
 def test_no_identity_policy_grants_a_wildcard_action(synthesized: Any, region: str) -> None:
     policies = list(_identity_policies(synthesized.templates[f"ImdsEnforcer-{region}"]))
-    assert len(policies) == 2
+    assert len(policies) == 3
     for logical_id, document in policies:
         for statement in document["Statement"]:
             for action in _as_list(statement["Action"]):
@@ -363,7 +371,7 @@ def test_roles_carry_no_managed_policies(template: Template) -> None:
 def test_roles_live_under_the_path_the_launch_watch_recognises_as_its_own(template: Template) -> None:
     # CloudTrail's sessionIssuer.arn carries the path: that is how a rollback by the gate is told from a regression.
     roles = template.find_resources("AWS::IAM::Role")
-    assert len(roles) == 2
+    assert len(roles) == 3
     assert {role["Properties"]["Path"] for role in roles.values()} == {Settings().SERVICE_ROLE_PATH}
 
 

@@ -1,0 +1,215 @@
+"""Who hears what: the Slack notifier (a secret's name, never the URL), e-mail filtering, alarms on the topic."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from aws_cdk.assertions import Match, Template
+
+from imds_enforcer.report import Severity
+from infra.constructs.report_topic import email_filter_policy
+from tests.infra.conftest import ACCOUNT, CONTEXT, REGIONS, SLACK_SECRET_KEY_ARN, SLACK_SECRET_NAME
+
+SLACK_HANDLER = "imds_enforcer.handlers.slack_notify.handler"
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _render(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and "Ref" in value:
+        return "${" + str(value["Ref"]) + "}"
+    if isinstance(value, dict) and "Fn::Join" in value:
+        separator, parts = value["Fn::Join"]
+        return str(separator).join(_render(part) for part in parts)
+    return json.dumps(value)
+
+
+def _only(template: Template, resource_type: str, props: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+    found = template.find_resources(resource_type, {"Properties": props} if props else None)
+    ((logical_id, resource),) = found.items()
+    return logical_id, dict(resource)
+
+
+def _slack_function(template: Template) -> tuple[str, dict[str, Any]]:
+    return _only(template, "AWS::Lambda::Function", {"Handler": SLACK_HANDLER})
+
+
+def _slack_statements(template: Template) -> list[dict[str, Any]]:
+    role_id = _slack_function(template)[1]["Properties"]["Role"]["Fn::GetAtt"][0]
+    policies = template.find_resources("AWS::IAM::Policy", {"Properties": {"Roles": [{"Ref": role_id}]}})
+    return [s for p in policies.values() for s in p["Properties"]["PolicyDocument"]["Statement"]]
+
+
+# ---- Slack notifier ------------------------------------------------------------------------------------------
+
+
+def test_slack_notifier_runs_the_slack_handler_small_and_short(template: Template) -> None:
+    _, function = _slack_function(template)
+
+    props = function["Properties"]
+    assert (props["Runtime"], props["Architectures"], props["MemorySize"], props["Timeout"]) == (
+        "python3.14",
+        ["arm64"],
+        256,
+        90,
+    )
+
+
+def test_slack_notifier_gets_the_secrets_name_and_never_the_webhook(synthesized: Any, template: Template) -> None:
+    env = _slack_function(template)[1]["Properties"]["Environment"]["Variables"]
+
+    assert env["SLACK_WEBHOOK_SECRET"] == SLACK_SECRET_NAME
+    # It reads the secret, it does not report: no topic to publish to.
+    assert "REPORT_TOPIC_ARN" not in env
+    for name in synthesized.templates:
+        assert "hooks.slack.com" not in json.dumps(synthesized.templates[name])
+
+
+@pytest.mark.parametrize("region", REGIONS)
+def test_slack_notifier_may_read_only_that_secret_and_decrypt_only_through_secrets_manager(
+    synthesized: Any, region: str
+) -> None:
+    statements = _slack_statements(synthesized.template(region))
+
+    (read,) = [s for s in statements if "secretsmanager:GetSecretValue" in _as_list(s["Action"])]
+    assert _as_list(read["Action"]) == ["secretsmanager:GetSecretValue"]
+    assert _render(read["Resource"]) == (
+        f"arn:${{AWS::Partition}}:secretsmanager:{region}:{ACCOUNT}:secret:{SLACK_SECRET_NAME}-??????"
+    )
+    (decrypt,) = [s for s in statements if "kms:Decrypt" in _as_list(s["Action"])]
+    assert decrypt["Action"] == "kms:Decrypt"
+    assert decrypt["Resource"] == SLACK_SECRET_KEY_ARN
+    assert decrypt["Condition"] == {"StringEquals": {"kms:ViaService": f"secretsmanager.{region}.amazonaws.com"}}
+
+
+def test_slack_notifier_may_not_publish_reports(template: Template) -> None:
+    actions = {a for s in _slack_statements(template) for a in _as_list(s["Action"])}
+
+    assert "sns:Publish" not in actions
+    assert not {a for a in actions if a.startswith("kms:")} - {"kms:Decrypt"}
+    assert not {a for a in actions if a.startswith("ec2:") or a.startswith("cloudwatch:")}
+
+
+def test_slack_notifier_is_subscribed_with_its_dead_letter_queue_open_to_this_topic_only(template: Template) -> None:
+    function_id, _ = _slack_function(template)
+    topic_id, _ = _only(template, "AWS::SNS::Topic")
+    subscription_id, subscription = _only(template, "AWS::SNS::Subscription", {"Protocol": "lambda"})
+    props = subscription["Properties"]
+
+    assert props["Endpoint"] == {"Fn::GetAtt": [function_id, "Arn"]}
+    assert props["TopicArn"] == {"Ref": topic_id}
+    queue_id = props["RedrivePolicy"]["deadLetterTargetArn"]["Fn::GetAtt"][0]
+    # The same queue as the function's failed async invocations.
+    template.has_resource_properties(
+        "AWS::Lambda::EventInvokeConfig",
+        {
+            "FunctionName": {"Ref": function_id},
+            "DestinationConfig": {"OnFailure": {"Destination": {"Fn::GetAtt": [queue_id, "Arn"]}}},
+        },
+    )
+    template.has_resource_properties(
+        "AWS::SQS::QueuePolicy",
+        {
+            "Queues": [{"Ref": queue_id}],
+            "PolicyDocument": {
+                "Statement": Match.array_with(
+                    [
+                        {
+                            "Effect": "Allow",
+                            "Principal": {"Service": "sns.amazonaws.com"},
+                            "Action": "sqs:SendMessage",
+                            "Resource": {"Fn::GetAtt": [queue_id, "Arn"]},
+                            "Condition": {"ArnEquals": {"aws:SourceArn": {"Ref": topic_id}}},
+                        }
+                    ]
+                )
+            },
+        },
+    )
+    template.has_resource_properties(
+        "AWS::Lambda::Permission",
+        {"Action": "lambda:InvokeFunction", "Principal": "sns.amazonaws.com", "SourceArn": {"Ref": topic_id}},
+    )
+    assert subscription_id
+
+
+def test_without_a_webhook_secret_no_slack_notifier_is_built() -> None:
+    from app import build_app
+
+    # Given the same context without the secret (and its key), when the app is built (no synth: the tree suffices)...
+    context = {k: v for k, v in CONTEXT.items() if not k.startswith("slack_webhook_secret")}
+    app = build_app(context=context)
+
+    # ...then no stack holds a Slack notifier, and its outputs are absent.
+    paths = [construct.node.path for construct in app.node.find_all()]
+    assert any(path.endswith("/UsageGate") for path in paths)
+    assert not [path for path in paths if "SlackNotifier" in path]
+
+
+# ---- e-mail --------------------------------------------------------------------------------------------------
+
+
+def test_email_subscribers_get_warnings_and_worse_and_every_alarm(template: Template) -> None:
+    template.has_resource_properties(
+        "AWS::SNS::Subscription",
+        {
+            "Protocol": "email",
+            "Endpoint": "secops@example.com",
+            "FilterPolicyScope": "MessageBody",
+            "FilterPolicy": {
+                "$or": [{"findings": {"severity": ["warning", "high"]}}, {"AlarmName": [{"exists": True}]}]
+            },
+        },
+    )
+
+
+@pytest.mark.parametrize(
+    ("minimum", "wanted"),
+    [(Severity.INFO, None), (Severity.WARNING, ["warning", "high"]), (Severity.HIGH, ["high"])],
+)
+def test_email_filter_by_minimum_severity(minimum: Severity, wanted: list[str] | None) -> None:
+    policy = email_filter_policy(minimum)
+
+    if wanted is None:
+        assert policy is None  # no filter: every report and alarm
+    else:
+        assert policy == {"$or": [{"findings": {"severity": wanted}}, {"AlarmName": [{"exists": True}]}]}
+
+
+# ---- alarms may reach the encrypted topic --------------------------------------------------------------------
+
+
+def test_only_this_stacks_alarms_may_publish_to_the_topic(template: Template) -> None:
+    topic_id, _ = _only(template, "AWS::SNS::Topic")
+    alarm_ids = sorted(template.find_resources("AWS::CloudWatch::Alarm"))
+    _, policy = _only(template, "AWS::SNS::TopicPolicy")
+
+    (statement,) = [
+        s
+        for s in policy["Properties"]["PolicyDocument"]["Statement"]
+        if s.get("Principal") == {"Service": "cloudwatch.amazonaws.com"}
+    ]
+    assert statement["Effect"] == "Allow"
+    assert statement["Action"] == "sns:Publish"
+    assert statement["Resource"] == {"Ref": topic_id}
+    assert statement["Condition"]["StringEquals"] == {"aws:SourceAccount": ACCOUNT}
+    source_arns = statement["Condition"]["ArnEquals"]["aws:SourceArn"]
+    assert sorted(arn["Fn::GetAtt"][0] for arn in source_arns) == alarm_ids
+
+
+def test_cloudwatch_may_use_the_topic_key_with_two_spelled_out_actions(template: Template) -> None:
+    _, key = _only(template, "AWS::KMS::Key")
+
+    (statement,) = [
+        s
+        for s in key["Properties"]["KeyPolicy"]["Statement"]
+        if s.get("Principal") == {"Service": "cloudwatch.amazonaws.com"}
+    ]
+    assert statement["Effect"] == "Allow"
+    assert statement["Action"] == ["kms:Decrypt", "kms:GenerateDataKey"]

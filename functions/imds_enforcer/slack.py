@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from imds_enforcer.report import Finding, Report, Severity, sort_findings, subject_for
 
@@ -51,13 +51,34 @@ class SlackPayload:
         return {"text": self.text, "blocks": self.blocks, "unfurl_links": False, "unfurl_media": False}
 
 
+class CloudWatchAlarm(BaseModel):
+    """The JSON CloudWatch publishes when an alarm of the stack changes state (it shares the report topic)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str = Field(alias="AlarmName")
+    state: str = Field(alias="NewStateValue")
+    reason: str = Field(default="", alias="NewStateReason")
+    description: str | None = Field(default=None, alias="AlarmDescription")
+    arn: str = Field(default="", alias="AlarmArn")
+    account: str = Field(default="", alias="AWSAccountId")
+    changed_at: str = Field(default="", alias="StateChangeTime")
+
+    @property
+    def region(self) -> str:
+        # arn:aws:cloudwatch:<region>:<account>:alarm:<name>; the message's own "Region" is a display name.
+        parts = self.arn.split(":")
+        return parts[3] if len(parts) > 3 else ""
+
+
 @dataclass(frozen=True, slots=True)
 class SnsReport:
-    """One SNS record: the report it carries, or why it carries none."""
+    """One SNS record: the report (or CloudWatch alarm) it carries, or why it carries neither."""
 
     message_id: str
     report: Report | None = None
     skip_reason: str | None = None
+    alarm: CloudWatchAlarm | None = None
 
 
 # --- the SNS event ---------------------------------------------------------------------------------------------
@@ -83,6 +104,9 @@ def _parse_record(index: int, record: object) -> SnsReport:
     message = sns.get("Message")
     if not isinstance(message, str) or not message:
         return SnsReport(message_id=message_id, skip_reason="SNS record without a Message")
+    alarm = _alarm(message)
+    if alarm is not None:
+        return SnsReport(message_id=message_id, alarm=alarm)
     try:
         return SnsReport(message_id=message_id, report=Report.model_validate_json(message))
     except ValidationError as error:
@@ -93,7 +117,39 @@ def _parse_record(index: int, record: object) -> SnsReport:
         return SnsReport(message_id=message_id, skip_reason=f"Message is not an imds-enforcer report: {problems}")
 
 
+def _alarm(message: str) -> CloudWatchAlarm | None:
+    if '"AlarmName"' not in message:
+        return None
+    try:
+        return CloudWatchAlarm.model_validate_json(message)
+    except ValidationError:
+        return None
+
+
 # --- the payload -----------------------------------------------------------------------------------------------
+
+
+def render_alarm(alarm: CloudWatchAlarm) -> SlackPayload:
+    """A CloudWatch alarm of this stack (a rejection, a handler error, a dead letter): short, linked, and loud."""
+    firing = alarm.state == "ALARM"
+    icon = SEVERITY_ICON[Severity.HIGH] if firing else ":large_green_circle:"
+    title = f"{'Action needed: ' if firing else ''}{alarm.state}: {alarm.name}"
+    header = {"type": "header", "text": {"type": "plain_text", "text": _clip(title, MAX_HEADER_TEXT)}}
+    lines = [f"{icon} *{_escape(alarm.state, 20)}* {_escape(alarm.name, 200)}"]
+    if alarm.description:
+        lines.append(_escape(alarm.description, 1000))
+    if alarm.reason:
+        lines.append(f"_{_escape(alarm.reason, 1000)}_")
+    if alarm.region:
+        region = quote(alarm.region, safe="")
+        name = quote(alarm.name, safe="")
+        url = f"https://{region}.console.aws.amazon.com/cloudwatch/home?region={region}#alarmsV2:alarm/{name}"
+        lines.append(f"<{url}|Open the alarm in the CloudWatch console>")
+    context = _context(
+        f"CloudWatch alarm · {_escape(alarm.account, 20)}/{_escape(alarm.region, 30)} · {alarm.changed_at}"
+    )
+    blocks = [header, _section(_clip_lines("\n".join(lines), MAX_SECTION_TEXT)), context]
+    return SlackPayload(text=_clip(title, MAX_SECTION_TEXT), blocks=blocks)
 
 
 def render_payload(report: Report, *, max_findings: int = MAX_FINDINGS_SHOWN) -> SlackPayload:

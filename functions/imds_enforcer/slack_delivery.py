@@ -31,7 +31,7 @@ from slack_sdk.webhook import WebhookClient
 from imds_enforcer import secrets
 from imds_enforcer.observability import logger
 from imds_enforcer.settings import Settings, SettingsError
-from imds_enforcer.slack import SlackPayload, render_payload, reports_from_sns_event
+from imds_enforcer.slack import SlackPayload, render_alarm, render_payload, reports_from_sns_event
 
 HTTP_TIMEOUT_SECONDS = 10
 RATE_LIMIT_RETRIES = 3
@@ -79,23 +79,29 @@ def notify_slack(event: dict[str, Any], *, settings: Settings) -> NotifyOutcome:
         raise SettingsError("SLACK_WEBHOOK_SECRET is not set: the Slack notifier needs the name or ARN of the secret")
     outcome = NotifyOutcome()
     for record in reports_from_sns_event(event):
-        if record.report is None:
+        where: dict[str, object] = {"message_id": record.message_id}
+        if record.alarm is not None:
+            payload = render_alarm(record.alarm)
+            where |= {"alarm": record.alarm.name, "state": record.alarm.state}
+        elif record.report is not None:
+            payload = render_payload(record.report)
+            report = record.report
+            where |= {"account": report.account, "region": report.region, "findings": len(report.findings)}
+        else:
             logger.warning("SNS record skipped", extra={"message_id": record.message_id, "reason": record.skip_reason})
             outcome.skipped += 1
             continue
-        report = record.report
-        where = {"message_id": record.message_id, "account": report.account, "region": report.region}
         try:
             # Read lazily: an event with nothing to post never needs the secret.
-            post(secrets.webhook_url(secret_id), render_payload(report))
+            post(secrets.webhook_url(secret_id), payload)
         except SlackDeliveryError as error:
-            logger.error("report not posted to Slack", extra={**where, "error": str(error)})
+            logger.error("not posted to Slack", extra={**where, "error": str(error)})
             outcome.failures.append(f"{record.message_id}: {error}")
             if error.stale_url:
                 secrets.forget_webhook_url(secret_id)
             continue
         outcome.posted += 1
-        logger.info("report posted to Slack", extra={**where, "findings": len(report.findings), "part": report.part})
+        logger.info("posted to Slack", extra=where)
     return outcome
 
 

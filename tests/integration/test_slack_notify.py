@@ -188,7 +188,7 @@ def test_a_report_is_posted_once_with_its_blocks(
     assert "(MetadataNoTokenRejected): *7*" in first
     # And the URL appears in no log line, at any level
     out, err = lambda_output.readouterr()
-    assert log_lines(out, "report posted to Slack")[0]["findings"] == 3
+    assert log_lines(out, "posted to Slack")[0]["findings"] == 3
     assert_secret_absent(slack.url, out, err, logs.text)
 
 
@@ -296,7 +296,7 @@ def test_a_server_error_that_persists_raises_for_lambdas_retry_without_the_url(
     assert "HTTP 500" in str(raised.value)
     # And neither the exception nor any log line carries the URL
     out, err = lambda_output.readouterr()
-    assert log_lines(out, "report not posted to Slack")[0]["error"] == "Slack answered HTTP 500 'internal_error'"
+    assert log_lines(out, "not posted to Slack")[0]["error"] == "Slack answered HTTP 500 'internal_error'"
     assert_secret_absent(slack.url, str(raised.value), repr(raised.value), out, err, logs.text)
     assert raised.value.__cause__ is None
     # And the failure is counted for an alarm
@@ -429,3 +429,37 @@ def test_a_secret_that_holds_no_usable_url_is_refused_without_echoing_it(
     assert SECRET_NAME in str(raised.value)
     assert "hooks.slack.com" not in str(raised.value)
     assert value.rsplit("/", 1)[-1].strip('"}') not in str(raised.value)
+
+
+# --- CloudWatch alarms share the topic -------------------------------------------------------------------------
+
+
+def test_a_cloudwatch_alarm_on_the_topic_is_posted_too(
+    slack: WebhookReceiver, lambda_context: FakeLambdaContext
+) -> None:
+    # Given the stack's Rejected alarm firing (CloudWatch's own JSON, no message attributes)
+    alarm = {
+        "AlarmName": "ImdsEnforcer-us-east-1-RejectedAlarm",
+        "AlarmDescription": "HIGH: an instance this service switched to IMDSv2 is rejecting IMDSv1 calls",
+        "AWSAccountId": "123456789012",
+        "NewStateValue": "ALARM",
+        "NewStateReason": "Threshold Crossed: 1 datapoint [3.0] was greater than the threshold (0.0).",
+        "StateChangeTime": "2026-11-20T12:00:00.000+0000",
+        "Region": "US East (N. Virginia)",
+        "AlarmArn": "arn:aws:cloudwatch:us-east-1:123456789012:alarm:ImdsEnforcer-us-east-1-RejectedAlarm",
+        "OldStateValue": "OK",
+        "Trigger": {"MetricName": "Rejected", "Namespace": "ImdsEnforcer", "Threshold": 0.0},
+    }
+    record = sns_record(json.dumps(alarm), subject='ALARM: "ImdsEnforcer-us-east-1-RejectedAlarm" in US East')
+
+    # When SNS delivers it to the notifier
+    result = handler(sns_event(record), lambda_context)
+
+    # Then it is posted, loud and linked, rather than skipped as "not a report"
+    assert result == {"posted": 1, "skipped": 0}
+    (post,) = slack.received()
+    assert post["blocks"][0]["text"]["text"] == "Action needed: ALARM: ImdsEnforcer-us-east-1-RejectedAlarm"
+    body = post["blocks"][1]["text"]["text"]
+    assert "is rejecting IMDSv1 calls" in body
+    assert "Threshold Crossed" in body
+    assert "https://us-east-1.console.aws.amazon.com/cloudwatch/home?region=us-east-1#alarmsV2:alarm/" in body

@@ -2,6 +2,7 @@
 
 - DescribeInstances filters `metadata-options.*` (moto: NotImplementedError in-process, HTTP 500 on a server).
 - ModifyInstanceMetadataOptions keeps the fields a call does not pass (moto replaces the whole block).
+- Get/ModifyInstanceMetadataDefaults (moto has neither).
 """
 
 from __future__ import annotations
@@ -52,3 +53,51 @@ def teach_moto() -> None:
     """Idempotent; call before the first request reaches moto (in the process that runs moto)."""
     ec2_utils.filter_dict_attribute_mapping.update(METADATA_FILTERS)
     InstanceBackend.modify_instance_metadata_options = _modify_keeping_unset_fields  # type: ignore[method-assign]
+    teach_metadata_defaults()
+
+
+# GetInstanceMetadataDefaults / ModifyInstanceMetadataDefaults, for the gate's opt-in account default.
+# The account-level defaults live on each region's EC2 backend; `ManagedBy` and `ManagedExceptionMessage` can be set
+# there by a test (`metadata_defaults_of(backend)["ManagedBy"] = "declarative-policy"`) to stand for an
+# organization's declarative policy, which the API itself cannot set.
+
+_DEFAULTS_ATTRIBUTE = "_imds_enforcer_metadata_defaults"
+_DEFAULT_FIELDS = (
+    "HttpTokens",
+    "HttpPutResponseHopLimit",
+    "HttpEndpoint",
+    "InstanceMetadataTags",
+    "HttpTokensEnforced",
+)
+
+
+def metadata_defaults_of(backend: Any) -> dict[str, Any]:
+    """The AccountLevel block of one EC2 backend (account and region), created empty (as AWS: nothing set)."""
+    if not hasattr(backend, _DEFAULTS_ATTRIBUTE):
+        setattr(backend, _DEFAULTS_ATTRIBUTE, {"ManagedBy": "account"})
+    defaults: dict[str, Any] = getattr(backend, _DEFAULTS_ATTRIBUTE)
+    return defaults
+
+
+def teach_metadata_defaults() -> None:
+    """Idempotent; part of teach_moto()."""
+    from moto.core.responses import ActionResult
+    from moto.ec2.responses import EC2Response
+
+    def get_instance_metadata_defaults(self: EC2Response) -> ActionResult:
+        return ActionResult({"AccountLevel": dict(metadata_defaults_of(self.ec2_backend))})
+
+    def modify_instance_metadata_defaults(self: EC2Response) -> ActionResult:
+        defaults = metadata_defaults_of(self.ec2_backend)
+        for name in _DEFAULT_FIELDS:
+            value = self._get_param(name)
+            if value is None:
+                continue
+            if value in ("no-preference", "-1", -1):  # AWS: clear the preference
+                defaults.pop(name, None)
+            else:
+                defaults[name] = int(value) if name == "HttpPutResponseHopLimit" else value
+        return ActionResult({"Return": True})
+
+    EC2Response.get_instance_metadata_defaults = get_instance_metadata_defaults  # type: ignore[attr-defined]
+    EC2Response.modify_instance_metadata_defaults = modify_instance_metadata_defaults  # type: ignore[attr-defined]

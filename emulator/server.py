@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from emulator.moto_ext import teach_metadata_defaults, teach_moto
+from emulator.moto_ext import teach_moto
 
 HOST = "127.0.0.1"
 ACCOUNT = "123456789012"  # moto's default account
@@ -49,7 +49,6 @@ def start_server() -> Iterator[LocalAws]:
     from moto.server import ThreadedMotoServer  # moto costs ~300 ms to import: only when a server is wanted
 
     teach_moto()
-    teach_metadata_defaults()  # the gate's opt-in account default (SET_ACCOUNT_DEFAULT) needs these two calls
     # werkzeug logs every request to stderr; the demo and tests want their own output readable.
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     # Port 0: the OS picks a free port at bind time, so there is no race with a probe socket.

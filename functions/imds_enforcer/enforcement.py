@@ -35,6 +35,14 @@ EXPECTED_ERROR_CODES = frozenset(
 )
 
 
+class UnexpectedAwsError(RuntimeError):
+    """Raised after the report is out, so Lambda's retry and the failure destination see the fault."""
+
+
+def error_code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", "Unknown"))
+
+
 class Pacer:
     """Token bucket in front of ModifyInstanceMetadataOptions (EC2: a burst of ~100, then ~5 per second)."""
 
@@ -96,7 +104,7 @@ def enforce(
         try:
             ec2.require_tokens(plan.instance_id, hop_limit=plan.hop_limit)
         except ClientError as error:
-            outcome.findings.append(_failed(plan.instance_id, error, "ModifyInstanceMetadataOptions"))
+            outcome.findings.append(failed_finding(plan.instance_id, error, "ModifyInstanceMetadataOptions"))
             _note_unexpected(outcome, plan.instance_id, error, "ModifyInstanceMetadataOptions")
             continue
         changed.append(plan)
@@ -115,7 +123,9 @@ def enforce(
         outcome.enforced.append(plan.instance_id)
         outcome.findings.append(_enforced(plan, stamp, reason_prefix))
         if tag_error is not None:
-            outcome.findings.append(_failed(plan.instance_id, tag_error, "CreateTags (enforced, but not tagged)"))
+            outcome.findings.append(
+                failed_finding(plan.instance_id, tag_error, "CreateTags (enforced, but not tagged)")
+            )
     return outcome
 
 
@@ -128,20 +138,23 @@ def _enforced(plan: ModifyPlan, stamp: str, reason_prefix: str) -> Finding:
     return Finding(resource_id=plan.instance_id, action=Action.ENFORCED, reason=reason, details=details)
 
 
-def _failed(instance_id: str, error: ClientError, operation: str) -> Finding:
-    code = error.response.get("Error", {}).get("Code", "Unknown")
+def failed_finding(resource_id: str, error: ClientError, operation: str, resource_type: str = "instance") -> Finding:
+    """A `failed` finding that says which call failed, with which code and message, after how many retries."""
+    code = error_code(error)
     message = error.response.get("Error", {}).get("Message", "")
     attempts = error.response.get("ResponseMetadata", {}).get("RetryAttempts", 0)
     reason = f"{operation} failed: {code}" + (f" ({message})" if message else "")
     if attempts:
         reason += f" after {attempts} retries"
-    return Finding(resource_id=instance_id, action=Action.FAILED, reason=reason, error_code=code)
+    return Finding(
+        resource_type=resource_type, resource_id=resource_id, action=Action.FAILED, reason=reason, error_code=code
+    )
 
 
 def _note_unexpected(
     outcome: EnforcementOutcome, instance_id: str, error: ClientError, operation: str, *, always: bool = False
 ) -> None:
-    code = error.response.get("Error", {}).get("Code", "Unknown")
+    code = error_code(error)
     if always or code not in EXPECTED_ERROR_CODES:
         logger.error("unexpected AWS error", extra={"operation": operation, "instance_id": instance_id, "code": code})
         outcome.unexpected_errors.append(f"{operation} {instance_id}: {code}")

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from imds_enforcer import ec2
 from imds_enforcer.deployment import Deployment
-from imds_enforcer.enforcement import Pacer, enforce
+from imds_enforcer.enforcement import Pacer, UnexpectedAwsError, enforce
 from imds_enforcer.events import Ignored, LaunchTrigger, TriggerKind, read_launch_event
 from imds_enforcer.observability import logger
 from imds_enforcer.policy import ModifyPlan, launch_decision
@@ -16,10 +16,6 @@ from imds_enforcer.sns import publish_report
 
 ENFORCED_BY = "launch_watch"
 TRIGGER = "launch"
-
-
-class UnexpectedAwsError(RuntimeError):
-    """Raised after the report is out, so Lambda's retry and the failure destination see the fault."""
 
 
 @dataclass

@@ -14,8 +14,8 @@ from botocore.exceptions import ClientError
 from botocore.retries.standard import ExponentialBackoff
 
 from imds_enforcer import clients
+from imds_enforcer.enforcement import UnexpectedAwsError
 from imds_enforcer.handlers.launch_watch import handler
-from imds_enforcer.launch import UnexpectedAwsError
 from imds_enforcer.settings import ENFORCED_AT_TAG, ENFORCED_BY_TAG, SettingsError
 from tests.support.aws import (
     ReportInbox,
@@ -268,7 +268,7 @@ def test_pending_instance_is_left_to_its_running_event(inbox: ReportInbox, lambd
     # Then the first does nothing and reports nothing; the second enforces it
     assert first["findings"] == []
     assert [f["action"] for f in second["findings"]] == ["enforced"]
-    assert counter.calls["ModifyInstanceMetadataOptions"] == 1
+    assert counter.counts["ModifyInstanceMetadataOptions"] == 1
     assert [m.report["counts"] for m in inbox.drain()] == [{"enforced": 1}]
 
 
@@ -401,7 +401,7 @@ def test_fifty_instances_take_one_describe_one_tag_call_and_one_publish(
 
     handler(run_instances_event(ids), lambda_context)
 
-    assert counter.calls == {
+    assert counter.counts == {
         "DescribeInstances": 1,
         "ModifyInstanceMetadataOptions": 50,
         "CreateTags": 1,

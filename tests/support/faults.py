@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,14 +69,27 @@ def inject(client: Any, operation: str, fault: Fault) -> Fault:
 
 @dataclass
 class CallCounter:
-    """Counts API calls per operation (one per call, not per retry)."""
+    """Counts API calls per operation (one per call, not per retry), and the queries in each GetMetricData call."""
 
-    calls: dict[str, int] = field(default_factory=dict)
+    counts: Counter[str] = field(default_factory=Counter)
+    metric_queries: list[int] = field(default_factory=list)
 
-    def __call__(self, model: Any, **_: Any) -> None:
-        self.calls[model.name] = self.calls.get(model.name, 0) + 1
+    def __call__(self, model: Any, params: dict[str, Any], **_: Any) -> None:
+        self.counts[model.name] += 1
+        if model.name == "GetMetricData":
+            self.metric_queries.append(len(params.get("MetricDataQueries", [])))
 
     def attach(self, *clients: Any) -> CallCounter:
         for client in clients:
-            client.meta.events.register("before-call", self)
+            # Once per API call (not per retry), with the parameters as the caller passed them.
+            client.meta.events.register("provide-client-params.*.*", self)
         return self
+
+
+def count_calls(*clients: Any) -> CallCounter:
+    return CallCounter().attach(*clients)
+
+
+def throttle_first(client: Any, operation: str, times: int) -> Fault:
+    """The first `times` sends of an EC2 operation answered 503 RequestLimitExceeded; botocore really retries."""
+    return inject(client, operation, Fault(ec2_error("RequestLimitExceeded", "Request limit exceeded.", 503), times))

@@ -1,0 +1,35 @@
+"""Lambda entry point for the usage gate (EventBridge schedule; an empty manual invoke runs it too)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.metrics import MetricUnit
+
+from imds_enforcer.deployment import Deployment
+from imds_enforcer.gate import run_gate
+from imds_enforcer.observability import logger, metrics
+from imds_enforcer.settings import Settings
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.EVENT_BRIDGE, clear_state=True)
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: Any) -> dict[str, object]:
+    settings = Settings.from_env(os.environ)
+    outcome = run_gate(
+        event,
+        settings=settings,
+        deployment=Deployment.from_context(context),
+        remaining_ms=context.get_remaining_time_in_millis,
+    )
+    if outcome.status == "ignored":
+        metrics.add_metric(name="EventsIgnored", unit=MetricUnit.Count, value=1)
+        return outcome.summary()
+    # One metric per action with the run's count (not one datapoint per finding: a sweep may hold thousands).
+    for action, count in outcome.counts.items():
+        metrics.add_metric(name=f"Instances_{action}", unit=MetricUnit.Count, value=count)
+    metrics.add_metric(name="OptionalRemaining", unit=MetricUnit.Count, value=outcome.totals["optional_remaining"])
+    metrics.add_metric(name="Deferred", unit=MetricUnit.Count, value=outcome.totals["deferred"])
+    return outcome.summary()

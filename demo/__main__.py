@@ -11,12 +11,13 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 import demo  # noqa: F401 - puts functions/ on sys.path before anything imports imds_enforcer
 
 if TYPE_CHECKING:
     from demo.aws import Inbox
+    from demo.slack_view import Transcript
 
 ACCOUNT = "123456789012"
 FOREIGN_ACCOUNT = "999988887777"
@@ -24,6 +25,7 @@ REGION = "us-east-1"
 EXEMPT_TAG_KEY = "imdsv2-exempt"
 ENFORCED_BY_TAG = "imdsv2-enforcer:enforced-by"
 GATE_MODULE = "imds_enforcer.handlers.usage_gate"
+SLACK_SECRET_NAME = "imds-enforcer/slack-webhook"
 
 
 @dataclass
@@ -57,6 +59,22 @@ def _settings_env(**values: str) -> None:
 
 
 def main() -> int:
+    from demo.slack_view import Transcript
+
+    # Everything the demo (and the handlers' loggers) print is kept, so the Slack step can prove the webhook URL,
+    # a credential, never reached the screen. Installed before any handler import: Powertools keeps the stdout
+    # it sees at import time.
+    real_stdout, real_stderr = sys.stdout, sys.stderr
+    transcript = Transcript(real_stdout)
+    sys.stdout = cast(TextIO, transcript)
+    sys.stderr = cast(TextIO, transcript.sibling(real_stderr))
+    try:
+        return _main(transcript)
+    finally:
+        sys.stdout, sys.stderr = real_stdout, real_stderr
+
+
+def _main(transcript: Transcript) -> int:
     _quiet_observability()
     from emulator.server import start_server, use_endpoint
 
@@ -67,7 +85,7 @@ def main() -> int:
         with start_server() as local:
             print(f"  emulator: {local.endpoint_url}  account {local.account}  region {local.region}")
             use_endpoint(local.endpoint_url, region=REGION)
-            _run(checks)
+            _run(checks, transcript)
     except Exception as error:  # the demo's verdict must name what broke, then fail
         print(f"\nDEMO ERROR: {type(error).__name__}: {error}")
         raise
@@ -82,7 +100,7 @@ def main() -> int:
     return 0
 
 
-def _run(checks: Checks) -> None:
+def _run(checks: Checks, transcript: Transcript) -> None:
     from demo import events, show
     from demo.aws import CallCounter, Inbox, actions_by_resource, snapshot
     from demo.context import DemoLambdaContext
@@ -212,6 +230,10 @@ def _run(checks: Checks) -> None:
     else:
         _run_gate(gate, inbox, names, checks)
 
+    # (g) Slack ---------------------------------------------------------------------------------------------
+    show.heading("(g) Slack notifier: every report from the topic, posted to a local Slack webhook")
+    _run_slack(inbox, checks, transcript)
+
     show.heading("Fleet at the end")
     show.fleet("fleet now", snapshot(fleet.all), fleet.roles, exempt_tag_key=EXEMPT_TAG_KEY, before=before)
 
@@ -284,6 +306,75 @@ def _run_gate(
                 )
             checks.expect(now[candidates.container_host].hop_limit == 2, "(f/fix) the EKS node should end with hop 2")
             show.fleet("gate candidates after", now, candidates.roles, exempt_tag_key=EXEMPT_TAG_KEY, before=before)
+
+
+def _run_slack(inbox: Inbox, checks: Checks, transcript: Transcript) -> None:
+    """Each report the topic delivered goes, as an SNS-to-Lambda event, through the real Slack handler, whose
+    webhook URL is read from the emulator's Secrets Manager; a real HTTP server on 127.0.0.1 plays Slack."""
+    import boto3
+
+    from demo import show
+    from demo.context import DemoLambdaContext
+    from demo.slack_view import header_text, render_post, sns_event
+    from emulator.webhook import start_webhook
+    from imds_enforcer.handlers import slack_notify
+    from imds_enforcer.slack import MAX_BLOCKS
+
+    delivered = list(inbox.history)
+    context = DemoLambdaContext(function_name="imds-enforcer-slack-notify", account=ACCOUNT, region=REGION)
+    with start_webhook() as webhook:
+        try:
+            boto3.client("secretsmanager").create_secret(Name=SLACK_SECRET_NAME, SecretString=webhook.url)
+            _settings_env(SLACK_WEBHOOK_SECRET=SLACK_SECRET_NAME)
+            print("  a local HTTP server on 127.0.0.1 plays Slack's incoming webhook")
+            print(f"  its URL is stored in Secrets Manager as {SLACK_SECRET_NAME} (a credential: never printed)")
+            print(
+                f"  SLACK_WEBHOOK_SECRET={SLACK_SECRET_NAME}; {len(delivered)} report(s) to deliver, one SNS event each"
+            )
+            for number, message in enumerate(delivered, start=1):
+                try:
+                    result = slack_notify.handler(sns_event(message), context)
+                except Exception as error:  # a failed post must show as a failed check, not end the demo
+                    checks.expect(False, f"(g) report {number} not posted: {type(error).__name__}: {error}")
+                    continue
+                checks.expect(result == {"posted": 1, "skipped": 0}, f"(g) report {number}: handler returned {result}")
+            posts = webhook.received()
+            secret_path = webhook.path
+        finally:
+            # Not left in the environment for anything that runs after this step.
+            os.environ.pop("SLACK_WEBHOOK_SECRET", None)
+
+    rows = [
+        [
+            number,
+            message.attributes.get("trigger"),
+            message.attributes.get("mode"),
+            len(post["blocks"]),
+            header_text(post),
+        ]
+        for number, (message, post) in enumerate(zip(delivered, posts, strict=False), start=1)
+    ]
+    print(f"\n  posts Slack received: {len(posts)}")
+    print(show.table(["#", "trigger", "mode", "blocks", "header"], rows))
+
+    shown = [
+        next((number for number, row in enumerate(rows, start=1) if row[1:3] == [trigger, "fix"]), None)
+        for trigger in ("launch", "gate")
+    ]
+    for chosen in shown:
+        if chosen is not None and chosen <= len(posts):
+            print(f"\n  what Slack shows for post #{chosen}:")
+            print(render_post(posts[chosen - 1]))
+
+    checks.expect(
+        len(posts) == len(delivered), f"(g) Slack should get one post per report ({len(delivered)}), got {len(posts)}"
+    )
+    for number, (message, post) in enumerate(zip(delivered, posts, strict=False), start=1):
+        checks.expect(len(post["blocks"]) <= MAX_BLOCKS, f"(g) post {number} has {len(post['blocks'])} blocks")
+        checks.expect(post.get("text") == message.subject, f"(g) post {number}'s text should be the SNS subject")
+    printed = transcript.text()
+    token = secret_path.rsplit("/", 1)[-1]  # the part of the URL that makes it a credential
+    checks.expect(token not in printed, "(g) the webhook URL (or its token) must never be printed")
 
 
 def _brief(result: object) -> str:

@@ -49,6 +49,8 @@ class Received:
     subject: str
     attributes: dict[str, str]
     report: dict[str, Any]
+    # The SNS envelope as the queue received it (Message, Subject, MessageAttributes, MessageId, TopicArn, ...).
+    envelope: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def findings(self) -> list[dict[str, Any]]:
@@ -62,6 +64,8 @@ class Inbox:
 
     topic_arn: str
     queue_url: str
+    # Every message drained so far, in order: what a subscriber (the Slack notifier) would have been sent.
+    history: list[Received] = field(default_factory=list, repr=False, compare=False)
 
     @classmethod
     def create(cls, name: str = "imds-enforcer-reports") -> Inbox:
@@ -89,8 +93,10 @@ class Inbox:
                             key: value["Value"] for key, value in envelope.get("MessageAttributes", {}).items()
                         },
                         report=json.loads(envelope["Message"]),
+                        envelope=envelope,
                     )
                 )
+                self.history.append(received[-1])
                 sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
 
 

@@ -49,6 +49,7 @@ def test_demo_runs_every_step_and_exits_zero():
         "(d) Regression",
         "(e) A RunInstances event from another account",
         "(f) Usage gate",
+        "(g) Slack notifier",
         "status=ignored",
         "reason: event from account 999988887777; this deployment serves 123456789012",
         "regression to optional undone",
@@ -60,6 +61,20 @@ def test_demo_runs_every_step_and_exits_zero():
     assert "the usage gate is not built yet" in output or (
         "trigger=gate mode=flag" in output and "trigger=gate mode=fix" in output
     )
+    # Every report went through the real Slack notifier to the local webhook, and the demo shows what Slack shows
+    slack = output[output.index("(g) Slack notifier") : output.index("Fleet at the end")]
+    assert re.search(r"posts Slack received: \d+", slack)
+    assert "what Slack shows for post #" in slack
+    assert "IMDSv2 launch report · 123456789012 · us-east-1 · fix mode" in slack
+    if "trigger=gate mode=fix" in output:
+        assert "IMDSv2 gate report · 123456789012 · us-east-1 · fix mode" in slack
+    # mrkdwn links read as `label (url)`
+    assert re.search(
+        r"enforced · i-\w+ \(https://us-east-1\.console\.aws\.amazon\.com/ec2/home\?region=us-east-1#", slack
+    )
+    # The webhook URL is a credential: no part of its path is ever printed
+    assert "/services/T0LOCAL00/" not in output
+    assert "/services/T0LOCAL00/" not in result.stderr
     # The fleet table at the end: the EKS node required with hop 2, the exempt one untouched, api-01 never touched
     final = output[output.index("Fleet at the end") :]
     assert re.search(r"eks-node-a\s+eks-host\s+running\s+required\s+2\s+enabled\s+enforced-at=", final)

@@ -13,6 +13,7 @@ import boto3
 from botocore.config import Config
 
 if TYPE_CHECKING:
+    from mypy_boto3_autoscaling import AutoScalingClient
     from mypy_boto3_cloudwatch import CloudWatchClient
     from mypy_boto3_ec2 import EC2Client
     from mypy_boto3_secretsmanager import SecretsManagerClient
@@ -34,6 +35,11 @@ def _client(service: str) -> Any:
 
 def ec2() -> EC2Client:
     client: EC2Client = _client("ec2")
+    return client
+
+
+def autoscaling() -> AutoScalingClient:
+    client: AutoScalingClient = _client("autoscaling")
     return client
 
 

@@ -107,6 +107,7 @@ class GateOutcome:
     findings: list[Finding] = field(default_factory=list)
     totals: dict[str, int] = field(default_factory=dict)
     message_ids: list[str] = field(default_factory=list)
+    report: Report | None = None
 
     @property
     def counts(self) -> dict[str, int]:
@@ -139,7 +140,9 @@ def run_gate(
     deployment: Deployment,
     remaining_ms: Callable[[], int] | None = None,
     now: datetime | None = None,
+    publish: bool = True,
 ) -> GateOutcome:
+    """One sweep. `publish=False` (the CLI) returns the report instead of sending it to the topic."""
     trigger = read_gate_event(raw_event, account=deployment.account)
     if isinstance(trigger, Ignored):
         logger.warning("event ignored", extra={"reason": trigger.reason, "event_id": trigger.event_id})
@@ -195,10 +198,10 @@ def run_gate(
         findings=run.findings,
     )
     logger.info("gate decided", extra={"totals": totals, "counts": report.counts})
-    message_ids = publish_report(report, topic_arn=settings.REPORT_TOPIC_ARN)
+    message_ids = publish_report(report, topic_arn=settings.REPORT_TOPIC_ARN) if publish else []
     if run.unexpected:
         raise UnexpectedAwsError("; ".join(run.unexpected))
-    return GateOutcome(status="processed", findings=run.findings, totals=totals, message_ids=message_ids)
+    return GateOutcome(status="processed", findings=run.findings, totals=totals, message_ids=message_ids, report=report)
 
 
 def _fetch_usage(optional: list[InstanceFacts], watched: list[InstanceFacts], run: _Run) -> dict[str, MetadataUsage]:

@@ -59,6 +59,10 @@ class Settings(BaseModel):
     MODIFY_BURST: Annotated[int, Field(ge=1, le=100)] = 100
     MODIFY_RATE_PER_SECOND: Annotated[float, Field(gt=0, le=100)] = 5.0
     DEADLINE_MARGIN_SECONDS: Annotated[int, Field(ge=5, le=600)] = 60
+    # Where new instances come from. Opt-in on top of fix mode: a new default template version, and (irreversibly)
+    # an AMI's ImdsSupport=v2.0. Launch configurations cannot be changed: they are only ever flagged.
+    FIX_LAUNCH_TEMPLATES: bool = False
+    FIX_IMAGES: bool = False
 
     @field_validator("CONTAINER_HOST_TAG_KEYS", mode="before")
     @classmethod

@@ -3,6 +3,7 @@
 - DescribeInstances filters `metadata-options.*` (moto: NotImplementedError in-process, HTTP 500 on a server).
 - ModifyInstanceMetadataOptions keeps the fields a call does not pass (moto replaces the whole block).
 - Get/ModifyInstanceMetadataDefaults (moto has neither).
+- AMI `ImdsSupport` (moto accepts it in ModifyImageAttribute and RegisterImage, but neither stores nor returns it).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ def teach_moto() -> None:
     ec2_utils.filter_dict_attribute_mapping.update(METADATA_FILTERS)
     InstanceBackend.modify_instance_metadata_options = _modify_keeping_unset_fields  # type: ignore[method-assign]
     teach_metadata_defaults()
+    teach_image_imds_support()
 
 
 # GetInstanceMetadataDefaults / ModifyInstanceMetadataDefaults, for the gate's opt-in account default.
@@ -101,3 +103,50 @@ def teach_metadata_defaults() -> None:
 
     EC2Response.get_instance_metadata_defaults = get_instance_metadata_defaults  # type: ignore[attr-defined]
     EC2Response.modify_instance_metadata_defaults = modify_instance_metadata_defaults  # type: ignore[attr-defined]
+
+
+# AMI ImdsSupport, for the launch-source checks. DescribeImages already writes an Ami's `imds_support` attribute
+# (moto serializes by the output shape's member names); only the two calls that set it are missing.
+
+_IMDS_SUPPORT_VALUES = ("v2.0",)
+
+
+def teach_image_imds_support() -> None:
+    """Idempotent; part of teach_moto(). ModifyImageAttribute(ImdsSupport={"Value": "v2.0"}) and RegisterImage(
+    ImdsSupport="v2.0") store the value on the AMI; like AWS, any other value is refused and nothing unsets it."""
+    from moto.core.responses import ActionResult, EmptyResult
+    from moto.ec2.exceptions import InvalidParameterValueError
+    from moto.ec2.responses.amis import AmisResponse
+
+    original_modify = getattr(AmisResponse, "_imds_enforcer_original_modify", AmisResponse.modify_image_attribute)
+    original_register = getattr(AmisResponse, "_imds_enforcer_original_register", AmisResponse.register_image)
+
+    def value_of(raw: Any) -> str | None:
+        value = raw.get("Value") if isinstance(raw, dict) else raw
+        if value is None:
+            return None
+        if value not in _IMDS_SUPPORT_VALUES:
+            raise InvalidParameterValueError(f"ImdsSupport={value}")
+        return str(value)
+
+    def modify_image_attribute(self: AmisResponse) -> ActionResult:
+        value = value_of(self._get_param("ImdsSupport"))
+        if value is None:
+            return original_modify(self)
+        self.error_on_dryrun()
+        image = self.ec2_backend.describe_images(ami_ids=[self._get_param("ImageId")])[0]  # NotFound like AWS
+        image.imds_support = value
+        return EmptyResult()
+
+    def register_image(self: AmisResponse) -> ActionResult:
+        value = value_of(self._get_param("ImdsSupport"))
+        result = original_register(self)
+        if value is not None:
+            image_id = result.result["ImageId"]  # type: ignore[index]
+            self.ec2_backend.describe_images(ami_ids=[image_id])[0].imds_support = value
+        return result
+
+    AmisResponse._imds_enforcer_original_modify = original_modify  # type: ignore[attr-defined]
+    AmisResponse._imds_enforcer_original_register = original_register  # type: ignore[attr-defined]
+    AmisResponse.modify_image_attribute = modify_image_attribute  # type: ignore[method-assign]
+    AmisResponse.register_image = register_image  # type: ignore[method-assign]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from botocore.model import ListShape, Shape, StructureShape
 
 from imds_enforcer import clients
 from imds_enforcer.instances import InstanceFacts
@@ -76,3 +78,108 @@ def require_tokens_by_default() -> None:
     limit, endpoint and tags settings keep their values, and `HttpTokensEnforced` (which makes a launch that asks
     for optional fail) is left to the guardrails step: exempt workloads may still launch that way."""
     clients.ec2().modify_instance_metadata_defaults(HttpTokens="required")
+
+
+# Where new instances come from (launch templates, AMIs): added for the launch-source checks, unchanged above.
+
+if TYPE_CHECKING:
+    from mypy_boto3_ec2.type_defs import ImageTypeDef, LaunchTemplateTypeDef, LaunchTemplateVersionTypeDef
+
+# DescribeLaunchTemplates and DescribeLaunchTemplateVersions return at most 200 items a page.
+TEMPLATE_PAGE_SIZE = 200
+IMAGE_PAGE_SIZE = 1000
+DEFAULT_AND_LATEST = ["$Default", "$Latest"]
+
+
+def iter_launch_templates() -> Iterator[LaunchTemplateTypeDef]:
+    paginator = clients.ec2().get_paginator("describe_launch_templates")
+    for page in paginator.paginate(PaginationConfig={"PageSize": TEMPLATE_PAGE_SIZE}):
+        yield from page.get("LaunchTemplates", [])
+
+
+def describe_launch_template(template_id: str) -> LaunchTemplateTypeDef | None:
+    """One template by id (None if it is not listed). AWS fails the whole call for an unknown id
+    (InvalidLaunchTemplateId.NotFound), so one id a call keeps one deleted template from hiding the others."""
+    found = clients.ec2().describe_launch_templates(LaunchTemplateIds=[template_id]).get("LaunchTemplates", [])
+    return found[0] if found else None
+
+
+def default_and_latest_versions(template_id: str | None = None) -> list[LaunchTemplateVersionTypeDef]:
+    """The default and latest versions of one template, or (no id) of every template in the region in the same
+    paginated call. A version that is both default and latest is returned once."""
+    paginator = clients.ec2().get_paginator("describe_launch_template_versions")
+    if template_id is None:
+        pages = paginator.paginate(Versions=DEFAULT_AND_LATEST, PaginationConfig={"PageSize": TEMPLATE_PAGE_SIZE})
+    else:
+        pages = paginator.paginate(
+            LaunchTemplateId=template_id, Versions=DEFAULT_AND_LATEST, PaginationConfig={"PageSize": TEMPLATE_PAGE_SIZE}
+        )
+    seen: set[tuple[str, int]] = set()
+    versions: list[LaunchTemplateVersionTypeDef] = []
+    for page in pages:
+        for item in page.get("LaunchTemplateVersions", []):
+            key = (item.get("LaunchTemplateId", ""), item.get("VersionNumber", 0))
+            if key not in seen:
+                seen.add(key)
+                versions.append(item)
+    return versions
+
+
+def create_launch_template_version(
+    template_id: str, *, source_version: int, data: Mapping[str, Any], description: str, client_token: str
+) -> int:
+    """A new version from `source_version`, with `data` (the source's data, changed where we mean it) on top.
+
+    The describe output is not a valid request (a few response-only fields), so each top-level field is sent only
+    if it survives the request shape unchanged; the others are left to SourceVersion, which copies them as they
+    are. The client token makes a repeated fix (the gate and the launch watch on the same template) return the
+    same version instead of a second one. Returns the new version number."""
+    operation = clients.ec2().meta.service_model.operation_model("CreateLaunchTemplateVersion")
+    request_shape = operation.input_shape.members["LaunchTemplateData"] if operation.input_shape else None
+    sendable = {}
+    for key, value in data.items():
+        member = request_shape.members.get(key) if isinstance(request_shape, StructureShape) else None
+        if member is not None and _fit_to_shape(value, member) == value:
+            sendable[key] = value
+    response = clients.ec2().create_launch_template_version(
+        LaunchTemplateId=template_id,
+        SourceVersion=str(source_version),
+        LaunchTemplateData=sendable,  # type: ignore[arg-type]
+        VersionDescription=description[:255],
+        ClientToken=client_token[:64],
+    )
+    return int(response["LaunchTemplateVersion"]["VersionNumber"])
+
+
+def set_default_launch_template_version(template_id: str, version: int) -> None:
+    clients.ec2().modify_launch_template(LaunchTemplateId=template_id, DefaultVersion=str(version))
+
+
+def _fit_to_shape(value: Any, shape: Shape) -> Any:
+    """`value` with every member the request shape does not know removed (recursively)."""
+    if isinstance(shape, StructureShape) and isinstance(value, Mapping):
+        return {key: _fit_to_shape(item, shape.members[key]) for key, item in value.items() if key in shape.members}
+    if isinstance(shape, ListShape) and isinstance(value, list):
+        return [_fit_to_shape(item, shape.member) for item in value]
+    return value
+
+
+def iter_own_images(image_ids: Sequence[str] | None = None) -> Iterator[ImageTypeDef]:
+    """The account's own AMIs (Owners=self), all of them or the named ones; another account's AMI is never listed,
+    so it can never be modified. Named ones go in an `image-id` filter, not ImageIds: an unknown or deleted id is
+    then simply not listed instead of failing the whole call (InvalidAMIID.NotFound)."""
+    paginator = clients.ec2().get_paginator("describe_images")
+    batches: list[list[FilterTypeDef]] = (
+        [[]]
+        if image_ids is None
+        else [[{"Name": "image-id", "Values": list(chunk)}] for chunk in _chunks(image_ids, FILTER_VALUES_LIMIT)]
+    )
+    for filters in batches:
+        pages = paginator.paginate(Owners=["self"], Filters=filters, PaginationConfig={"PageSize": IMAGE_PAGE_SIZE})
+        for page in pages:
+            yield from page.get("Images", [])
+
+
+def require_imds_v2_image(image_id: str) -> None:
+    """ImdsSupport=v2.0. AWS cannot undo this on the AMI."""
+    clients.ec2().modify_image_attribute(ImageId=image_id, ImdsSupport={"Value": "v2.0"})

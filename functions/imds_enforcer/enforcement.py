@@ -17,7 +17,7 @@ from imds_enforcer import ec2
 from imds_enforcer.instances import InstanceFacts
 from imds_enforcer.observability import logger
 from imds_enforcer.policy import ModifyPlan
-from imds_enforcer.report import Action, Finding
+from imds_enforcer.report import Action, Finding, Report
 from imds_enforcer.settings import ENFORCED_AT_TAG, ENFORCED_BY_TAG
 
 # Codes that describe the instance, not a fault of ours: report them, let the next event or run try again.
@@ -36,7 +36,13 @@ EXPECTED_ERROR_CODES = frozenset(
 
 
 class UnexpectedAwsError(RuntimeError):
-    """Raised after the report is out, so Lambda's retry and the failure destination see the fault."""
+    """Raised after the report is out, so Lambda's retry and the failure destination see the fault.
+
+    Carries the run's report, so a caller that does not publish (the CLI) can still show what happened."""
+
+    def __init__(self, message: str, *, report: Report | None = None) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 def error_code(error: ClientError) -> str:

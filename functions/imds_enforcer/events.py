@@ -18,6 +18,10 @@ from typing import Any
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 INSTANCE_ID = re.compile(r"^i-[0-9a-zA-Z]{1,32}$")
+LAUNCH_TEMPLATE_ID = re.compile(r"^lt-[0-9a-zA-Z]{1,32}$")
+IMAGE_ID = re.compile(r"^ami-[0-9a-zA-Z]{1,32}$")
+# The EventBridge source, and the CloudTrail eventSource its API calls carry.
+EVENT_SOURCES = {"aws.ec2": "ec2.amazonaws.com", "aws.autoscaling": "autoscaling.amazonaws.com"}
 CLOUDTRAIL_CALL = "AWS API Call via CloudTrail"
 STATE_CHANGE = "EC2 Instance State-change Notification"
 ACTIONABLE_STATES = frozenset({"pending", "running"})
@@ -121,6 +125,34 @@ class LaunchTrigger:
     rejected_ids: tuple[str, ...] = ()  # ids in the event that are not instance ids
 
 
+class SourceKind(StrEnum):
+    """Where new instances come from: the launch-source checks (sources_sweep) take these."""
+
+    LAUNCH_TEMPLATE = "launch_template"
+    LAUNCH_CONFIGURATION = "launch_configuration"
+    IMAGE = "image"
+
+
+@dataclass(frozen=True, slots=True)
+class SourceTrigger:
+    """Launch templates, launch configurations or AMIs a CloudTrail event created or changed."""
+
+    kind: SourceKind
+    resource_ids: tuple[str, ...]
+    event_id: str
+    event_name: str
+
+
+# CloudTrail calls that create or change a launch source, and the kind each one names.
+SOURCE_EVENTS = {
+    "CreateLaunchTemplate": SourceKind.LAUNCH_TEMPLATE,
+    "CreateLaunchTemplateVersion": SourceKind.LAUNCH_TEMPLATE,
+    "ModifyLaunchTemplate": SourceKind.LAUNCH_TEMPLATE,
+    "RegisterImage": SourceKind.IMAGE,
+    "CreateLaunchConfiguration": SourceKind.LAUNCH_CONFIGURATION,
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Ignored:
     reason: str
@@ -129,7 +161,7 @@ class Ignored:
 
 def read_launch_event(
     raw: object, *, account: str, region: str, service_role_path: str = ""
-) -> LaunchTrigger | Ignored:
+) -> LaunchTrigger | SourceTrigger | Ignored:
     """Decide what an incoming event asks of the launch watch. Never raises on bad input."""
     if not isinstance(raw, Mapping):
         return Ignored(f"event is a {type(raw).__name__}, not a JSON object")
@@ -141,9 +173,9 @@ def read_launch_event(
         return Ignored(f"event from account {event.account}; this deployment serves {account}", event.id)
     if event.region != region:
         return Ignored(f"event from region {event.region}; this deployment serves {region}", event.id)
-    if event.source != "aws.ec2":
-        return Ignored(f"event source is {event.source!r}, not 'aws.ec2'", event.id)
-    if event.detail_type == STATE_CHANGE:
+    if event.source not in EVENT_SOURCES:
+        return Ignored(f"event source is {event.source!r}, not 'aws.ec2' or 'aws.autoscaling'", event.id)
+    if event.detail_type == STATE_CHANGE and event.source == "aws.ec2":
         return _read_state_change(event)
     if event.detail_type == CLOUDTRAIL_CALL:
         return _read_cloudtrail(event, account=account, service_role_path=service_role_path)
@@ -160,14 +192,17 @@ def _read_state_change(event: EnforcerEvent) -> LaunchTrigger | Ignored:
     return _trigger(TriggerKind.STATE_CHANGE, [change.instance_id], event.id)
 
 
-def _read_cloudtrail(event: EnforcerEvent, *, account: str, service_role_path: str) -> LaunchTrigger | Ignored:
+def _read_cloudtrail(
+    event: EnforcerEvent, *, account: str, service_role_path: str
+) -> LaunchTrigger | SourceTrigger | Ignored:
     try:
         call = CloudTrailCall.model_validate(event.detail)
     except ValidationError as error:
         return Ignored(f"malformed CloudTrail detail: {_describe(error)}", event.id)
     name = call.eventName
-    if call.eventSource != "ec2.amazonaws.com":
-        return Ignored(f"{name} from {call.eventSource}, not ec2.amazonaws.com", event.id)
+    expected_source = EVENT_SOURCES[event.source]
+    if call.eventSource != expected_source:
+        return Ignored(f"{name} from {call.eventSource}, not {expected_source}", event.id)
     if call.recipientAccountId not in (None, account):
         return Ignored(f"{name} recorded for account {call.recipientAccountId}, not {account}", event.id)
     if call.errorCode:
@@ -176,6 +211,8 @@ def _read_cloudtrail(event: EnforcerEvent, *, account: str, service_role_path: s
         return _read_run_instances(call, event.id)
     if name == "ModifyInstanceMetadataOptions":
         return _read_modify(call, event.id, service_role_path)
+    if name in SOURCE_EVENTS:
+        return _read_source_event(call, event.id, service_role_path)
     return Ignored(f"CloudTrail event {name} is not one the launch watch handles", event.id)
 
 
@@ -207,6 +244,58 @@ def _read_modify(call: CloudTrailCall, event_id: str, service_role_path: str) ->
     if service_role_path and caller and f":role{service_role_path}" in caller:
         return Ignored(f"{request.instance_id} was set to optional by this service ({caller}): a rollback", event_id)
     return _trigger(TriggerKind.REGRESSION, [request.instance_id], event_id)
+
+
+def _read_source_event(call: CloudTrailCall, event_id: str, service_role_path: str) -> SourceTrigger | Ignored:
+    """The launch template, AMI or launch configuration a successful call created or changed.
+
+    The shapes read here come from AWS documentation examples and EventBridge patterns, not recorded payloads
+    (none public): ids are looked for in responseElements first (CreateLaunchTemplateResponse.launchTemplate.
+    launchTemplateId, CreateLaunchTemplateVersionResponse.launchTemplateVersion.launchTemplateId,
+    ModifyLaunchTemplateResponse.launchTemplate.launchTemplateId, RegisterImage's imageId), then in
+    requestParameters (ModifyLaunchTemplateRequest.LaunchTemplateId, CreateLaunchConfiguration's
+    launchConfigurationName; that call's responseElements is null even on success), at any depth of
+    Request/Response wrappers, camelCase or PascalCase.
+    """
+    name = call.eventName
+    kind = SOURCE_EVENTS[name]
+    caller = _caller_role_arn(call.userIdentity)
+    if service_role_path and caller and f":role{service_role_path}" in caller:
+        # Our own fix (a new version, a new default) already reported what it did; checking it again mid-fix
+        # could race the fix itself.
+        return Ignored(f"{name} was made by this service ({caller})", event_id)
+    if kind is SourceKind.LAUNCH_CONFIGURATION:
+        found = _find_string(call.requestParameters, "launchconfigurationname")
+        valid = found is not None and 0 < len(found) <= 255
+    elif kind is SourceKind.IMAGE:
+        found = _find_string(call.responseElements, "imageid")
+        valid = found is not None and IMAGE_ID.match(found) is not None
+    else:
+        found = _find_string(call.responseElements, "launchtemplateid") or _find_string(
+            call.requestParameters, "launchtemplateid"
+        )
+        valid = found is not None and LAUNCH_TEMPLATE_ID.match(found) is not None
+    if found is None:
+        return Ignored(f"{name} names no {kind.value.replace('_', ' ')} id the launch watch can read", event_id)
+    if not valid:
+        return Ignored(f"{name} names {found!r}, not a valid {kind.value.replace('_', ' ')} id", event_id)
+    return SourceTrigger(kind=kind, resource_ids=(found,), event_id=event_id, event_name=name)
+
+
+def _find_string(node: object, key: str, depth: int = 4) -> str | None:
+    """The first string value under `key` (compared case-insensitively), breadth first, at most `depth` levels."""
+    level: list[object] = [node]
+    for _ in range(depth):
+        deeper: list[object] = []
+        for item in level:
+            if not isinstance(item, Mapping):
+                continue
+            for name, value in item.items():
+                if isinstance(name, str) and name.lower() == key and isinstance(value, str) and value.strip():
+                    return value.strip()
+            deeper.extend(value for value in item.values() if isinstance(value, Mapping))
+        level = deeper
+    return None
 
 
 def _caller_role_arn(identity: UserIdentity | None) -> str | None:

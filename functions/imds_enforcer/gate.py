@@ -9,7 +9,9 @@ A run, in order (the gate is stateless: the live API says what is left, so every
 4. decide every optional instance (usage.gate_decision) and enforce the ready ones in fix mode, paced, stopping
    when the Lambda's time budget runs low;
 5. when the region is clean, set the account default (opt-in);
-6. publish one report (trigger `gate`) in which every optional instance appears, with the run's totals.
+6. check where new instances come from (launch templates, launch configurations, own AMIs: sources_sweep), unless
+   the time budget is already low (then the next run does it, and totals["source_checks_skipped"] says so);
+7. publish one report (trigger `gate`) in which every optional instance appears, with the run's totals.
 
 Deferred instances (fix mode, ready, but the time budget ran out before their turn) are reported as `ready` with
 details `{"deferred": "true"}`: `ready` already means "would be enforced, and was not", which is exactly their
@@ -25,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from imds_enforcer import cloudwatch, ec2
+from imds_enforcer import cloudwatch, ec2, sources_sweep
 from imds_enforcer.cloudwatch import MetricRequest
 from imds_enforcer.deployment import Deployment
 from imds_enforcer.enforcement import (
@@ -177,6 +179,7 @@ def run_gate(
     left_open = [facts for facts in optional if facts.instance_id not in enforced and not is_exempt(facts, settings)]
     if settings.SET_ACCOUNT_DEFAULT:
         _account_default(run, deployment, left_open=len(left_open), rejected=rejected)
+    skipped_sources = _check_sources(run, should_stop)
 
     totals = {
         "instances_scanned": len(optional),
@@ -187,6 +190,7 @@ def run_gate(
         "rejected": rejected,
         "rolled_back": rolled_back,
         "modify_wait_seconds": round(run.pacer.waited_seconds),
+        "source_checks_skipped": skipped_sources,
     }
     report = Report(
         account=deployment.account,
@@ -200,8 +204,30 @@ def run_gate(
     logger.info("gate decided", extra={"totals": totals, "counts": report.counts})
     message_ids = publish_report(report, topic_arn=settings.REPORT_TOPIC_ARN) if publish else []
     if run.unexpected:
-        raise UnexpectedAwsError("; ".join(run.unexpected))
+        raise UnexpectedAwsError("; ".join(run.unexpected), report=report)
     return GateOutcome(status="processed", findings=run.findings, totals=totals, message_ids=message_ids, report=report)
+
+
+SOURCE_CHECKS: tuple[tuple[str, Callable[[Settings], sources_sweep.SourceOutcome]], ...] = (
+    ("launch templates", sources_sweep.sweep_launch_templates),
+    ("launch configurations", sources_sweep.sweep_launch_configurations),
+    ("images", sources_sweep.sweep_images),
+)
+
+
+def _check_sources(run: _Run, should_stop: Callable[[], bool]) -> int:
+    """The launch-source checks, after the instances (which carry the evidence and come first); each one is
+    skipped when the time budget is already low. Returns how many were skipped."""
+    skipped = 0
+    for name, check in SOURCE_CHECKS:
+        if should_stop():
+            logger.warning("time budget low: check left to the next run", extra={"check": name})
+            skipped += 1
+            continue
+        outcome = check(run.settings)
+        run.findings.extend(outcome.findings)
+        run.unexpected.extend(outcome.unexpected_errors)
+    return skipped
 
 
 def _fetch_usage(optional: list[InstanceFacts], watched: list[InstanceFacts], run: _Run) -> dict[str, MetadataUsage]:

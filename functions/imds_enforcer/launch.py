@@ -1,13 +1,14 @@
-"""The launch watch: look at the instances an event names and flag, fix or exempt each one that accepts IMDSv1."""
+"""The launch watch: look at the instances an event names and flag, fix or exempt each one that accepts IMDSv1;
+and at the launch template, launch configuration or AMI a CloudTrail event created or changed (sources_sweep)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from imds_enforcer import ec2
+from imds_enforcer import ec2, sources_sweep
 from imds_enforcer.deployment import Deployment
 from imds_enforcer.enforcement import Pacer, UnexpectedAwsError, enforce
-from imds_enforcer.events import Ignored, LaunchTrigger, TriggerKind, read_launch_event
+from imds_enforcer.events import Ignored, LaunchTrigger, SourceKind, SourceTrigger, TriggerKind, read_launch_event
 from imds_enforcer.observability import logger
 from imds_enforcer.policy import ModifyPlan, launch_decision
 from imds_enforcer.report import Action, Finding, Report
@@ -44,6 +45,8 @@ def watch_launch(raw_event: object, *, settings: Settings, deployment: Deploymen
     if isinstance(trigger, Ignored):
         logger.info("event ignored", extra={"reason": trigger.reason, "event_id": trigger.event_id})
         return LaunchOutcome(status="ignored", reason=trigger.reason)
+    if isinstance(trigger, SourceTrigger):
+        return _watch_source(trigger, settings, deployment)
     if trigger.rejected_ids:
         logger.warning("event names invalid instance ids", extra={"ids": list(trigger.rejected_ids)})
     logger.info("event accepted", extra={"kind": trigger.kind.value, "instances": list(trigger.instance_ids)})
@@ -56,18 +59,31 @@ def watch_launch(raw_event: object, *, settings: Settings, deployment: Deploymen
         reason_prefix="regression to optional undone: " if trigger.kind is TriggerKind.REGRESSION else "",
     )
     findings.extend(outcome.findings)
+    totals = {"instances_in_event": len(trigger.instance_ids), "enforced": len(outcome.enforced)}
+    return _finish(findings, outcome.unexpected_errors, totals, trigger.event_id, settings, deployment)
+
+
+def _finish(
+    findings: list[Finding],
+    unexpected_errors: list[str],
+    totals: dict[str, int],
+    event_id: str,
+    settings: Settings,
+    deployment: Deployment,
+) -> LaunchOutcome:
+    """Publish what the event found; then raise if an AWS call failed unexpectedly (after the report is out)."""
     report = Report(
         account=deployment.account,
         region=deployment.region,
         trigger=TRIGGER,
         mode=settings.ENFORCEMENT_MODE.value,
-        source_event_id=trigger.event_id,
-        totals={"instances_in_event": len(trigger.instance_ids), "enforced": len(outcome.enforced)},
+        source_event_id=event_id,
+        totals=totals,
         findings=findings,
     )
     message_ids = publish_report(report, topic_arn=settings.REPORT_TOPIC_ARN)
-    if outcome.unexpected_errors:
-        raise UnexpectedAwsError("; ".join(outcome.unexpected_errors))
+    if unexpected_errors:
+        raise UnexpectedAwsError("; ".join(unexpected_errors), report=report)
     return LaunchOutcome(status="processed", findings=findings, message_ids=message_ids)
 
 
@@ -100,3 +116,19 @@ def _decide(trigger: LaunchTrigger, settings: Settings) -> tuple[list[Finding], 
         else:
             logger.info("nothing to do", extra={"instance_id": instance_id, "tokens": facts.http_tokens})
     return findings, plans
+
+
+def _watch_source(trigger: SourceTrigger, settings: Settings, deployment: Deployment) -> LaunchOutcome:
+    """Check the launch sources the event names, with the same rules (and opt-ins) as the gate's sweep."""
+    logger.info(
+        "event accepted", extra={"kind": trigger.kind.value, "event": trigger.event_name, "ids": trigger.resource_ids}
+    )
+    ids = list(trigger.resource_ids)
+    if trigger.kind is SourceKind.LAUNCH_TEMPLATE:
+        outcome = sources_sweep.sweep_launch_templates(settings, template_ids=ids)
+    elif trigger.kind is SourceKind.LAUNCH_CONFIGURATION:
+        outcome = sources_sweep.sweep_launch_configurations(settings, names=ids)
+    else:
+        outcome = sources_sweep.sweep_images(settings, image_ids=ids)
+    totals = {"resources_in_event": len(ids)}
+    return _finish(outcome.findings, outcome.unexpected_errors, totals, trigger.event_id, settings, deployment)

@@ -16,8 +16,16 @@ import aws_cdk as cdk
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 import infra  # noqa: F401  (puts functions/ on sys.path for the imports below)
+from imds_enforcer.guardrails import (
+    DEFAULT_MAX_HOP_LIMIT,
+    Guardrails,
+    GuardrailsError,
+    iam_policy_document,
+    scp_document,
+)
 from imds_enforcer.report import Severity
 from imds_enforcer.settings import EnforcementMode, Settings, SettingsError
+from infra.constructs.guardrails import SCP_TARGET, GuardrailsMode
 
 # The values CloudWatch Logs accepts for a log group's retention (PutRetentionPolicy).
 LogRetentionDays = Literal[
@@ -34,6 +42,9 @@ _SECRET_NAME = re.compile(r"^[A-Za-z0-9/_+=.@-]{1,512}$")
 _SECRET_ARN = re.compile(r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:[A-Za-z0-9/_+=.@-]{1,512}$")
 # A key ARN, not an alias: an IAM policy grants kms:Decrypt on keys; an alias ARN there would match nothing.
 _KMS_KEY_ARN = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]{1,128}$")
+
+# "off", or where the guardrail Deny statements go: an IAM managed policy, or a service control policy.
+GuardrailsSetting = Literal["off", "iam", "scp"]
 
 # REPORT_TOPIC_ARN is a CloudFormation token at synth time; the settings model validates this stand-in instead.
 PLACEHOLDER_TOPIC_ARN = "arn:aws:sns:us-east-1:123456789012:imds-enforcer-placeholder"
@@ -54,6 +65,15 @@ def _split_list(value: object) -> object:
                 return value  # let the list validator report it, with the key name
         return [part.strip() for part in text.split(",") if part.strip()]
     return value
+
+
+def partition_of(region: str) -> str:
+    """The partition of a region, as a plain string for documents built in Python (``Aws.PARTITION`` is a token)."""
+    if region.startswith("cn-"):
+        return "aws-cn"
+    if region.startswith("us-gov-"):
+        return "aws-us-gov"
+    return "aws"
 
 
 def _describe(location: tuple[int | str, ...], value: object, message: str) -> str:
@@ -89,8 +109,32 @@ class DeployConfig(BaseModel):
     slack_webhook_secret_kms_key_arn: str = ""
     # E-mail subscribers receive reports whose most severe finding is at least this (alarms always).
     email_min_severity: Severity = Severity.INFO
+    # Launch sources, opt-in on top of fix mode: give a launch template a new default version requiring IMDSv2;
+    # set an AMI's ImdsSupport to v2.0 (irreversible). Off, they are only read and flagged.
+    fix_launch_templates: bool = False
+    fix_images: bool = False
+    # IMDSv2 guardrails (Deny-only policies): "iam" deploys a customer managed policy to attach to principals,
+    # "scp" a service control policy on scp_target_ids (deploy from the management account or a delegated
+    # administrator). Created once, in the stack of the first region (see guardrails_region).
+    guardrails: GuardrailsSetting = "off"
+    guardrail_max_hop_limit: Annotated[int, Field(ge=1, le=64)] = DEFAULT_MAX_HOP_LIMIT
+    # Deny every call signed with role credentials fetched over IMDSv1 (ec2:RoleDelivery < 2). That breaks every
+    # workload still using IMDSv1, so switch it on only once the usage gate reports zero IMDSv1 use fleet-wide.
+    guardrail_role_delivery: bool = False
+    # Roles (or ArnLike patterns) the guardrails never stop, besides the service's own; same partition as regions[0].
+    break_glass_role_arns: list[str] = []
+    # Roots (r-...), OUs (ou-...-...) or accounts the SCP is attached to; required when guardrails is "scp".
+    # (Validated even when absent: "scp" without targets must fail, not deploy an SCP attached to nothing.)
+    scp_target_ids: Annotated[list[str], Field(validate_default=True)] = []
 
-    @field_validator("regions", "notification_emails", "container_host_tag_keys", mode="before")
+    @field_validator(
+        "regions",
+        "notification_emails",
+        "container_host_tag_keys",
+        "break_glass_role_arns",
+        "scp_target_ids",
+        mode="before",
+    )
     @classmethod
     def _lists(cls, value: object) -> object:
         return _split_list(value)
@@ -144,6 +188,63 @@ class DeployConfig(BaseModel):
             raise ValueError("is set, but slack_webhook_secret is empty: there is no Slack notifier to grant it to")
         return value
 
+    @field_validator("break_glass_role_arns")
+    @classmethod
+    def _break_glass(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        # The guardrails' own model checks the ARNs; building the document also checks it fits the size limit
+        # (the list is what makes it grow). The fields this reads are declared, so validated, before this one.
+        regions: list[str] = info.data.get("regions") or ["us-east-1"]
+        partition = partition_of(regions[0])
+        max_hop_limit: int = info.data.get("guardrail_max_hop_limit", DEFAULT_MAX_HOP_LIMIT)
+        role_delivery: bool = info.data.get("guardrail_role_delivery", False)
+        document = scp_document if info.data.get("guardrails") == "scp" else iam_policy_document
+        try:
+            arns = Guardrails.of(exempt_principal_arns=value, partition=partition).exempt_principal_arns
+            document(
+                max_hop_limit=max_hop_limit,
+                exempt_principal_arns=arns,
+                include_role_delivery=role_delivery,
+                partition=partition,
+            )
+        except GuardrailsError as error:
+            raise ValueError(str(error)) from None
+        # Another partition's ARN would match no principal here: the break-glass role would be denied too.
+        foreign = [arn for arn in arns if not arn.startswith(f"arn:{partition}:")]
+        if foreign:
+            raise ValueError(f"{', '.join(map(repr, foreign))} is not in the partition {partition!r} of {regions[0]}")
+        return list(arns)
+
+    @field_validator("scp_target_ids")
+    @classmethod
+    def _scp_targets(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        bad = [target for target in value if not SCP_TARGET.fullmatch(target)]
+        if bad:
+            raise ValueError(f"{', '.join(map(repr, bad))}: not a root (r-...), OU (ou-...-...) or 12-digit account id")
+        mode = info.data.get("guardrails")
+        if mode == "scp" and not value:
+            raise ValueError('is empty, but guardrails is "scp": name the root, OUs or accounts to attach it to')
+        if mode == "iam" and value:
+            # Silently ignoring them would leave someone believing an OU is covered.
+            raise ValueError(
+                'is set, but guardrails is "iam": an IAM managed policy is attached to principals, not OUs'
+            )
+        return value
+
+    @property
+    def guardrails_mode(self) -> GuardrailsMode | None:
+        """Where the guardrails go (``"iam"``/``"scp"``), or None when they are off."""
+        mode = self.guardrails
+        return None if mode == "off" else mode
+
+    @property
+    def guardrails_region(self) -> str | None:
+        """The one region whose stack creates the guardrail policy (the first configured), or None when off.
+
+        IAM policies and SCPs are global, not regional: an SCP's name is unique in the organization, so a second
+        regional copy would fail to deploy; identical managed policies per region would only multiply what to attach.
+        """
+        return None if self.guardrails_mode is None else self.regions[0]
+
     @property
     def slack_enabled(self) -> bool:
         return self.slack_webhook_secret != ""
@@ -181,6 +282,8 @@ class DeployConfig(BaseModel):
             "WATCH_DAYS": str(self.watch_days),
             "COVERAGE_MIN_RATIO": str(self.coverage_min_ratio),
             "SET_ACCOUNT_DEFAULT": str(self.set_account_default).lower(),
+            "FIX_LAUNCH_TEMPLATES": str(self.fix_launch_templates).lower(),
+            "FIX_IMAGES": str(self.fix_images).lower(),
         }
         try:
             # Through from_env, exactly as a handler reads it: proves the environment round-trips.

@@ -8,8 +8,9 @@ import aws_cdk as cdk
 from constructs import Construct
 
 from infra import FUNCTIONS_DIR, REPO_ROOT
-from infra.config import DeployConfig
+from infra.config import DeployConfig, partition_of
 from infra.constructs.enforcer_function import DependenciesLayer, log_retention, runtime_python_version
+from infra.constructs.guardrails import Guardrails
 from infra.constructs.launch_watch import LaunchWatch
 from infra.constructs.monitoring import Monitoring
 from infra.constructs.report_topic import ReportTopic
@@ -22,6 +23,27 @@ LAYER_BUILD_DIR = REPO_ROOT / "build" / "layer"
 
 def stack_name(region: str) -> str:
     return f"ImdsEnforcer-{region}"
+
+
+def add_guardrails(scope: Construct, *, config: DeployConfig, region: str) -> Guardrails | None:
+    """The guardrail policy, in the first region's stack only (``DeployConfig.guardrails_region``); else None.
+
+    Policies are global, and an SCP's name must be unique in the organization: one copy per regional stack would
+    fail to deploy (SCP) or duplicate the same managed policy in every region.
+    """
+    mode = config.guardrails_mode
+    if mode is None or region != config.guardrails_region:
+        return None
+    return Guardrails(
+        scope,
+        "Guardrails",
+        mode=mode,
+        max_hop_limit=config.guardrail_max_hop_limit,
+        break_glass_role_arns=config.break_glass_role_arns,
+        scp_target_ids=config.scp_target_ids,
+        include_role_delivery=config.guardrail_role_delivery,
+        partition=partition_of(region),
+    )
 
 
 class ImdsEnforcerStack(cdk.Stack):
@@ -67,6 +89,8 @@ class ImdsEnforcerStack(cdk.Stack):
             layers=[layer.layer],
             environment=environment,
             log_retention=retention,
+            fix_launch_templates=config.fix_launch_templates,
+            fix_images=config.fix_images,
         )
         usage_gate = UsageGate(
             self,
@@ -80,6 +104,8 @@ class ImdsEnforcerStack(cdk.Stack):
             timeout_minutes=config.gate_timeout_minutes,
             exempt_tag_key=config.exempt_tag_key,
             set_account_default=config.set_account_default,
+            fix_launch_templates=config.fix_launch_templates,
+            fix_images=config.fix_images,
         )
         # Only the two that report may publish; the Slack notifier only reads the topic.
         for enforcer in (launch_watch.enforcer, usage_gate.enforcer):
@@ -105,6 +131,15 @@ class ImdsEnforcerStack(cdk.Stack):
         # Alarms notify the report topic too, so one subscription hears everything; see ReportTopic.allow_alarms.
         monitoring = Monitoring(self, "Monitoring", functions=functions, alarm_topic=report.topic)
         report.allow_alarms(monitoring.alarms)
+
+        guardrails = add_guardrails(self, config=config, region=env.region or "")
+        if guardrails is not None and guardrails.managed_policy is not None:
+            cdk.CfnOutput(
+                self,
+                "GuardrailsManagedPolicyArn",
+                value=guardrails.managed_policy.managed_policy_arn,
+                description="Attach to the principals the IMDSv2 guardrails should bind (it binds only those)",
+            )
 
         cdk.CfnOutput(self, "ReportTopicArn", value=report.topic.topic_arn, description="Subscribe here for reports")
         cdk.CfnOutput(self, "LaunchWatchFunctionName", value=launch_watch.enforcer.function.function_name)

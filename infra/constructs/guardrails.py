@@ -19,8 +19,8 @@ from imds_enforcer.guardrails import DEFAULT_MAX_HOP_LIMIT, iam_policy_document,
 
 GuardrailsMode = Literal["iam", "scp"]
 
-# What an SCP can be attached to: the organization root, an OU, or an account.
-_SCP_TARGET = re.compile(r"^(r-[0-9a-z]{4,32}|ou-[0-9a-z]{4,32}-[a-z0-9]{8,32}|\d{12})$")
+# What an SCP can be attached to: the organization root, an OU, or an account (DeployConfig checks with it too).
+SCP_TARGET = re.compile(r"^(r-[0-9a-z]{4,32}|ou-[0-9a-z]{4,32}-[a-z0-9]{8,32}|\d{12})$")
 
 
 class Guardrails(Construct):
@@ -31,6 +31,10 @@ class Guardrails(Construct):
     everyone there, administrators included. AWS Organizations accepts it only from the management account (or a
     delegated administrator for policy management), and its name is unique in the organization: deploy it from one
     stack in one region, not from every regional stack.
+
+    ``partition`` is a plain string (``aws``, ``aws-cn``, ``aws-us-gov``), not ``Aws.PARTITION``: the documents
+    are built and checked in Python (known partition, size within the limit), where a CloudFormation token is
+    only a placeholder string.
     """
 
     def __init__(
@@ -43,6 +47,7 @@ class Guardrails(Construct):
         break_glass_role_arns: Sequence[str] = (),
         scp_target_ids: Sequence[str] = (),
         include_role_delivery: bool = True,
+        partition: str = "aws",
     ) -> None:
         super().__init__(scope, construct_id)
         self.managed_policy: iam.ManagedPolicy | None = None
@@ -67,11 +72,12 @@ class Guardrails(Construct):
                         max_hop_limit=max_hop_limit,
                         exempt_principal_arns=break_glass_role_arns,
                         include_role_delivery=include_role_delivery,
+                        partition=partition,
                     )
                 ),
             )
         elif mode == "scp":
-            bad = [target for target in scp_target_ids if not _SCP_TARGET.fullmatch(target)]
+            bad = [target for target in scp_target_ids if not SCP_TARGET.fullmatch(target)]
             if bad:
                 raise ValueError(
                     f"scp_target_ids: {', '.join(repr(target) for target in bad)} is not a root (r-...), "
@@ -89,6 +95,7 @@ class Guardrails(Construct):
                     max_hop_limit=max_hop_limit,
                     exempt_principal_arns=break_glass_role_arns,
                     include_role_delivery=include_role_delivery,
+                    partition=partition,
                 ),
                 target_ids=list(scp_target_ids),
             )

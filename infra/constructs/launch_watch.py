@@ -19,10 +19,29 @@ from infra.constructs.permissions import launch_watch_statements
 HANDLER = "imds_enforcer.handlers.launch_watch.handler"
 
 # CloudTrail events need a trail in the account; the state-change events arrive without one.
+# Besides launches, the calls that create or change where launches come from: a launch template (or a new
+# version of one), its default version, and a registered AMI.
 CLOUDTRAIL_PATTERN = events.EventPattern(
     source=["aws.ec2"],
     detail_type=["AWS API Call via CloudTrail"],
-    detail={"eventSource": ["ec2.amazonaws.com"], "eventName": ["RunInstances", "ModifyInstanceMetadataOptions"]},
+    detail={
+        "eventSource": ["ec2.amazonaws.com"],
+        "eventName": [
+            "RunInstances",
+            "ModifyInstanceMetadataOptions",
+            "CreateLaunchTemplate",
+            "CreateLaunchTemplateVersion",
+            "ModifyLaunchTemplate",
+            "RegisterImage",
+        ],
+    },
+)
+# Launch configurations are Auto Scaling's: another source, so a rule of their own (one pattern listing both
+# sources and both event sources would also match, say, an EC2 event named like an Auto Scaling call).
+LAUNCH_CONFIGURATION_PATTERN = events.EventPattern(
+    source=["aws.autoscaling"],
+    detail_type=["AWS API Call via CloudTrail"],
+    detail={"eventSource": ["autoscaling.amazonaws.com"], "eventName": ["CreateLaunchConfiguration"]},
 )
 STATE_CHANGE_PATTERN = events.EventPattern(
     source=["aws.ec2"],
@@ -32,7 +51,10 @@ STATE_CHANGE_PATTERN = events.EventPattern(
 
 
 class LaunchWatch(Construct):
-    """The launch watch Lambda and the two EventBridge rules that feed it."""
+    """The launch watch Lambda and the three EventBridge rules that feed it.
+
+    ``fix_launch_templates`` / ``fix_images`` grant the writes that fix those launch sources (opt-in).
+    """
 
     def __init__(
         self,
@@ -43,9 +65,15 @@ class LaunchWatch(Construct):
         layers: Sequence[lambda_.ILayerVersion],
         environment: Mapping[str, str],
         log_retention: logs.RetentionDays,
+        fix_launch_templates: bool,
+        fix_images: bool,
     ) -> None:
         super().__init__(scope, construct_id)
-        instance_arn = cdk.Stack.of(self).format_arn(service="ec2", resource="instance", resource_name="*")
+        stack = cdk.Stack.of(self)
+        instance_arn = stack.format_arn(service="ec2", resource="instance", resource_name="*")
+        launch_template_arn = stack.format_arn(service="ec2", resource="launch-template", resource_name="*")
+        # AMI ARNs carry no account: arn:<partition>:ec2:<region>::image/<id>.
+        image_arn = stack.format_arn(service="ec2", resource="image", resource_name="*", account="")
         self.enforcer = EnforcerFunction(
             self,
             "Enforcer",
@@ -54,7 +82,13 @@ class LaunchWatch(Construct):
             code_dir=code_dir,
             layers=layers,
             environment=environment,
-            statements=launch_watch_statements(instance_arn=instance_arn),
+            statements=launch_watch_statements(
+                instance_arn=instance_arn,
+                launch_template_arn=launch_template_arn,
+                image_arn=image_arn,
+                fix_launch_templates=fix_launch_templates,
+                fix_images=fix_images,
+            ),
             memory_size=256,
             timeout=cdk.Duration.seconds(60),
             # Caps the EC2 API calls a launch storm can cause; excess events wait in Lambda's async queue.
@@ -67,7 +101,9 @@ class LaunchWatch(Construct):
         acknowledge(
             policy,
             "AwsSolutions-IAM5[Resource::*]",
-            "ec2:DescribeInstances supports no resource-level permissions; IAM only accepts Resource '*' for it.",
+            "ec2:DescribeInstances, DescribeLaunchTemplates, DescribeLaunchTemplateVersions, DescribeImages and "
+            "autoscaling:DescribeAutoScalingGroups, DescribeLaunchConfigurations support no resource-level "
+            "permissions; IAM only accepts Resource '*' for them.",
         )
         acknowledge(
             policy,
@@ -76,6 +112,20 @@ class LaunchWatch(Construct):
             "and CreateTags are scoped to instance/* here (not to other resource types); CreateTags is further "
             "limited by aws:TagKeys to the service's own two tags.",
         )
+        if fix_launch_templates:
+            acknowledge(
+                policy,
+                f"AwsSolutions-IAM5[Resource::{nag_resource(self, launch_template_arn)}]",
+                "Opt-in (fix_launch_templates): the template just created can be any of this account and region, so "
+                "CreateLaunchTemplateVersion and ModifyLaunchTemplate are scoped to launch-template/* here only.",
+            )
+        if fix_images:
+            acknowledge(
+                policy,
+                f"AwsSolutions-IAM5[Resource::{nag_resource(self, image_arn)}]",
+                "Opt-in (fix_images): the AMI just registered can be any of this region's, so ModifyImageAttribute "
+                "is scoped to image/* of this region (AMI ARNs carry no account; only the owner may modify one).",
+            )
 
         # Invoking the function is asynchronous: EventBridge only retries when the invoke call itself fails.
         target = targets.LambdaFunction(
@@ -88,8 +138,15 @@ class LaunchWatch(Construct):
         self.cloudtrail_rule = events.Rule(
             self,
             "ApiCallRule",
-            description="RunInstances and ModifyInstanceMetadataOptions calls (via CloudTrail) to the launch watch",
+            description="Launches, metadata option changes, launch templates and AMIs (CloudTrail) to the launch watch",
             event_pattern=CLOUDTRAIL_PATTERN,
+            targets=[target],
+        )
+        self.launch_configuration_rule = events.Rule(
+            self,
+            "LaunchConfigurationRule",
+            description="CreateLaunchConfiguration calls (via CloudTrail) to the launch watch",
+            event_pattern=LAUNCH_CONFIGURATION_PATTERN,
             targets=[target],
         )
         self.state_change_rule = events.Rule(

@@ -1,7 +1,8 @@
 """The AWS permissions each Lambda needs, declared next to each other and built by plain functions.
 
 Least privilege: every action is spelled out (no ``*`` in an action), modifications are limited to EC2
-instances of this account and region, and tagging is limited to the tag keys the service writes.
+instances of this account and region, and tagging is limited to the tag keys the service writes. Launch sources
+(launch templates, AMIs) are only read unless the operator opts in to fixing them.
 Publishing to the report topic is granted separately (``ReportTopic.grant_publish``), and never to the Slack notifier.
 """
 
@@ -23,6 +24,12 @@ UNSCOPABLE_ACTIONS = frozenset(
         "cloudwatch:GetMetricData",
         "ec2:GetInstanceMetadataDefaults",
         "ec2:ModifyInstanceMetadataDefaults",
+        # Where new instances come from: the Describe/List calls of EC2 and Auto Scaling accept no resource ARN.
+        "ec2:DescribeLaunchTemplates",
+        "ec2:DescribeLaunchTemplateVersions",
+        "ec2:DescribeImages",
+        "autoscaling:DescribeAutoScalingGroups",
+        "autoscaling:DescribeLaunchConfigurations",
     }
 )
 
@@ -47,25 +54,97 @@ def _tag_instances(instance_arn: str, tag_keys: Sequence[str]) -> iam.PolicyStat
     )
 
 
-def launch_watch_statements(*, instance_arn: str) -> list[iam.PolicyStatement]:
-    """Read a launched instance's options; in fix mode require IMDSv2 and tag who did it and when."""
+def launch_source_statements(
+    *, launch_template_arn: str, image_arn: str, fix_launch_templates: bool, fix_images: bool
+) -> list[iam.PolicyStatement]:
+    """Read launch templates, launch configurations (and the groups using them) and AMIs; fix them only on opt-in.
+
+    A launch template is fixed by a new version that requires IMDSv2, made the default (ModifyLaunchTemplate);
+    an AMI by ``ImdsSupport=v2.0`` (ModifyImageAttribute), which cannot be undone. Launch configurations are
+    immutable, so they are only ever read and flagged. ``image_arn`` has no account (AMI ARNs carry none).
+    """
+    statements = [
+        iam.PolicyStatement(
+            sid="DescribeLaunchSources",
+            actions=[
+                "ec2:DescribeLaunchTemplates",
+                "ec2:DescribeLaunchTemplateVersions",
+                "ec2:DescribeImages",
+                "autoscaling:DescribeAutoScalingGroups",
+                "autoscaling:DescribeLaunchConfigurations",
+            ],
+            resources=["*"],
+        )
+    ]
+    if fix_launch_templates:
+        statements.append(
+            iam.PolicyStatement(
+                sid="RequireImdsv2OnLaunchTemplates",
+                actions=["ec2:CreateLaunchTemplateVersion", "ec2:ModifyLaunchTemplate"],
+                resources=[launch_template_arn],
+            )
+        )
+    if fix_images:
+        statements.append(
+            iam.PolicyStatement(
+                sid="RequireImdsv2OnImages", actions=["ec2:ModifyImageAttribute"], resources=[image_arn]
+            )
+        )
+    return statements
+
+
+def launch_watch_statements(
+    *,
+    instance_arn: str,
+    launch_template_arn: str,
+    image_arn: str,
+    fix_launch_templates: bool,
+    fix_images: bool,
+) -> list[iam.PolicyStatement]:
+    """Read a launched instance's options; in fix mode require IMDSv2 and tag who did it and when.
+
+    The watch also hears launch templates, launch configurations and AMIs being created, so it reads (and, on
+    opt-in, fixes) those too.
+    """
     return [
         _describe_instances(),
         _modify_metadata_options(instance_arn),
         _tag_instances(instance_arn, SERVICE_TAG_KEYS),
+        *launch_source_statements(
+            launch_template_arn=launch_template_arn,
+            image_arn=image_arn,
+            fix_launch_templates=fix_launch_templates,
+            fix_images=fix_images,
+        ),
     ]
 
 
 def usage_gate_statements(
-    *, instance_arn: str, exempt_tag_key: str, set_account_default: bool
+    *,
+    instance_arn: str,
+    exempt_tag_key: str,
+    set_account_default: bool,
+    launch_template_arn: str,
+    image_arn: str,
+    fix_launch_templates: bool,
+    fix_images: bool,
 ) -> list[iam.PolicyStatement]:
-    """Sweep instances, read their IMDSv1 usage, switch the ready ones, roll back (tagging the exemption)."""
+    """Sweep instances, read their IMDSv1 usage, switch the ready ones, roll back (tagging the exemption).
+
+    The sweep also checks the launch sources that would bring new IMDSv1 instances (see launch_source_statements).
+    """
     statements = [
         _describe_instances(),
         iam.PolicyStatement(sid="ReadMetadataUsage", actions=["cloudwatch:GetMetricData"], resources=["*"]),
         _modify_metadata_options(instance_arn),
         # A rollback writes the exemption tag (reason and date), so the gate never switches that instance again.
         _tag_instances(instance_arn, [*SERVICE_TAG_KEYS, exempt_tag_key]),
+        *launch_source_statements(
+            launch_template_arn=launch_template_arn,
+            image_arn=image_arn,
+            fix_launch_templates=fix_launch_templates,
+            fix_images=fix_images,
+        ),
     ]
     if set_account_default:
         # Opt-in only: changing the account default affects every future launch in the region.

@@ -20,7 +20,10 @@ HANDLER = "imds_enforcer.handlers.usage_gate.handler"
 
 
 class UsageGate(Construct):
-    """The usage gate Lambda and its schedule."""
+    """The usage gate Lambda and its schedule.
+
+    ``fix_launch_templates`` / ``fix_images`` grant the writes that fix those launch sources (opt-in).
+    """
 
     def __init__(
         self,
@@ -36,9 +39,15 @@ class UsageGate(Construct):
         timeout_minutes: int,
         exempt_tag_key: str,
         set_account_default: bool,
+        fix_launch_templates: bool,
+        fix_images: bool,
     ) -> None:
         super().__init__(scope, construct_id)
-        instance_arn = cdk.Stack.of(self).format_arn(service="ec2", resource="instance", resource_name="*")
+        stack = cdk.Stack.of(self)
+        instance_arn = stack.format_arn(service="ec2", resource="instance", resource_name="*")
+        launch_template_arn = stack.format_arn(service="ec2", resource="launch-template", resource_name="*")
+        # AMI ARNs carry no account: arn:<partition>:ec2:<region>::image/<id>.
+        image_arn = stack.format_arn(service="ec2", resource="image", resource_name="*", account="")
         self.enforcer = EnforcerFunction(
             self,
             "Enforcer",
@@ -48,7 +57,13 @@ class UsageGate(Construct):
             layers=layers,
             environment=environment,
             statements=usage_gate_statements(
-                instance_arn=instance_arn, exempt_tag_key=exempt_tag_key, set_account_default=set_account_default
+                instance_arn=instance_arn,
+                exempt_tag_key=exempt_tag_key,
+                set_account_default=set_account_default,
+                launch_template_arn=launch_template_arn,
+                image_arn=image_arn,
+                fix_launch_templates=fix_launch_templates,
+                fix_images=fix_images,
             ),
             memory_size=memory_mb,
             timeout=cdk.Duration.minutes(timeout_minutes),
@@ -60,8 +75,10 @@ class UsageGate(Construct):
         acknowledge(
             policy,
             "AwsSolutions-IAM5[Resource::*]",
-            "ec2:DescribeInstances, cloudwatch:GetMetricData and (when enabled) ec2:Get/ModifyInstanceMetadataDefaults "
-            "support no resource-level permissions; IAM only accepts Resource '*' for them.",
+            "ec2:DescribeInstances, cloudwatch:GetMetricData, (when enabled) ec2:Get/ModifyInstanceMetadataDefaults, "
+            "the launch-source reads ec2:DescribeLaunchTemplates/-Versions, DescribeImages and "
+            "autoscaling:DescribeAutoScalingGroups, DescribeLaunchConfigurations support no resource-level "
+            "permissions; IAM only accepts Resource '*' for them.",
         )
         acknowledge(
             policy,
@@ -70,6 +87,20 @@ class UsageGate(Construct):
             "CreateTags are scoped to instance/* (not to other resource types); CreateTags is further limited by "
             "aws:TagKeys to the service's two tags and the exemption tag.",
         )
+        if fix_launch_templates:
+            acknowledge(
+                policy,
+                f"AwsSolutions-IAM5[Resource::{nag_resource(self, launch_template_arn)}]",
+                "Opt-in (fix_launch_templates): the gate sweeps every launch template of this account and region, so "
+                "CreateLaunchTemplateVersion and ModifyLaunchTemplate are scoped to launch-template/* here only.",
+            )
+        if fix_images:
+            acknowledge(
+                policy,
+                f"AwsSolutions-IAM5[Resource::{nag_resource(self, image_arn)}]",
+                "Opt-in (fix_images): the gate sweeps every AMI in use in this region, so ModifyImageAttribute is "
+                "scoped to image/* of this region (AMI ARNs carry no account; only the owner may modify one).",
+            )
 
         self.schedule_rule = events.Rule(
             self,

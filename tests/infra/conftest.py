@@ -26,6 +26,7 @@ ACCOUNT = "123456789012"
 REGIONS = ("us-east-1", "eu-west-1")
 SLACK_SECRET_NAME = "imds-enforcer/slack-webhook"
 SLACK_SECRET_KEY_ARN = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+BREAK_GLASS_ROLE_ARN = "arn:aws:iam::123456789012:role/BreakGlass"
 
 # Values as `cdk synth -c key=value` delivers them (strings), so the app's coercion is exercised end to end.
 CONTEXT: dict[str, Any] = {
@@ -45,6 +46,14 @@ CONTEXT: dict[str, Any] = {
     "slack_webhook_secret": SLACK_SECRET_NAME,
     "slack_webhook_secret_kms_key_arn": SLACK_SECRET_KEY_ARN,
     "email_min_severity": "warning",
+    # The launch-source fixes, and the guardrails as an IAM managed policy (with the RoleDelivery Deny, so the
+    # "no wildcard grants" test meets an Action "*" Deny), non-default hop limit and one break-glass role.
+    "fix_launch_templates": "true",
+    "fix_images": "true",
+    "guardrails": "iam",
+    "guardrail_max_hop_limit": "3",
+    "guardrail_role_delivery": "true",
+    "break_glass_role_arns": BREAK_GLASS_ROLE_ARN,
 }
 
 

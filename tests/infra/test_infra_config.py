@@ -45,6 +45,13 @@ def test_cli_string_values_are_coerced() -> None:
             "log_retention_days": "365",
             "gate_memory_mb": "2048",
             "gate_timeout_minutes": "5",
+            "fix_launch_templates": "true",
+            "fix_images": "false",
+            "guardrails": "scp",
+            "guardrail_max_hop_limit": "1",
+            "guardrail_role_delivery": "true",
+            "break_glass_role_arns": "arn:aws:iam::*:role/BreakGlass",
+            "scp_target_ids": "ou-ab12-cdef3456, 123456789012",
         },
         environ={},
     )
@@ -64,6 +71,13 @@ def test_cli_string_values_are_coerced() -> None:
         log_retention_days=365,
         gate_memory_mb=2048,
         gate_timeout_minutes=5,
+        fix_launch_templates=True,
+        fix_images=False,
+        guardrails="scp",
+        guardrail_max_hop_limit=1,
+        guardrail_role_delivery=True,
+        break_glass_role_arns=["arn:aws:iam::*:role/BreakGlass"],
+        scp_target_ids=["ou-ab12-cdef3456", "123456789012"],
     )
 
 
@@ -94,11 +108,60 @@ def test_cli_string_values_are_coerced() -> None:
         # A key without a secret: nothing would use the grant.
         ("slack_webhook_secret_kms_key_arn", "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab"),
         ("email_min_severity", "critical"),
+        ("fix_launch_templates", "sometimes"),
+        ("fix_images", "2"),
+        ("guardrails", "on"),
+        ("guardrails", "organization"),
+        ("guardrail_max_hop_limit", "0"),
+        ("guardrail_role_delivery", "later"),
+        # A user is not a role, and a pattern matching every role would switch the guardrails off.
+        ("break_glass_role_arns", "arn:aws:iam::123456789012:user/alice"),
+        ("break_glass_role_arns", "arn:aws:iam::123456789012:role/*"),
+        ("scp_target_ids", "ou-nope"),
     ],
 )
 def test_a_bad_value_fails_naming_the_key(key: str, value: Any) -> None:
     with pytest.raises(ConfigError, match=f'cdk.json context "{key}"'):
         DeployConfig.from_context({key: value}, environ={})
+
+
+@pytest.mark.parametrize(
+    ("context", "key", "message"),
+    [
+        # An SCP attached to nothing protects nothing: the targets are required, even when the key is absent.
+        ({"guardrails": "scp"}, "scp_target_ids", "is empty"),
+        ({"guardrails": "scp", "scp_target_ids": ""}, "scp_target_ids", "is empty"),
+        # An IAM policy has no targets: ignoring them would leave someone believing an OU is covered.
+        ({"guardrails": "iam", "scp_target_ids": "ou-ab12-cdef3456"}, "scp_target_ids", "is set"),
+        # Another partition's ARN matches no principal here: the break-glass role would be denied with the rest.
+        (
+            {"regions": "cn-north-1", "break_glass_role_arns": "arn:aws:iam::123456789012:role/BreakGlass"},
+            "break_glass_role_arns",
+            "not in the partition 'aws-cn'",
+        ),
+        # Too many break-glass roles no longer fit Organizations' 5,120 characters.
+        (
+            {
+                "guardrails": "scp",
+                "scp_target_ids": "r-ab12",
+                "break_glass_role_arns": [f"arn:aws:iam::123456789012:role/break-glass-{n:03}" for n in range(40)],
+            },
+            "break_glass_role_arns",
+            "over AWS Organizations' limit",
+        ),
+    ],
+)
+def test_inconsistent_guardrail_settings_fail_naming_the_key(context: dict[str, Any], key: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=f'cdk.json context "{key}".*{message}'):
+        DeployConfig.from_context(context, environ={})
+
+
+def test_guardrails_live_in_the_first_region_only_and_are_off_by_default() -> None:
+    assert DeployConfig().guardrails_region is None
+    assert DeployConfig().guardrails_mode is None
+    on = DeployConfig(regions=["eu-west-1", "us-east-1"], guardrails="iam")
+    assert on.guardrails_region == "eu-west-1"
+    assert on.guardrails_mode == "iam"
 
 
 def test_account_defaults_to_the_cli_account_and_context_wins() -> None:
@@ -126,6 +189,8 @@ def test_lambda_settings_reproduce_the_config_through_the_runtime_model() -> Non
         set_account_default=True,
         watch_days=9,
         coverage_min_ratio=0.8,
+        fix_launch_templates=True,
+        fix_images=True,
     )
 
     env = config.lambda_environment(TOPIC_ARN)
@@ -141,6 +206,8 @@ def test_lambda_settings_reproduce_the_config_through_the_runtime_model() -> Non
         SET_ACCOUNT_DEFAULT=True,
         WATCH_DAYS=9,
         COVERAGE_MIN_RATIO=0.8,
+        FIX_LAUNCH_TEMPLATES=True,
+        FIX_IMAGES=True,
     )
 
 

@@ -14,22 +14,53 @@ from infra.constructs.permissions import (
 )
 
 INSTANCE_ARN = "arn:aws:ec2:us-east-1:123456789012:instance/*"
+LAUNCH_TEMPLATE_ARN = "arn:aws:ec2:us-east-1:123456789012:launch-template/*"
+IMAGE_ARN = "arn:aws:ec2:us-east-1::image/*"
 METADATA_DEFAULTS = {"ec2:GetInstanceMetadataDefaults", "ec2:ModifyInstanceMetadataDefaults"}
+LAUNCH_SOURCE_READS = {
+    "ec2:DescribeLaunchTemplates",
+    "ec2:DescribeLaunchTemplateVersions",
+    "ec2:DescribeImages",
+    "autoscaling:DescribeAutoScalingGroups",
+    "autoscaling:DescribeLaunchConfigurations",
+}
+LAUNCH_TEMPLATE_WRITES = {"ec2:CreateLaunchTemplateVersion", "ec2:ModifyLaunchTemplate"}
+IMAGE_WRITES = {"ec2:ModifyImageAttribute"}
+# Every combination of the opt-ins: the least-privilege rules must hold in each.
+OPT_INS = [
+    {"set_account_default": a, "fix_launch_templates": t, "fix_images": i}
+    for a in (False, True)
+    for t in (False, True)
+    for i in (False, True)
+]
 
 
 def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
-def _statements(set_account_default: bool) -> dict[str, list[dict[str, Any]]]:
+def _statements(
+    set_account_default: bool = False, fix_launch_templates: bool = False, fix_images: bool = False
+) -> dict[str, list[dict[str, Any]]]:
+    launch_watch = launch_watch_statements(
+        instance_arn=INSTANCE_ARN,
+        launch_template_arn=LAUNCH_TEMPLATE_ARN,
+        image_arn=IMAGE_ARN,
+        fix_launch_templates=fix_launch_templates,
+        fix_images=fix_images,
+    )
+    usage_gate = usage_gate_statements(
+        instance_arn=INSTANCE_ARN,
+        exempt_tag_key="imdsv2-exempt",
+        set_account_default=set_account_default,
+        launch_template_arn=LAUNCH_TEMPLATE_ARN,
+        image_arn=IMAGE_ARN,
+        fix_launch_templates=fix_launch_templates,
+        fix_images=fix_images,
+    )
     return {
-        "launch_watch": [s.to_statement_json() for s in launch_watch_statements(instance_arn=INSTANCE_ARN)],
-        "usage_gate": [
-            s.to_statement_json()
-            for s in usage_gate_statements(
-                instance_arn=INSTANCE_ARN, exempt_tag_key="imdsv2-exempt", set_account_default=set_account_default
-            )
-        ],
+        "launch_watch": [s.to_statement_json() for s in launch_watch],
+        "usage_gate": [s.to_statement_json() for s in usage_gate],
     }
 
 
@@ -48,9 +79,17 @@ def test_with_set_account_default_the_gate_may_read_and_set_it() -> None:
     assert _actions(_statements(set_account_default=True)["usage_gate"]) >= METADATA_DEFAULTS
 
 
-@pytest.mark.parametrize("set_account_default", [False, True])
-def test_only_unscopable_actions_get_resource_star_and_no_action_is_a_wildcard(set_account_default: bool) -> None:
-    for statements in _statements(set_account_default).values():
+@pytest.mark.parametrize("opt_ins", OPT_INS)
+def test_only_unscopable_actions_get_resource_star_and_no_action_is_a_wildcard(opt_ins: dict[str, bool]) -> None:
+    # Each write is scoped to the one resource type it changes, in this account and region (AMIs carry no account).
+    scoped = {
+        "ec2:ModifyInstanceMetadataOptions": INSTANCE_ARN,
+        "ec2:CreateTags": INSTANCE_ARN,
+        "ec2:CreateLaunchTemplateVersion": LAUNCH_TEMPLATE_ARN,
+        "ec2:ModifyLaunchTemplate": LAUNCH_TEMPLATE_ARN,
+        "ec2:ModifyImageAttribute": IMAGE_ARN,
+    }
+    for statements in _statements(**opt_ins).values():
         for statement in statements:
             assert statement["Effect"] == "Allow"
             for action in _as_list(statement["Action"]):
@@ -58,7 +97,37 @@ def test_only_unscopable_actions_get_resource_star_and_no_action_is_a_wildcard(s
                 if _as_list(statement["Resource"]) == ["*"]:
                     assert action in UNSCOPABLE_ACTIONS
                 else:
-                    assert _as_list(statement["Resource"]) == [INSTANCE_ARN]
+                    assert _as_list(statement["Resource"]) == [scoped[action]]
+
+
+def test_both_enforcers_always_read_the_launch_sources_and_change_none_by_default() -> None:
+    for role, statements in _statements().items():
+        actions = _actions(statements)
+        assert actions >= LAUNCH_SOURCE_READS, role
+        assert not actions & (LAUNCH_TEMPLATE_WRITES | IMAGE_WRITES), role
+
+
+def test_fix_launch_templates_grants_only_the_launch_template_writes() -> None:
+    for role, statements in _statements(fix_launch_templates=True).items():
+        (writes,) = [s for s in statements if set(_as_list(s["Action"])) & LAUNCH_TEMPLATE_WRITES]
+        assert writes == {
+            "Sid": "RequireImdsv2OnLaunchTemplates",
+            "Effect": "Allow",
+            "Action": sorted(LAUNCH_TEMPLATE_WRITES),
+            "Resource": LAUNCH_TEMPLATE_ARN,
+        }, role
+        assert not _actions(statements) & IMAGE_WRITES, role
+
+
+def test_fix_images_grants_only_the_image_attribute_write() -> None:
+    for role, statements in _statements(fix_images=True).items():
+        assert {
+            "Sid": "RequireImdsv2OnImages",
+            "Effect": "Allow",
+            "Action": "ec2:ModifyImageAttribute",
+            "Resource": IMAGE_ARN,
+        } in statements, role
+        assert not _actions(statements) & LAUNCH_TEMPLATE_WRITES, role
 
 
 def test_tagging_is_limited_to_the_service_tags_and_the_gate_may_also_write_the_exemption() -> None:

@@ -44,9 +44,9 @@ def _render(value: Any) -> str:
 
 
 def _identity_policies(template: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Every identity policy document: AWS::IAM::Policy resources and the inline policies of roles."""
+    """Every identity policy document: AWS::IAM::Policy and ::ManagedPolicy resources, and roles' inline policies."""
     for logical_id, resource in template["Resources"].items():
-        if resource["Type"] == "AWS::IAM::Policy":
+        if resource["Type"] in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy"):
             yield logical_id, resource["Properties"]["PolicyDocument"]
         elif resource["Type"] == "AWS::IAM::Role":
             for policy in resource["Properties"].get("Policies", []):
@@ -236,6 +236,8 @@ def test_function_environment_parses_with_the_runtime_settings(synthesized: Any,
         ROLLBACK_ON_REJECTED=True,
         CONTAINER_HOST_TAG_KEYS=("team:k8s-node", "platform:ecs"),
         SET_ACCOUNT_DEFAULT=True,
+        FIX_LAUNCH_TEMPLATES=True,
+        FIX_IMAGES=True,
     )
     assert env["POWERTOOLS_SERVICE_NAME"] == "imds-enforcer"
     assert env["POWERTOOLS_METRICS_NAMESPACE"] == "ImdsEnforcer"
@@ -304,8 +306,10 @@ def _rule_targets(template: Template, handler: str) -> Matcher:
 
 
 def test_launch_watch_rules_match_exactly_the_launch_events(template: Template) -> None:
-    template.resource_count_is("AWS::Events::Rule", 3)
+    # The launch watch's three rules and the gate's schedule.
+    template.resource_count_is("AWS::Events::Rule", 4)
     targets = _rule_targets(template, HANDLERS["launch_watch"])
+    # EC2's calls: launches, metadata option changes, and the launch sources (launch templates, registered AMIs).
     template.has_resource_properties(
         "AWS::Events::Rule",
         {
@@ -315,7 +319,32 @@ def test_launch_watch_rules_match_exactly_the_launch_events(template: Template) 
                     "detail-type": ["AWS API Call via CloudTrail"],
                     "detail": {
                         "eventSource": ["ec2.amazonaws.com"],
-                        "eventName": ["RunInstances", "ModifyInstanceMetadataOptions"],
+                        "eventName": [
+                            "RunInstances",
+                            "ModifyInstanceMetadataOptions",
+                            "CreateLaunchTemplate",
+                            "CreateLaunchTemplateVersion",
+                            "ModifyLaunchTemplate",
+                            "RegisterImage",
+                        ],
+                    },
+                }
+            ),
+            "State": "ENABLED",
+            "Targets": targets,
+        },
+    )
+    # Auto Scaling's launch configurations: another source, so a rule of their own with the same target settings.
+    template.has_resource_properties(
+        "AWS::Events::Rule",
+        {
+            "EventPattern": Match.exact(
+                {
+                    "source": ["aws.autoscaling"],
+                    "detail-type": ["AWS API Call via CloudTrail"],
+                    "detail": {
+                        "eventSource": ["autoscaling.amazonaws.com"],
+                        "eventName": ["CreateLaunchConfiguration"],
                     },
                 }
             ),
@@ -337,6 +366,10 @@ def test_launch_watch_rules_match_exactly_the_launch_events(template: Template) 
             "Targets": targets,
         },
     )
+    # Every launch watch rule retries a failed invoke 4 times before the dead-letter queue.
+    launch_rules = template.find_resources("AWS::Events::Rule", {"Properties": {"Targets": targets}})
+    assert len(launch_rules) == 3
+    assert {r["Properties"]["Targets"][0]["RetryPolicy"]["MaximumRetryAttempts"] for r in launch_rules.values()} == {4}
 
 
 def test_usage_gate_runs_on_the_configured_schedule(template: Template) -> None:
@@ -355,12 +388,22 @@ def test_usage_gate_runs_on_the_configured_schedule(template: Template) -> None:
 
 @pytest.mark.parametrize("region", REGIONS)
 def test_no_identity_policy_grants_a_wildcard_action(synthesized: Any, region: str) -> None:
+    # The rule is about grants: an Allow with "*" in an action gives away more than the code needs. A Deny takes
+    # away and grants nothing, so the guardrail's Deny "*" (every call made with IMDSv1-delivered role
+    # credentials, as AWS documents it) is not a wildcard grant; it is checked to be exactly that one statement.
     policies = list(_identity_policies(synthesized.templates[f"ImdsEnforcer-{region}"]))
-    assert len(policies) == 3
+    # Three roles' policies everywhere; the guardrail managed policy only in the first region's stack.
+    assert len(policies) == (4 if region == REGIONS[0] else 3)
+    wildcard_denies = []
     for logical_id, document in policies:
         for statement in document["Statement"]:
             for action in _as_list(statement["Action"]):
-                assert "*" not in action, f"{logical_id} allows {action}"
+                if statement["Effect"] == "Deny":
+                    if "*" in action:
+                        wildcard_denies.append(statement["Sid"])
+                else:
+                    assert "*" not in action, f"{logical_id} allows {action}"
+    assert wildcard_denies == (["RequireImdsV2RoleCredentials"] if region == REGIONS[0] else [])
 
 
 def test_roles_carry_no_managed_policies(template: Template) -> None:
@@ -419,3 +462,41 @@ def test_functions_may_publish_to_the_report_topic_and_use_its_key(template: Tem
         "Effect": "Allow",
         "Resource": {"Fn::GetAtt": [key_id, "Arn"]},
     } in statements
+
+
+LAUNCH_SOURCE_READS = {
+    "ec2:DescribeLaunchTemplates",
+    "ec2:DescribeLaunchTemplateVersions",
+    "ec2:DescribeImages",
+    "autoscaling:DescribeAutoScalingGroups",
+    "autoscaling:DescribeLaunchConfigurations",
+}
+
+
+@pytest.mark.parametrize("name", sorted(HANDLERS))
+def test_both_enforcers_read_launch_templates_launch_configurations_and_images(template: Template, name: str) -> None:
+    statements = _role_policy_statements(template, HANDLERS[name])
+
+    (reads,) = [s for s in statements if set(_as_list(s["Action"])) & LAUNCH_SOURCE_READS]
+    # Describe calls accept no resource ARN: Resource "*" is the only form IAM takes for them.
+    assert set(reads["Action"]) == LAUNCH_SOURCE_READS
+    assert reads["Resource"] == "*"
+
+
+@pytest.mark.parametrize("region", REGIONS)
+@pytest.mark.parametrize("name", sorted(HANDLERS))
+def test_opted_in_launch_source_fixes_are_scoped_to_templates_and_images_here(
+    synthesized: Any, region: str, name: str
+) -> None:
+    # Given fix_launch_templates and fix_images (the builders' tests show they are absent when off)...
+    statements = _role_policy_statements(synthesized.template(region), HANDLERS[name])
+    expected = {
+        "ec2:CreateLaunchTemplateVersion": f"arn:${{AWS::Partition}}:ec2:{region}:{ACCOUNT}:launch-template/*",
+        "ec2:ModifyLaunchTemplate": f"arn:${{AWS::Partition}}:ec2:{region}:{ACCOUNT}:launch-template/*",
+        # AMI ARNs carry no account.
+        "ec2:ModifyImageAttribute": f"arn:${{AWS::Partition}}:ec2:{region}::image/*",
+    }
+
+    for action, resource in expected.items():
+        granting = [s for s in statements if action in _as_list(s["Action"])]
+        assert [_render(r) for s in granting for r in _as_list(s["Resource"])] == [resource], action

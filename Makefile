@@ -13,6 +13,7 @@ $(STAMP): requirements.txt requirements-dev.txt functions/requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -25,7 +26,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 typecheck: setup
-	$(BIN)/mypy functions/imds_enforcer infra app.py emulator demo bench
+	$(BIN)/mypy functions/imds_enforcer imds_enforcer_cli infra app.py emulator demo bench
 
 test: lint typecheck
 	$(BIN)/python -m pytest

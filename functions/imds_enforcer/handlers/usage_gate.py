@@ -10,7 +10,15 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from imds_enforcer.deployment import Deployment
 from imds_enforcer.gate import run_gate
-from imds_enforcer.observability import logger, metrics
+from imds_enforcer.observability import (
+    DEFERRED,
+    EVENTS_IGNORED,
+    EVENTS_PROCESSED,
+    OPTIONAL_REMAINING,
+    logger,
+    metrics,
+    record_findings,
+)
 from imds_enforcer.settings import Settings
 
 
@@ -25,11 +33,10 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, object]:
         remaining_ms=context.get_remaining_time_in_millis,
     )
     if outcome.status == "ignored":
-        metrics.add_metric(name="EventsIgnored", unit=MetricUnit.Count, value=1)
+        metrics.add_metric(name=EVENTS_IGNORED, unit=MetricUnit.Count, value=1)
         return outcome.summary()
-    # One metric per action with the run's count (not one datapoint per finding: a sweep may hold thousands).
-    for action, count in outcome.counts.items():
-        metrics.add_metric(name=f"Instances_{action}", unit=MetricUnit.Count, value=count)
-    metrics.add_metric(name="OptionalRemaining", unit=MetricUnit.Count, value=outcome.totals["optional_remaining"])
-    metrics.add_metric(name="Deferred", unit=MetricUnit.Count, value=outcome.totals["deferred"])
+    metrics.add_metric(name=EVENTS_PROCESSED, unit=MetricUnit.Count, value=1)
+    record_findings(outcome.findings)
+    metrics.add_metric(name=OPTIONAL_REMAINING, unit=MetricUnit.Count, value=outcome.totals["optional_remaining"])
+    metrics.add_metric(name=DEFERRED, unit=MetricUnit.Count, value=outcome.totals["deferred"])
     return outcome.summary()

@@ -3,12 +3,11 @@
     python -m bench.bench_gate [--sizes 1000,10000] [--ready 20]
 
 moto runs in a child process (taught what it lacks there, where it serves), so that the memory figures measure the
-gate alone. The fleet is seeded in chunks of 500 instances per RunInstances; `--ready` of them get 14 days of zero
-`MetadataNoToken` and a launch time 30 days back, so the run enforces exactly that many (fix mode).
-
-moto counts reservations, not instances, against DescribeInstances' MaxResults, so with 500 instances per
-reservation the observed page count is below the AWS floor ceil(N/1000); both are printed. moto's GetMetricData
-costs queries x periods x stored datapoints, so its wall time says little about AWS: the call counts are the point.
+gate alone. The fleet is seeded inside that process, one instance per reservation: moto counts reservations against
+DescribeInstances' MaxResults, so this gives the pages of 1,000 instances AWS would return (and the memory they
+cost). `--ready` of them get 14 days of zero `MetadataNoToken` and a launch time 30 days back, so the run enforces
+exactly that many (fix mode). moto's GetMetricData costs queries x periods x stored datapoints, so its wall time
+says little about AWS: the call counts and the memory are the point.
 """
 
 from __future__ import annotations
@@ -38,7 +37,6 @@ for entry in (ROOT / "functions", ROOT):
 
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
-CHUNK = 500
 OPERATIONS = ("DescribeInstances", "GetMetricData", "ModifyInstanceMetadataOptions", "CreateTags", "Publish")
 
 
@@ -63,7 +61,24 @@ def _serve(port: int, commands: Connection) -> None:
     commands.send("ready")
     while True:
         command, payload = commands.recv()
-        if command == "age":
+        if command == "seed":
+            backend = ec2_backends[ACCOUNT][REGION]
+            options = {"HttpTokens": "optional", "HttpPutResponseHopLimit": 1, "HttpEndpoint": "enabled"}
+            seeded = [
+                instance.id
+                for _ in range(payload)
+                for instance in backend.run_instances(
+                    "ami-12c6146b",
+                    1,
+                    None,
+                    [],
+                    instance_type="t3.micro",
+                    is_instance_type_default=False,
+                    metadata_options=options,
+                ).instances
+            ]
+            commands.send(seeded)
+        elif command == "age":
             ids, launched = payload
             backend = ec2_backends[ACCOUNT][REGION]
             for instance_id in ids:
@@ -102,18 +117,8 @@ class Result:
 def _seed(size: int, ready: int, commands: Connection) -> list[str]:
     import boto3
 
-    ec2 = boto3.client("ec2")
-    ids: list[str] = []
-    for start in range(0, size, CHUNK):
-        count = min(CHUNK, size - start)
-        response = ec2.run_instances(
-            ImageId="ami-12c6146b",
-            MinCount=count,
-            MaxCount=count,
-            InstanceType="t3.micro",
-            MetadataOptions={"HttpTokens": "optional", "HttpPutResponseHopLimit": 1, "HttpEndpoint": "enabled"},
-        )
-        ids.extend(item["InstanceId"] for item in response["Instances"])
+    commands.send(("seed", size))
+    ids: list[str] = commands.recv()
     chosen = ids[:ready]
     commands.send(("age", (chosen, (datetime.now(UTC) - timedelta(days=30)).replace(tzinfo=None))))
     commands.recv()

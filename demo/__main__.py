@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any, TextIO, cast
 import demo  # noqa: F401 - puts functions/ on sys.path before anything imports imds_enforcer
 
 if TYPE_CHECKING:
-    from demo.aws import Inbox
+    from demo.aws import Inbox, SourceRow
     from demo.slack_view import Transcript
+    from emulator.fleet import LaunchSources
 
 ACCOUNT = "123456789012"
 FOREIGN_ACCOUNT = "999988887777"
@@ -85,7 +86,7 @@ def _main(transcript: Transcript) -> int:
         with start_server() as local:
             print(f"  emulator: {local.endpoint_url}  account {local.account}  region {local.region}")
             use_endpoint(local.endpoint_url, region=REGION)
-            _run(checks, transcript)
+            _run(checks, transcript, endpoint_url=local.endpoint_url)
     except Exception as error:  # the demo's verdict must name what broke, then fail
         print(f"\nDEMO ERROR: {type(error).__name__}: {error}")
         raise
@@ -100,7 +101,7 @@ def _main(transcript: Transcript) -> int:
     return 0
 
 
-def _run(checks: Checks, transcript: Transcript) -> None:
+def _run(checks: Checks, transcript: Transcript, *, endpoint_url: str) -> None:
     from demo import events, show
     from demo.aws import CallCounter, Inbox, actions_by_resource, snapshot
     from demo.context import DemoLambdaContext
@@ -228,10 +229,33 @@ def _run(checks: Checks, transcript: Transcript) -> None:
     if gate is None:
         print(f"  the usage gate is not built yet ({GATE_MODULE} is missing): skipped")
     else:
-        _run_gate(gate, inbox, names, checks)
+        names = _run_gate(gate, inbox, names, checks)  # now with the gate candidates' names
 
-    # (g) Slack ---------------------------------------------------------------------------------------------
-    show.heading("(g) Slack notifier: every report from the topic, posted to a local Slack webhook")
+    # (g) launch sources -----------------------------------------------------------------------------------
+    show.heading("(g) Where new instances come from: launch templates, a launch configuration, an own AMI")
+    from emulator.fleet import seed_launch_sources
+
+    sources = seed_launch_sources()
+    sources_before = _sources_now(sources)
+    print(
+        f"  {len(sources.templates)} launch templates, 1 launch configuration, {len(sources.groups)} Auto Scaling"
+        " groups (desired 0) and 1 AMI baked from a builder instance (terminated since)"
+    )
+    show.sources("launch sources", sources_before, sources.roles)
+
+    # (h) the CLI's audit -----------------------------------------------------------------------------------
+    show.heading("(h) imds-enforcer audit: the CLI's own code, in-process, read only")
+    _run_audit(endpoint_url, fleet.all, fleet.exempt, sources, sources_before, checks)
+
+    # (i) the gate fixes launch sources ---------------------------------------------------------------------
+    show.heading("(i) Usage gate, fix mode with FIX_LAUNCH_TEMPLATES=true and FIX_IMAGES=true: the launch sources")
+    if gate is None:
+        print(f"  the usage gate is not built yet ({GATE_MODULE} is missing): skipped")
+    else:
+        _run_source_fixes(gate, inbox, names, sources, sources_before, checks)
+
+    # (j) Slack ---------------------------------------------------------------------------------------------
+    show.heading("(j) Slack notifier: every report from the topic, posted to a local Slack webhook")
     _run_slack(inbox, checks, transcript)
 
     show.heading("Fleet at the end")
@@ -253,7 +277,8 @@ def _import_gate() -> Callable[[dict[str, Any], Any], object] | None:
 
 def _run_gate(
     gate: Callable[[dict[str, Any], Any], object], inbox: Inbox, fleet_names: Mapping[str, str], checks: Checks
-) -> None:
+) -> dict[str, str]:
+    """Returns the instance names known so far (the fleet's and the candidates'), for the later reports."""
     from demo import events, show
     from demo.aws import actions_by_resource, snapshot
     from demo.context import DemoLambdaContext
@@ -306,6 +331,133 @@ def _run_gate(
                 )
             checks.expect(now[candidates.container_host].hop_limit == 2, "(f/fix) the EKS node should end with hop 2")
             show.fleet("gate candidates after", now, candidates.roles, exempt_tag_key=EXEMPT_TAG_KEY, before=before)
+    return names
+
+
+def _sources_now(sources: LaunchSources) -> dict[str, SourceRow]:
+    from demo.aws import sources_snapshot
+
+    return sources_snapshot(
+        templates=sources.templates,
+        launch_configurations=[sources.launch_configuration],
+        images=[sources.image],
+    )
+
+
+def _run_audit(
+    endpoint_url: str,
+    instance_ids: Sequence[str],
+    exempt: str,
+    sources: LaunchSources,
+    sources_before: Mapping[str, SourceRow],
+    checks: Checks,
+) -> None:
+    """`imds-enforcer audit --region us-east-1` without the subprocess: the same `run_audit` and `render_table`."""
+    from rich.console import Console
+
+    from demo.aws import snapshot
+    from imds_enforcer_cli.audit import run_audit
+    from imds_enforcer_cli.render import render_table
+
+    _settings_env()  # the audit takes its settings from the environment (and switches every change off itself)
+    print(f"  run_audit(regions=['us-east-1'], endpoint_url={endpoint_url!r}), then render_table: as the CLI prints")
+    print()
+    instances_before = snapshot(instance_ids)
+    result = run_audit(regions=[REGION], endpoint_url=endpoint_url)
+    console = Console(file=sys.stdout, width=118, color_system=None, no_color=True, highlight=False, emoji=False)
+    render_table(result, console)
+
+    [region] = result.regions
+    found = {(finding.resource_type, finding.resource_id): finding.action.value for finding in region.report.findings}
+    kinds = {resource_type for resource_type, _ in found}
+    for kind in ("instance", "launch_template", "launch_configuration", "image", "account"):
+        checks.expect(kind in kinds, f"(h) the audit should report a {kind} finding, reported {sorted(kinds)}")
+    for key, expected in (
+        (("instance", exempt), "exempt"),
+        (("launch_template", sources.open_template), "flagged"),
+        (("launch_template", sources.eks_template), "flagged"),
+        (("launch_configuration", sources.launch_configuration), "flagged"),
+        (("image", sources.image), "flagged"),
+        (("account", ACCOUNT), "flagged"),
+    ):
+        checks.expect(found.get(key) == expected, f"(h) {key[0]} {key[1]} should be {expected}, got {found.get(key)}")
+    checks.expect(
+        ("launch_template", sources.required_template) not in found, "(h) the required template has nothing to report"
+    )
+    steps = {step.name: step.status for step in region.steps()}
+    for name in ("launch templates", "launch configurations", "AMIs (ImdsSupport)", "account default"):
+        checks.expect(
+            steps.get(name) == "action", f"(h) transition step {name!r} should be to do, is {steps.get(name)}"
+        )
+    checks.expect(
+        result.guardrail_hint.readiness.value == "not_ready", "(h) the account is not ready for guardrails yet"
+    )
+    checks.expect(snapshot(instance_ids) == instances_before, "(h) the audit must change no instance")
+    checks.expect(_sources_now(sources) == sources_before, "(h) the audit must change no launch source")
+
+
+def _run_source_fixes(
+    gate: Callable[[dict[str, Any], Any], object],
+    inbox: Inbox,
+    names: Mapping[str, str],
+    sources: LaunchSources,
+    before: Mapping[str, SourceRow],
+    checks: Checks,
+) -> None:
+    from demo import events, show
+    from demo.aws import actions_by_resource
+    from demo.context import DemoLambdaContext
+
+    _settings_env(
+        ENFORCEMENT_MODE="fix",
+        REPORT_TOPIC_ARN=inbox.topic_arn,
+        LOOKBACK_DAYS="14",
+        FIX_LAUNCH_TEMPLATES="true",
+        FIX_IMAGES="true",
+    )
+    print(
+        "  ENFORCEMENT_MODE=fix FIX_LAUNCH_TEMPLATES=true FIX_IMAGES=true (both opt-in: an AMI's ImdsSupport is final)"
+    )
+    context = DemoLambdaContext(function_name="imds-enforcer-usage-gate", account=ACCOUNT, region=REGION)
+    result = gate(events.scheduled("imds-enforcer-usage-gate", account=ACCOUNT, region=REGION), context)
+    print(f"  handler returned: {_brief(result)}")
+    received = inbox.drain()
+    source_names = {resource_id: row.name for resource_id, row in before.items() if row.name != resource_id}
+    show.reports(received, {**names, **source_names})
+    after = _sources_now(sources)
+    show.sources("launch sources before", before, sources.roles)
+    show.sources("launch sources after", after, sources.roles, before=before)
+    print()
+    show.note(
+        "The storefront template has a new default version that requires IMDSv2 (its group launches $Default, so"
+        " it follows), and the AMI now says ImdsSupport v2.0. The EKS template is EKS's to change (a version added"
+        " here would be lost or fight the node group), and a launch configuration cannot change: both stay flagged."
+    )
+
+    actions = actions_by_resource(received)
+    for resource_id, expected in (
+        (sources.open_template, "enforced"),
+        (sources.image, "enforced"),
+        (sources.eks_template, "flagged"),
+        (sources.launch_configuration, "flagged"),
+    ):
+        checks.expect(
+            actions.get(resource_id) == expected,
+            f"(i) {resource_id} should be {expected}, got {actions.get(resource_id)}",
+        )
+    checks.expect(sources.required_template not in actions, "(i) the required template has nothing to report")
+    fixed = after[sources.open_template]
+    checks.expect(
+        fixed.default_version == "2 of 2" and fixed.setting == "HttpTokens required",
+        f"(i) the template should have a new default version 2 requiring IMDSv2, is {fixed.default_version}"
+        f" / {fixed.setting}",
+    )
+    checks.expect(fixed.used_by == before[sources.open_template].used_by, "(i) its group must still launch $Default")
+    checks.expect(
+        after[sources.image].setting == "ImdsSupport v2.0", f"(i) the AMI should end v2.0: {after[sources.image]}"
+    )
+    for unchanged in (sources.eks_template, sources.required_template, sources.launch_configuration):
+        checks.expect(after[unchanged] == before[unchanged], f"(i) {unchanged} must be left unchanged")
 
 
 def _run_slack(inbox: Inbox, checks: Checks, transcript: Transcript) -> None:
@@ -335,9 +487,9 @@ def _run_slack(inbox: Inbox, checks: Checks, transcript: Transcript) -> None:
                 try:
                     result = slack_notify.handler(sns_event(message), context)
                 except Exception as error:  # a failed post must show as a failed check, not end the demo
-                    checks.expect(False, f"(g) report {number} not posted: {type(error).__name__}: {error}")
+                    checks.expect(False, f"(j) report {number} not posted: {type(error).__name__}: {error}")
                     continue
-                checks.expect(result == {"posted": 1, "skipped": 0}, f"(g) report {number}: handler returned {result}")
+                checks.expect(result == {"posted": 1, "skipped": 0}, f"(j) report {number}: handler returned {result}")
             posts = webhook.received()
             secret_path = webhook.path
         finally:
@@ -357,24 +509,26 @@ def _run_slack(inbox: Inbox, checks: Checks, transcript: Transcript) -> None:
     print(f"\n  posts Slack received: {len(posts)}")
     print(show.table(["#", "trigger", "mode", "blocks", "header"], rows))
 
-    shown = [
-        next((number for number, row in enumerate(rows, start=1) if row[1:3] == [trigger, "fix"]), None)
+    launch_fix, gate_fix = (
+        [number for number, row in enumerate(rows, start=1) if row[1:3] == [trigger, "fix"]]
         for trigger in ("launch", "gate")
-    ]
+    )
+    # The first launch and gate reports in fix mode, and the last gate one (the launch sources), when different.
+    shown = dict.fromkeys([*launch_fix[:1], *gate_fix[:1], *gate_fix[-1:]])
     for chosen in shown:
         if chosen is not None and chosen <= len(posts):
             print(f"\n  what Slack shows for post #{chosen}:")
             print(render_post(posts[chosen - 1]))
 
     checks.expect(
-        len(posts) == len(delivered), f"(g) Slack should get one post per report ({len(delivered)}), got {len(posts)}"
+        len(posts) == len(delivered), f"(j) Slack should get one post per report ({len(delivered)}), got {len(posts)}"
     )
     for number, (message, post) in enumerate(zip(delivered, posts, strict=False), start=1):
-        checks.expect(len(post["blocks"]) <= MAX_BLOCKS, f"(g) post {number} has {len(post['blocks'])} blocks")
-        checks.expect(post.get("text") == message.subject, f"(g) post {number}'s text should be the SNS subject")
+        checks.expect(len(post["blocks"]) <= MAX_BLOCKS, f"(j) post {number} has {len(post['blocks'])} blocks")
+        checks.expect(post.get("text") == message.subject, f"(j) post {number}'s text should be the SNS subject")
     printed = transcript.text()
     token = secret_path.rsplit("/", 1)[-1]  # the part of the URL that makes it a credential
-    checks.expect(token not in printed, "(g) the webhook URL (or its token) must never be printed")
+    checks.expect(token not in printed, "(j) the webhook URL (or its token) must never be printed")
 
 
 def _brief(result: object) -> str:

@@ -45,6 +45,75 @@ def snapshot(instance_ids: Sequence[str]) -> dict[str, InstanceRow]:
 
 
 @dataclass(frozen=True)
+class SourceRow:
+    """A launch source as the API shows it now: a launch template (its default version), a launch configuration or
+    an AMI. `setting` is what decides IMDSv1 for it (HttpTokens, or the AMI's ImdsSupport)."""
+
+    kind: str
+    resource_id: str
+    name: str
+    default_version: str
+    setting: str
+    used_by: str
+
+
+def sources_snapshot(
+    *, templates: Sequence[str], launch_configurations: Sequence[str], images: Sequence[str]
+) -> dict[str, SourceRow]:
+    """The launch sources now, keyed by template id, launch configuration name or AMI id (in that order)."""
+    ec2 = boto3.client("ec2")
+    autoscaling = boto3.client("autoscaling")
+    users: dict[str, list[str]] = {}
+    for group in autoscaling.describe_auto_scaling_groups()["AutoScalingGroups"]:
+        spec = group.get("LaunchTemplate") or {}
+        source = spec.get("LaunchTemplateId") or group.get("LaunchConfigurationName")
+        if source:
+            version = f" ({spec['Version']})" if spec.get("Version") else ""
+            users.setdefault(source, []).append(group["AutoScalingGroupName"] + version)
+
+    rows: dict[str, SourceRow] = {}
+    listed = ec2.describe_launch_templates(LaunchTemplateIds=list(templates))["LaunchTemplates"]
+    by_id = {item["LaunchTemplateId"]: item for item in listed}
+    for template_id in templates:
+        item = by_id[template_id]
+        [default] = ec2.describe_launch_template_versions(LaunchTemplateId=template_id, Versions=["$Default"])[
+            "LaunchTemplateVersions"
+        ]
+        tokens = default["LaunchTemplateData"].get("MetadataOptions", {}).get("HttpTokens", "not set")
+        rows[template_id] = SourceRow(
+            kind="launch template",
+            resource_id=template_id,
+            name=item.get("LaunchTemplateName", ""),
+            default_version=f"{item.get('DefaultVersionNumber')} of {item.get('LatestVersionNumber')}",
+            setting=f"HttpTokens {tokens}",
+            used_by=", ".join(users.get(template_id, [])) or "-",
+        )
+    if launch_configurations:
+        configs = autoscaling.describe_launch_configurations(LaunchConfigurationNames=list(launch_configurations))
+        for config in configs["LaunchConfigurations"]:
+            name = config["LaunchConfigurationName"]
+            rows[name] = SourceRow(
+                kind="launch configuration",
+                resource_id=name,
+                name=name,
+                default_version="-",
+                setting=f"HttpTokens {config.get('MetadataOptions', {}).get('HttpTokens', 'not set')}",
+                used_by=", ".join(users.get(name, [])) or "-",
+            )
+    if images:
+        for image in ec2.describe_images(ImageIds=list(images))["Images"]:
+            rows[image["ImageId"]] = SourceRow(
+                kind="AMI",
+                resource_id=image["ImageId"],
+                name=image.get("Name", ""),
+                default_version="-",
+                setting=f"ImdsSupport {image.get('ImdsSupport', 'not set')}",
+                used_by="-",
+            )
+    return rows
+
+
+@dataclass(frozen=True)
 class Received:
     subject: str
     attributes: dict[str, str]

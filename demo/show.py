@@ -5,7 +5,7 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Mapping, Sequence
 
-from demo.aws import SERVICE_TAG_PREFIX, InstanceRow, Received
+from demo.aws import SERVICE_TAG_PREFIX, InstanceRow, Received, SourceRow
 
 WIDTH = 118
 
@@ -79,6 +79,33 @@ def fleet(
             ]
         )
     print(table(["  instance", "name", "role", "state", "tokens", "hop", "endpoint", "service tags"], body))
+
+
+def sources(
+    title: str,
+    rows: Mapping[str, SourceRow],
+    roles: Mapping[str, str],
+    *,
+    before: Mapping[str, SourceRow] | None = None,
+) -> None:
+    """Launch templates (default version "n of latest"), launch configurations and AMIs, one row each."""
+    print(f"\n  {title}" + ("  (* = changed)" if before is not None else ""))
+    body = []
+    for resource_id, role in roles.items():
+        row = rows[resource_id]
+        changed = before is not None and before[resource_id] != row
+        body.append(
+            [
+                ("* " if changed else "  ") + row.kind,
+                row.resource_id if row.resource_id != row.name else "",
+                row.name,
+                role,
+                row.default_version,
+                row.setting,
+                row.used_by,
+            ]
+        )
+    print(table(["  source", "id", "name", "role", "default", "IMDS setting", "used by (version)"], body))
 
 
 def reports(received: Sequence[Received], names: Mapping[str, str] | None = None) -> None:

@@ -251,3 +251,97 @@ def backdate_launch(instance_ids: Sequence[str], days: float, *, account: str = 
     for instance_id in instance_ids:
         instance = backend.get_instance(instance_id)
         instance.launch_time = instance.launch_time - timedelta(days=days)
+
+
+@dataclass(frozen=True)
+class LaunchSources:
+    """Where new instances come from, each with a known verdict for the launch-source checks."""
+
+    open_template: str  # default version accepts IMDSv1, used by a group at $Default: fixable (new default version)
+    required_template: str  # already requires IMDSv2: no finding
+    eks_template: str  # accepts IMDSv1 but EKS-managed (tag eks:nodegroup-name): flagged, never changed
+    launch_configuration: str  # name; HttpTokens optional, used by a group: flagged (cannot be changed)
+    image: str  # own AMI without ImdsSupport: fixable (ImdsSupport v2.0)
+    groups: Mapping[str, str] = field(default_factory=dict)  # Auto Scaling group -> the source it launches from
+    roles: Mapping[str, str] = field(default_factory=dict)  # source id (or launch configuration name) -> role
+
+    @property
+    def templates(self) -> tuple[str, ...]:
+        return (self.open_template, self.required_template, self.eks_template)
+
+
+def _tag_list(tags: Mapping[str, str]) -> list[dict[str, str]]:
+    return [{"Key": key, "Value": value} for key, value in tags.items()]
+
+
+def _create_template(name: str, tokens: HttpTokensStateType, *, tags: Mapping[str, str] | None = None) -> str:
+    kwargs: dict[str, Any] = {
+        "LaunchTemplateName": name,
+        "LaunchTemplateData": {
+            "ImageId": IMAGE_ID,
+            "InstanceType": "t3.micro",
+            "MetadataOptions": {"HttpTokens": tokens, "HttpPutResponseHopLimit": 1, "HttpEndpoint": "enabled"},
+        },
+    }
+    if tags:
+        kwargs["TagSpecifications"] = [{"ResourceType": "launch-template", "Tags": _tag_list(tags)}]
+    template_id: str = boto3.client("ec2").create_launch_template(**kwargs)["LaunchTemplate"]["LaunchTemplateId"]
+    return template_id
+
+
+def _create_group(name: str, **source: Any) -> None:
+    """An empty group (desired 0: it launches nothing), only so the checks can name who uses a source."""
+    subnet = boto3.client("ec2").describe_subnets()["Subnets"][0]["SubnetId"]
+    boto3.client("autoscaling").create_auto_scaling_group(
+        AutoScalingGroupName=name, MinSize=0, MaxSize=4, DesiredCapacity=0, VPCZoneIdentifier=subnet, **source
+    )
+
+
+def seed_launch_sources(*, prefix: str = "") -> LaunchSources:
+    """Launch templates, a launch configuration, Auto Scaling groups and an own AMI, with real boto3 calls."""
+    ec2 = boto3.client("ec2")
+    roles: dict[str, str] = {}
+    groups: dict[str, str] = {}
+
+    open_template = _create_template(prefix + "storefront-web", "optional", tags={"team": "storefront"})
+    roles[open_template] = "open, used by a group"
+    _create_group(
+        prefix + "storefront-web-asg",
+        LaunchTemplate={"LaunchTemplateId": open_template, "Version": "$Default"},
+    )
+    groups[prefix + "storefront-web-asg"] = open_template
+
+    required_template = _create_template(prefix + "platform-api", "required", tags={"team": "platform"})
+    roles[required_template] = "already required"
+
+    eks_template = _create_template(
+        prefix + "eks-prod-workers", "optional", tags={"eks:nodegroup-name": "prod-workers"}
+    )
+    roles[eks_template] = "EKS-managed, open"
+
+    launch_configuration = prefix + "legacy-batch-lc"
+    boto3.client("autoscaling").create_launch_configuration(
+        LaunchConfigurationName=launch_configuration,
+        ImageId=IMAGE_ID,
+        InstanceType="t3.micro",
+        MetadataOptions={"HttpTokens": "optional", "HttpPutResponseHopLimit": 1, "HttpEndpoint": "enabled"},
+    )
+    roles[launch_configuration] = "open, used by a group"
+    _create_group(prefix + "legacy-batch-asg", LaunchConfigurationName=launch_configuration)
+    groups[prefix + "legacy-batch-asg"] = launch_configuration
+
+    # An own AMI baked from a builder instance, which is then terminated (as an image pipeline would).
+    builder = _launch(prefix + "ami-builder", tokens="required", tags={"team": "platform"})
+    image: str = ec2.create_image(InstanceId=builder, Name=prefix + "golden-al2023-2026.11")["ImageId"]
+    ec2.terminate_instances(InstanceIds=[builder])
+    roles[image] = "own, baked from an instance"
+
+    return LaunchSources(
+        open_template=open_template,
+        required_template=required_template,
+        eks_template=eks_template,
+        launch_configuration=launch_configuration,
+        image=image,
+        groups=groups,
+        roles=roles,
+    )

@@ -432,7 +432,7 @@ def transition_steps(region: RegionAudit) -> list[Step]:
                 Step(
                     title,
                     "action" if found else "ok",
-                    f"{_plural(len(found), kind.replace('_', ' '))} still allow IMDSv1"
+                    f"{_plural(len(found), kind.replace('_', ' '))} still allow{'s' if len(found) == 1 else ''} IMDSv1"
                     if found
                     else "none allow IMDSv1",
                 )

@@ -49,7 +49,10 @@ def test_demo_runs_every_step_and_exits_zero():
         "(d) Regression",
         "(e) A RunInstances event from another account",
         "(f) Usage gate",
-        "(g) Slack notifier",
+        "(g) Where new instances come from",
+        "(h) imds-enforcer audit",
+        "(i) Usage gate, fix mode with FIX_LAUNCH_TEMPLATES=true and FIX_IMAGES=true",
+        "(j) Slack notifier",
         "status=ignored",
         "reason: event from account 999988887777; this deployment serves 123456789012",
         "regression to optional undone",
@@ -61,13 +64,50 @@ def test_demo_runs_every_step_and_exits_zero():
     assert "the usage gate is not built yet" in output or (
         "trigger=gate mode=flag" in output and "trigger=gate mode=fix" in output
     )
+    # The CLI's audit, rendered by its own table code: every kind of resource, the transition path, the summary
+    audit = output[output.index("(h) imds-enforcer audit") : output.index("(i) Usage gate, fix mode")]
+    assert "\x1b[" not in audit, "the audit table must be printed without colour"
+    for line in (
+        "us-east-1 (account 123456789012)",
+        "transition path",
+        "audit (read only) of account 123456789012 in us-east-1; look-back 14 days",
+        "guardrails: not ready for guardrails",
+    ):
+        assert line in audit, f"missing from the audit: {line!r}"
+    for step in (
+        r"instances: require IMDSv2\W+to do\W+\d+ required, \d+ optional",
+        r"launch templates\W+to do\W+2 launch templates still allow IMDSv1",
+        r"launch configurations\W+to do\W+1 launch configuration still allows IMDSv1",
+        r"AMIs \(ImdsSupport\)\W+to do\W+1 image still allows IMDSv1",
+        r"account default\W+to do\W+HttpTokens no-preference",
+    ):
+        assert re.search(step, audit), f"missing from the audit's transition path: {step!r}"
+    for row in (
+        r"i-\w+\W+instance\W+blocked\W+35\W",
+        r"i-\w+\W+instance\W+exempt\W",
+        r"lt-\w+\W+launch_template\W+flagged\W",
+        r"legacy-batch-lc\W+launch_configuration\W+flagged\W",
+        r"ami-\w+\W+image\W+flagged\W",
+        r"123456789012\W+account\W+flagged\W",
+    ):
+        assert re.search(row, audit), f"missing from the audit's findings: {row!r}"
+    # The gate with both opt-ins: a new default version for the template and ImdsSupport v2.0 for the AMI; the
+    # EKS-managed template and the launch configuration stay as they were
+    sources = output[output.index("(i) Usage gate, fix mode") : output.index("(j) Slack notifier")]
+    after = sources[sources.index("launch sources after") :]
+    assert re.search(r"\* launch template\s+lt-\w+\s+storefront-web\s.*\s2 of 2\s+HttpTokens required", after)
+    assert re.search(r"\* AMI\s+ami-\w+\s.*\sImdsSupport v2\.0", after)
+    assert re.search(r"\n    launch template\s+lt-\w+\s+eks-prod-workers\s.*\s1 of 1\s+HttpTokens optional", after)
+    assert re.search(r"\n    launch configuration\s+legacy-batch-lc\s.*\sHttpTokens optional", after)
+    assert "eks:nodegroup-name" in sources
     # Every report went through the real Slack notifier to the local webhook, and the demo shows what Slack shows
-    slack = output[output.index("(g) Slack notifier") : output.index("Fleet at the end")]
+    slack = output[output.index("(j) Slack notifier") : output.index("Fleet at the end")]
     assert re.search(r"posts Slack received: \d+", slack)
     assert "what Slack shows for post #" in slack
     assert "IMDSv2 launch report · 123456789012 · us-east-1 · fix mode" in slack
     if "trigger=gate mode=fix" in output:
         assert "IMDSv2 gate report · 123456789012 · us-east-1 · fix mode" in slack
+        assert re.search(r"enforced · lt-\w+ \(https://\S+#LaunchTemplateDetails:launchTemplateId=lt-\w+\)", slack)
     # mrkdwn links read as `label (url)`
     assert re.search(
         r"enforced · i-\w+ \(https://us-east-1\.console\.aws\.amazon\.com/ec2/home\?region=us-east-1#", slack

@@ -142,6 +142,7 @@ def _seed(size: int, ready: int, commands: Connection) -> list[str]:
 def run_size(size: int, ready: int, commands: Connection) -> Result:
     import boto3
 
+    from emulator.observe import CallCounter
     from imds_enforcer import clients
     from imds_enforcer.handlers.usage_gate import handler
     from tests.support.context import FakeLambdaContext
@@ -153,16 +154,7 @@ def run_size(size: int, ready: int, commands: Connection) -> Result:
     seed_seconds = time.perf_counter() - started
 
     clients.reset_clients()
-    calls: Counter[str] = Counter()
-    queries: list[int] = []
-
-    def count(model: Any, params: dict[str, Any], **_: Any) -> None:
-        calls[model.name] += 1
-        if model.name == "GetMetricData":
-            queries.append(len(params.get("MetricDataQueries", [])))
-
-    for client in (clients.ec2(), clients.cloudwatch(), clients.sns()):
-        client.meta.events.register("provide-client-params.*.*", count)
+    counter = CallCounter().attach(clients.ec2(), clients.cloudwatch(), clients.sns(), clients.autoscaling())
 
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     tracemalloc.start()
@@ -179,8 +171,8 @@ def run_size(size: int, ready: int, commands: Connection) -> Result:
         ready=ready,
         seed_seconds=seed_seconds,
         run_seconds=run_seconds,
-        calls=calls,
-        metric_queries=queries,
+        calls=counter.counts,
+        metric_queries=counter.metric_queries,
         tracemalloc_peak_mb=peak / 2**20,
         rss_delta_mb=(rss_after - rss_before) / 1024,  # Linux: KiB
         totals=totals,

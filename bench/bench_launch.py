@@ -84,9 +84,9 @@ def count_launch_calls(size: int = LAUNCH_SIZE) -> tuple[Counter[str], float, in
     os.environ["POWERTOOLS_METRICS_DISABLED"] = "true"
     import boto3
 
-    from demo.aws import CallCounter, Inbox
     from demo.context import DemoLambdaContext
-    from demo.events import run_instances
+    from emulator.events import run_instances_event
+    from emulator.observe import CallCounter, Inbox
     from emulator.server import ACCOUNT, REGION, start_server, use_endpoint
     from imds_enforcer import clients
     from imds_enforcer.handlers import launch_watch
@@ -106,12 +106,10 @@ def count_launch_calls(size: int = LAUNCH_SIZE) -> tuple[Counter[str], float, in
         os.environ["ENFORCEMENT_MODE"] = "fix"
         os.environ["REPORT_TOPIC_ARN"] = inbox.topic_arn
 
-        counter = CallCounter()
-        for client in (clients.ec2(), clients.sns(), clients.cloudwatch()):
-            client.meta.events.register("before-call", counter)
+        counter = CallCounter().attach(clients.ec2(), clients.sns(), clients.cloudwatch())
         context = DemoLambdaContext(function_name="bench-launch-watch", account=ACCOUNT, region=REGION)
         started = time.perf_counter()
-        launch_watch.handler(run_instances(instance_ids, account=ACCOUNT, region=REGION), context)
+        launch_watch.handler(run_instances_event(instance_ids, account=ACCOUNT, region=REGION), context)
         elapsed = time.perf_counter() - started
         calls = counter.take()
 

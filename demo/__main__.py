@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any, TextIO, cast
 import demo  # noqa: F401 - puts functions/ on sys.path before anything imports imds_enforcer
 
 if TYPE_CHECKING:
-    from demo.aws import Inbox, SourceRow
+    from demo.aws import SourceRow
     from demo.slack_view import Transcript
     from emulator.fleet import LaunchSources
+    from emulator.observe import Inbox
 
 ACCOUNT = "123456789012"
 FOREIGN_ACCOUNT = "999988887777"
@@ -102,10 +103,12 @@ def _main(transcript: Transcript) -> int:
 
 
 def _run(checks: Checks, transcript: Transcript, *, endpoint_url: str) -> None:
-    from demo import events, show
-    from demo.aws import CallCounter, Inbox, actions_by_resource, snapshot
+    from demo import show
+    from demo.aws import actions_by_resource, snapshot
     from demo.context import DemoLambdaContext
+    from emulator import events
     from emulator.fleet import seed_fleet
+    from emulator.observe import CallCounter, Inbox
     from imds_enforcer import clients
     from imds_enforcer.handlers import launch_watch
 
@@ -120,9 +123,7 @@ def _run(checks: Checks, transcript: Transcript, *, endpoint_url: str) -> None:
     names = {instance_id: row.name for instance_id, row in before.items()}
 
     # Count what the product sends, on its own (cached) clients: that is what idempotence means in AWS terms.
-    counter = CallCounter()
-    for client in (clients.ec2(), clients.sns()):
-        client.meta.events.register("before-call", counter)
+    counter = CallCounter().attach(clients.ec2(), clients.sns())
 
     context = DemoLambdaContext(function_name="imds-enforcer-launch-watch", account=ACCOUNT, region=REGION)
 
@@ -140,7 +141,7 @@ def _run(checks: Checks, transcript: Transcript, *, endpoint_url: str) -> None:
         print("  AWS calls: " + (", ".join(f"{name} x{count}" for name, count in sorted(calls.items())) or "none"))
         return result, calls
 
-    launch_event = events.run_instances(fleet.all, account=ACCOUNT, region=REGION)
+    launch_event = events.run_instances_event(fleet.all, account=ACCOUNT, region=REGION)
     not_exempt = [instance_id for instance_id in fleet.optional if instance_id != fleet.exempt]
 
     # (a) flag mode -------------------------------------------------------------------------------------------
@@ -208,7 +209,7 @@ def _run(checks: Checks, transcript: Transcript, *, endpoint_url: str) -> None:
 
     boto3.client("ec2").modify_instance_metadata_options(InstanceId=victim, HttpTokens="optional")
     print(f"  ModifyInstanceMetadataOptions {victim} HttpTokens=optional -> now {snapshot([victim])[victim].tokens}")
-    invoke(events.modify_options(victim, "optional", caller_role="PlatformAdmin", account=ACCOUNT, region=REGION))
+    invoke(events.modify_options_event(victim, "optional", caller_role="PlatformAdmin", account=ACCOUNT, region=REGION))
     received = inbox.drain()
     show.reports(received, names)
     checks.expect(actions_by_resource(received).get(victim) == "enforced", f"(d) {victim} should be enforced again")
@@ -216,7 +217,7 @@ def _run(checks: Checks, transcript: Transcript, *, endpoint_url: str) -> None:
 
     # (e) a foreign event -----------------------------------------------------------------------------------
     show.heading(f"(e) A RunInstances event from another account ({FOREIGN_ACCOUNT})")
-    result, _ = invoke(events.run_instances(fleet.web, account=FOREIGN_ACCOUNT, region=REGION))
+    result, _ = invoke(events.run_instances_event(fleet.web, account=FOREIGN_ACCOUNT, region=REGION))
     received = inbox.drain()
     show.reports(received, names)
     checks.expect(result["status"] == "ignored", "(e) a foreign event must be ignored")
@@ -279,9 +280,10 @@ def _run_gate(
     gate: Callable[[dict[str, Any], Any], object], inbox: Inbox, fleet_names: Mapping[str, str], checks: Checks
 ) -> dict[str, str]:
     """Returns the instance names known so far (the fleet's and the candidates'), for the later reports."""
-    from demo import events, show
+    from demo import show
     from demo.aws import actions_by_resource, snapshot
     from demo.context import DemoLambdaContext
+    from emulator import events
     from emulator.fleet import seed_gate_candidates
 
     candidates = seed_gate_candidates()
@@ -298,7 +300,7 @@ def _run_gate(
         print(f"\n  --- gate in {mode} mode ---")
         _settings_env(ENFORCEMENT_MODE=mode, REPORT_TOPIC_ARN=inbox.topic_arn, LOOKBACK_DAYS="14")
         context = DemoLambdaContext(function_name="imds-enforcer-usage-gate", account=ACCOUNT, region=REGION)
-        result = gate(events.scheduled("imds-enforcer-usage-gate", account=ACCOUNT, region=REGION), context)
+        result = gate(events.scheduled_event("imds-enforcer-usage-gate", account=ACCOUNT, region=REGION), context)
         print(f"  handler returned: {_brief(result)}")
         received = inbox.drain()
         show.reports(received, names)
@@ -404,9 +406,10 @@ def _run_source_fixes(
     before: Mapping[str, SourceRow],
     checks: Checks,
 ) -> None:
-    from demo import events, show
+    from demo import show
     from demo.aws import actions_by_resource
     from demo.context import DemoLambdaContext
+    from emulator import events
 
     _settings_env(
         ENFORCEMENT_MODE="fix",
@@ -419,7 +422,7 @@ def _run_source_fixes(
         "  ENFORCEMENT_MODE=fix FIX_LAUNCH_TEMPLATES=true FIX_IMAGES=true (both opt-in: an AMI's ImdsSupport is final)"
     )
     context = DemoLambdaContext(function_name="imds-enforcer-usage-gate", account=ACCOUNT, region=REGION)
-    result = gate(events.scheduled("imds-enforcer-usage-gate", account=ACCOUNT, region=REGION), context)
+    result = gate(events.scheduled_event("imds-enforcer-usage-gate", account=ACCOUNT, region=REGION), context)
     print(f"  handler returned: {_brief(result)}")
     received = inbox.drain()
     source_names = {resource_id: row.name for resource_id, row in before.items() if row.name != resource_id}

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import boto3
+
+from emulator.observe import Received
 
 SERVICE_TAG_PREFIX = "imdsv2-enforcer:"
 
@@ -111,76 +110,6 @@ def sources_snapshot(
                 used_by="-",
             )
     return rows
-
-
-@dataclass(frozen=True)
-class Received:
-    subject: str
-    attributes: dict[str, str]
-    report: dict[str, Any]
-    # The SNS envelope as the queue received it (Message, Subject, MessageAttributes, MessageId, TopicArn, ...).
-    envelope: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
-
-    @property
-    def findings(self) -> list[dict[str, Any]]:
-        findings: list[dict[str, Any]] = self.report.get("findings", [])
-        return findings
-
-
-@dataclass(frozen=True)
-class Inbox:
-    """The report topic with an SQS queue subscribed: what a security team's subscription would receive."""
-
-    topic_arn: str
-    queue_url: str
-    # Every message drained so far, in order: what a subscriber (the Slack notifier) would have been sent.
-    history: list[Received] = field(default_factory=list, repr=False, compare=False)
-
-    @classmethod
-    def create(cls, name: str = "imds-enforcer-reports") -> Inbox:
-        sns = boto3.client("sns")
-        sqs = boto3.client("sqs")
-        topic_arn = sns.create_topic(Name=name)["TopicArn"]
-        queue_url = sqs.create_queue(QueueName=f"{name}-inbox")["QueueUrl"]
-        attributes = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]
-        sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=attributes["QueueArn"])
-        return cls(topic_arn=topic_arn, queue_url=queue_url)
-
-    def drain(self) -> list[Received]:
-        sqs = boto3.client("sqs")
-        received: list[Received] = []
-        while True:
-            batch = sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10).get("Messages", [])
-            if not batch:
-                return received
-            for message in batch:
-                envelope = json.loads(message["Body"])
-                received.append(
-                    Received(
-                        subject=envelope.get("Subject", ""),
-                        attributes={
-                            key: value["Value"] for key, value in envelope.get("MessageAttributes", {}).items()
-                        },
-                        report=json.loads(envelope["Message"]),
-                        envelope=envelope,
-                    )
-                )
-                self.history.append(received[-1])
-                sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
-
-
-@dataclass
-class CallCounter:
-    """Counts the AWS operations the product's clients send (botocore `before-call`, so retries count once)."""
-
-    calls: Counter[str] = field(default_factory=Counter)
-
-    def __call__(self, model: Any, **_: Any) -> None:
-        self.calls[model.name] += 1
-
-    def take(self) -> Counter[str]:
-        taken, self.calls = self.calls, Counter()
-        return taken
 
 
 def actions_by_resource(received: Sequence[Received]) -> dict[str, str]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Mapping, Sequence
 
-from demo.aws import SERVICE_TAG_PREFIX, InstanceRow, Received, SourceRow
+from demo.aws import SERVICE_TAG_PREFIX, InstanceRow, SourceRow
+from emulator.observe import Received
 
 WIDTH = 118
 

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from demo.aws import Received
+from emulator.observe import Received
 
 MAX_LINES_PER_POST = 25
 

@@ -14,7 +14,7 @@ from constructs import Construct
 
 from infra.constructs.enforcer_function import EnforcerFunction
 from infra.constructs.nag import acknowledge, nag_resource
-from infra.constructs.permissions import launch_watch_statements
+from infra.constructs.permissions import ResourceArns, launch_watch_statements
 
 HANDLER = "imds_enforcer.handlers.launch_watch.handler"
 
@@ -69,11 +69,7 @@ class LaunchWatch(Construct):
         fix_images: bool,
     ) -> None:
         super().__init__(scope, construct_id)
-        stack = cdk.Stack.of(self)
-        instance_arn = stack.format_arn(service="ec2", resource="instance", resource_name="*")
-        launch_template_arn = stack.format_arn(service="ec2", resource="launch-template", resource_name="*")
-        # AMI ARNs carry no account: arn:<partition>:ec2:<region>::image/<id>.
-        image_arn = stack.format_arn(service="ec2", resource="image", resource_name="*", account="")
+        arns = ResourceArns.of(self)
         self.enforcer = EnforcerFunction(
             self,
             "Enforcer",
@@ -83,9 +79,9 @@ class LaunchWatch(Construct):
             layers=layers,
             environment=environment,
             statements=launch_watch_statements(
-                instance_arn=instance_arn,
-                launch_template_arn=launch_template_arn,
-                image_arn=image_arn,
+                instance_arn=arns.instance,
+                launch_template_arn=arns.launch_template,
+                image_arn=arns.image,
                 fix_launch_templates=fix_launch_templates,
                 fix_images=fix_images,
             ),
@@ -107,7 +103,7 @@ class LaunchWatch(Construct):
         )
         acknowledge(
             policy,
-            f"AwsSolutions-IAM5[Resource::{nag_resource(self, instance_arn)}]",
+            f"AwsSolutions-IAM5[Resource::{nag_resource(self, arns.instance)}]",
             "The watched instance can be any instance of this account and region, so ModifyInstanceMetadataOptions "
             "and CreateTags are scoped to instance/* here (not to other resource types); CreateTags is further "
             "limited by aws:TagKeys to the service's own two tags.",
@@ -115,14 +111,14 @@ class LaunchWatch(Construct):
         if fix_launch_templates:
             acknowledge(
                 policy,
-                f"AwsSolutions-IAM5[Resource::{nag_resource(self, launch_template_arn)}]",
+                f"AwsSolutions-IAM5[Resource::{nag_resource(self, arns.launch_template)}]",
                 "Opt-in (fix_launch_templates): the template just created can be any of this account and region, so "
                 "CreateLaunchTemplateVersion and ModifyLaunchTemplate are scoped to launch-template/* here only.",
             )
         if fix_images:
             acknowledge(
                 policy,
-                f"AwsSolutions-IAM5[Resource::{nag_resource(self, image_arn)}]",
+                f"AwsSolutions-IAM5[Resource::{nag_resource(self, arns.image)}]",
                 "Opt-in (fix_images): the AMI just registered can be any of this region's, so ModifyImageAttribute "
                 "is scoped to image/* of this region (AMI ARNs carry no account; only the owner may modify one).",
             )

@@ -9,11 +9,34 @@ Publishing to the report topic is granted separately (``ReportTopic.grant_publis
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
+import aws_cdk as cdk
 from aws_cdk import aws_iam as iam
+from constructs import Construct
 
 import infra  # noqa: F401  (puts functions/ on sys.path for the import below)
 from imds_enforcer.settings import ENFORCED_AT_TAG, ENFORCED_BY_TAG
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceArns:
+    """The ARN patterns this stack's writes are scoped to: this account's and region's instances, launch templates
+    and AMIs (AMI ARNs carry no account: arn:<partition>:ec2:<region>::image/<id>)."""
+
+    instance: str
+    launch_template: str
+    image: str
+
+    @classmethod
+    def of(cls, scope: Construct) -> ResourceArns:
+        stack = cdk.Stack.of(scope)
+        return cls(
+            instance=stack.format_arn(service="ec2", resource="instance", resource_name="*"),
+            launch_template=stack.format_arn(service="ec2", resource="launch-template", resource_name="*"),
+            image=stack.format_arn(service="ec2", resource="image", resource_name="*", account=""),
+        )
+
 
 SERVICE_TAG_KEYS: tuple[str, str] = (ENFORCED_AT_TAG, ENFORCED_BY_TAG)
 

@@ -14,7 +14,7 @@ from constructs import Construct
 
 from infra.constructs.enforcer_function import EnforcerFunction
 from infra.constructs.nag import acknowledge, nag_resource
-from infra.constructs.permissions import usage_gate_statements
+from infra.constructs.permissions import ResourceArns, usage_gate_statements
 
 HANDLER = "imds_enforcer.handlers.usage_gate.handler"
 
@@ -43,11 +43,7 @@ class UsageGate(Construct):
         fix_images: bool,
     ) -> None:
         super().__init__(scope, construct_id)
-        stack = cdk.Stack.of(self)
-        instance_arn = stack.format_arn(service="ec2", resource="instance", resource_name="*")
-        launch_template_arn = stack.format_arn(service="ec2", resource="launch-template", resource_name="*")
-        # AMI ARNs carry no account: arn:<partition>:ec2:<region>::image/<id>.
-        image_arn = stack.format_arn(service="ec2", resource="image", resource_name="*", account="")
+        arns = ResourceArns.of(self)
         self.enforcer = EnforcerFunction(
             self,
             "Enforcer",
@@ -57,11 +53,11 @@ class UsageGate(Construct):
             layers=layers,
             environment=environment,
             statements=usage_gate_statements(
-                instance_arn=instance_arn,
+                instance_arn=arns.instance,
                 exempt_tag_key=exempt_tag_key,
                 set_account_default=set_account_default,
-                launch_template_arn=launch_template_arn,
-                image_arn=image_arn,
+                launch_template_arn=arns.launch_template,
+                image_arn=arns.image,
                 fix_launch_templates=fix_launch_templates,
                 fix_images=fix_images,
             ),
@@ -82,7 +78,7 @@ class UsageGate(Construct):
         )
         acknowledge(
             policy,
-            f"AwsSolutions-IAM5[Resource::{nag_resource(self, instance_arn)}]",
+            f"AwsSolutions-IAM5[Resource::{nag_resource(self, arns.instance)}]",
             "The gate sweeps every instance of this account and region, so ModifyInstanceMetadataOptions and "
             "CreateTags are scoped to instance/* (not to other resource types); CreateTags is further limited by "
             "aws:TagKeys to the service's two tags and the exemption tag.",
@@ -90,14 +86,14 @@ class UsageGate(Construct):
         if fix_launch_templates:
             acknowledge(
                 policy,
-                f"AwsSolutions-IAM5[Resource::{nag_resource(self, launch_template_arn)}]",
+                f"AwsSolutions-IAM5[Resource::{nag_resource(self, arns.launch_template)}]",
                 "Opt-in (fix_launch_templates): the gate sweeps every launch template of this account and region, so "
                 "CreateLaunchTemplateVersion and ModifyLaunchTemplate are scoped to launch-template/* here only.",
             )
         if fix_images:
             acknowledge(
                 policy,
-                f"AwsSolutions-IAM5[Resource::{nag_resource(self, image_arn)}]",
+                f"AwsSolutions-IAM5[Resource::{nag_resource(self, arns.image)}]",
                 "Opt-in (fix_images): the gate sweeps every AMI in use in this region, so ModifyImageAttribute is "
                 "scoped to image/* of this region (AMI ARNs carry no account; only the owner may modify one).",
             )

@@ -29,7 +29,7 @@ from tests.support.aws import (
     tags_of,
 )
 from tests.support.context import FakeLambdaContext
-from tests.support.faults import CallCounter, Fault, ec2_error, inject
+from tests.support.faults import Fault, count_calls, ec2_error, inject
 
 pytestmark = pytest.mark.usefixtures("aws")
 
@@ -258,7 +258,7 @@ def test_pending_instance_is_left_to_its_running_event(inbox: ReportInbox, lambd
     # Given an instance EC2 still reports as pending (it refuses modifies until running)
     [instance_id] = launch()
     set_state(instance_id, "pending")
-    counter = CallCounter().attach(clients.ec2(), clients.sns())
+    counter = count_calls(clients.ec2(), clients.sns())
 
     # When its RunInstances event arrives, then (once running) its state-change event
     first = handler(run_instances_event([instance_id]), lambda_context)
@@ -397,7 +397,7 @@ def test_fifty_instances_take_one_describe_one_tag_call_and_one_publish(
     inbox: ReportInbox, lambda_context: FakeLambdaContext
 ) -> None:
     ids = launch(count=50)
-    counter = CallCounter().attach(clients.ec2(), clients.sns())
+    counter = count_calls(clients.ec2(), clients.sns())
 
     handler(run_instances_event(ids), lambda_context)
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from botocore.awsrequest import AWSResponse
+
+from emulator.observe import CallCounter
 
 
 class _Body:
@@ -65,25 +66,6 @@ def inject(client: Any, operation: str, fault: Fault) -> Fault:
         service = "cloudwatch"
     client.meta.events.register_first(f"before-send.{service}.{operation}", fault)
     return fault
-
-
-@dataclass
-class CallCounter:
-    """Counts API calls per operation (one per call, not per retry), and the queries in each GetMetricData call."""
-
-    counts: Counter[str] = field(default_factory=Counter)
-    metric_queries: list[int] = field(default_factory=list)
-
-    def __call__(self, model: Any, params: dict[str, Any], **_: Any) -> None:
-        self.counts[model.name] += 1
-        if model.name == "GetMetricData":
-            self.metric_queries.append(len(params.get("MetricDataQueries", [])))
-
-    def attach(self, *clients: Any) -> CallCounter:
-        for client in clients:
-            # Once per API call (not per retry), with the parameters as the caller passed them.
-            client.meta.events.register("provide-client-params.*.*", self)
-        return self
 
 
 def count_calls(*clients: Any) -> CallCounter:

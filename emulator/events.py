@@ -1,0 +1,139 @@
+"""Events shaped as EventBridge delivers them to the handlers: CloudTrail records, the EC2 state change, the
+schedule. The demo, the tests and the benchmark build their events here; the real recorded payloads are in
+../shared/aws-samples/events and are read from there."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+ACCOUNT = "123456789012"
+REGION = "us-east-1"
+CLOUDTRAIL = "AWS API Call via CloudTrail"
+
+
+def envelope(
+    detail_type: str,
+    source: str,
+    detail: dict[str, Any],
+    *,
+    account: str = ACCOUNT,
+    region: str = REGION,
+    event_id: str | None = None,
+    resources: Sequence[str] = (),
+) -> dict[str, Any]:
+    return {
+        "version": "0",
+        "id": event_id or str(uuid.uuid4()),
+        "detail-type": detail_type,
+        "source": source,
+        "account": account,
+        "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "region": region,
+        "resources": list(resources),
+        "detail": detail,
+    }
+
+
+def state_change_event(
+    instance_id: str,
+    state: str = "running",
+    *,
+    account: str = ACCOUNT,
+    region: str = REGION,
+    event_id: str | None = None,
+    id_key: str = "instance-id",
+) -> dict[str, Any]:
+    """An `EC2 Instance State-change Notification` (no trail needed)."""
+    return envelope(
+        "EC2 Instance State-change Notification",
+        "aws.ec2",
+        {id_key: instance_id, "state": state},
+        account=account,
+        region=region,
+        event_id=event_id,
+        resources=[f"arn:aws:ec2:{region}:{account}:instance/{instance_id}"],
+    )
+
+
+def run_instances_event(
+    instance_ids: Sequence[str], *, account: str = ACCOUNT, region: str = REGION, event_id: str | None = None
+) -> dict[str, Any]:
+    """A CloudTrail RunInstances record (camelCase response elements, shaped like the 2024 samples)."""
+    detail = {
+        "eventVersion": "1.09",
+        "eventSource": "ec2.amazonaws.com",
+        "eventName": "RunInstances",
+        "awsRegion": region,
+        "recipientAccountId": account,
+        "userIdentity": {"type": "AssumedRole", "arn": f"arn:aws:sts::{account}:assumed-role/Deployer/ci"},
+        "requestParameters": {"instancesSet": {"items": [{"imageId": "ami-12c6146b", "minCount": len(instance_ids)}]}},
+        "responseElements": {
+            "instancesSet": {
+                "items": [
+                    {
+                        "instanceId": instance_id,
+                        "instanceState": {"code": 0, "name": "pending"},
+                        "metadataOptions": {"state": "pending", "httpTokens": "optional"},
+                    }
+                    for instance_id in instance_ids
+                ]
+            }
+        },
+    }
+    return envelope(CLOUDTRAIL, "aws.ec2", detail, account=account, region=region, event_id=event_id)
+
+
+def modify_options_event(
+    instance_id: str,
+    tokens: str = "optional",
+    *,
+    caller_role: str = "PlatformAdmin",
+    caller_role_path: str = "/",
+    account: str = ACCOUNT,
+    region: str = REGION,
+    error_code: str | None = None,
+) -> dict[str, Any]:
+    """A CloudTrail ModifyInstanceMetadataOptions record (PascalCase request keys, as CloudTrail records them).
+    The session issuer's ARN carries the role's IAM path, which is how the service recognises its own calls."""
+    detail: dict[str, Any] = {
+        "eventVersion": "1.09",
+        "eventSource": "ec2.amazonaws.com",
+        "eventName": "ModifyInstanceMetadataOptions",
+        "awsRegion": region,
+        "recipientAccountId": account,
+        "userIdentity": {
+            "type": "AssumedRole",
+            "arn": f"arn:aws:sts::{account}:assumed-role/{caller_role}/session",
+            "sessionContext": {
+                "sessionIssuer": {
+                    "type": "Role",
+                    "userName": caller_role,
+                    "arn": f"arn:aws:iam::{account}:role{caller_role_path}{caller_role}",
+                }
+            },
+        },
+        "requestParameters": {
+            "ModifyInstanceMetadataOptionsRequest": {"HttpTokens": tokens, "InstanceId": instance_id}
+        },
+        "responseElements": None
+        if error_code
+        else {"ModifyInstanceMetadataOptionsResponse": {"instanceId": instance_id}},
+    }
+    if error_code:
+        detail["errorCode"] = error_code
+    return envelope(CLOUDTRAIL, "aws.ec2", detail, account=account, region=region)
+
+
+def scheduled_event(rule_name: str, *, account: str = ACCOUNT, region: str = REGION) -> dict[str, Any]:
+    """What an EventBridge schedule rule sends (the usage gate's trigger)."""
+    return envelope(
+        "Scheduled Event",
+        "aws.events",
+        {},
+        account=account,
+        region=region,
+        resources=[f"arn:aws:events:{region}:{account}:rule/{rule_name}"],
+    )

@@ -86,22 +86,25 @@ def run_instances_event(
     return envelope(CLOUDTRAIL, "aws.ec2", detail, account=account, region=region, event_id=event_id)
 
 
-def modify_options_event(
-    instance_id: str,
-    tokens: str = "optional",
+def cloudtrail_event(
+    event_name: str,
     *,
-    caller_role: str = "PlatformAdmin",
+    source: str = "aws.ec2",
+    request: dict[str, Any] | None = None,
+    response: dict[str, Any] | None = None,
+    error_code: str | None = None,
+    caller_role: str = "Deployer",
     caller_role_path: str = "/",
     account: str = ACCOUNT,
     region: str = REGION,
-    error_code: str | None = None,
+    event_id: str | None = None,
 ) -> dict[str, Any]:
-    """A CloudTrail ModifyInstanceMetadataOptions record (PascalCase request keys, as CloudTrail records them).
-    The session issuer's ARN carries the role's IAM path, which is how the service recognises its own calls."""
+    """A CloudTrail record of `event_name` by an assumed role. The session issuer's ARN carries the role's IAM
+    path, which is how the service recognises its own calls; a failed call has an errorCode."""
     detail: dict[str, Any] = {
         "eventVersion": "1.09",
-        "eventSource": "ec2.amazonaws.com",
-        "eventName": "ModifyInstanceMetadataOptions",
+        "eventSource": source.removeprefix("aws.") + ".amazonaws.com",
+        "eventName": event_name,
         "awsRegion": region,
         "recipientAccountId": account,
         "userIdentity": {
@@ -115,16 +118,89 @@ def modify_options_event(
                 }
             },
         },
-        "requestParameters": {
-            "ModifyInstanceMetadataOptionsRequest": {"HttpTokens": tokens, "InstanceId": instance_id}
-        },
-        "responseElements": None
-        if error_code
-        else {"ModifyInstanceMetadataOptionsResponse": {"instanceId": instance_id}},
+        "requestParameters": request,
+        "responseElements": response,
     }
     if error_code:
         detail["errorCode"] = error_code
-    return envelope(CLOUDTRAIL, "aws.ec2", detail, account=account, region=region)
+    return envelope(CLOUDTRAIL, source, detail, account=account, region=region, event_id=event_id)
+
+
+def modify_options_event(
+    instance_id: str, tokens: str = "optional", *, caller_role: str = "PlatformAdmin", **kwargs: Any
+) -> dict[str, Any]:
+    """A ModifyInstanceMetadataOptions record (PascalCase request keys, as in the recorded sample)."""
+    failed = kwargs.get("error_code") is not None
+    return cloudtrail_event(
+        "ModifyInstanceMetadataOptions",
+        request={"ModifyInstanceMetadataOptionsRequest": {"HttpTokens": tokens, "InstanceId": instance_id}},
+        response=None if failed else {"ModifyInstanceMetadataOptionsResponse": {"instanceId": instance_id}},
+        caller_role=caller_role,
+        **kwargs,
+    )
+
+
+# The calls that create or change a launch source. No recorded payload of these calls is public: the shapes follow
+# AWS documentation examples (the Auto Scaling user guide's CreateLaunchConfiguration record: camelCase
+# requestParameters, responseElements null on success) and the EC2 convention of <Action>Request / <Action>Response
+# wrappers with PascalCase request keys and camelCase response keys (as in the recorded ModifyInstanceMetadataOptions
+# sample in ../shared/aws-samples).
+
+
+def create_launch_template_event(template_id: str, name: str = "web", **kwargs: Any) -> dict[str, Any]:
+    return cloudtrail_event(
+        "CreateLaunchTemplate",
+        request={"CreateLaunchTemplateRequest": {"LaunchTemplateName": name, "LaunchTemplateData": {}}},
+        response={
+            "CreateLaunchTemplateResponse": {
+                "launchTemplate": {"launchTemplateId": template_id, "launchTemplateName": name}
+            }
+        },
+        **kwargs,
+    )
+
+
+def create_launch_template_version_event(template_id: str, version: int = 2, **kwargs: Any) -> dict[str, Any]:
+    return cloudtrail_event(
+        "CreateLaunchTemplateVersion",
+        request={"CreateLaunchTemplateVersionRequest": {"LaunchTemplateId": template_id, "SourceVersion": "1"}},
+        response={
+            "CreateLaunchTemplateVersionResponse": {
+                "launchTemplateVersion": {"launchTemplateId": template_id, "versionNumber": version}
+            }
+        },
+        **kwargs,
+    )
+
+
+def modify_launch_template_event(template_id: str, default_version: str = "2", **kwargs: Any) -> dict[str, Any]:
+    return cloudtrail_event(
+        "ModifyLaunchTemplate",
+        request={
+            "ModifyLaunchTemplateRequest": {"LaunchTemplateId": template_id, "SetDefaultVersion": default_version}
+        },
+        response={"ModifyLaunchTemplateResponse": {"launchTemplate": {"launchTemplateId": template_id}}},
+        **kwargs,
+    )
+
+
+def register_image_event(image_id: str, **kwargs: Any) -> dict[str, Any]:
+    return cloudtrail_event(
+        "RegisterImage",
+        request={"name": "golden-2026-11", "rootDeviceName": "/dev/xvda"},
+        response={"imageId": image_id},
+        **kwargs,
+    )
+
+
+def create_launch_configuration_event(name: str, **kwargs: Any) -> dict[str, Any]:
+    return cloudtrail_event(
+        "CreateLaunchConfiguration",
+        source="aws.autoscaling",
+        request={"imageId": "ami-12c6146b", "instanceType": "t3.micro", "launchConfigurationName": name},
+        response=None,
+        **kwargs,
+    )
 
 
 def scheduled_event(rule_name: str, *, account: str = ACCOUNT, region: str = REGION) -> dict[str, Any]:

@@ -9,6 +9,12 @@ from typing import Any
 import boto3
 import pytest
 
+from emulator.events import (
+    create_launch_configuration_event,
+    create_launch_template_event,
+    create_launch_template_version_event,
+    register_image_event,
+)
 from imds_enforcer import clients, sources_sweep
 from imds_enforcer.enforcement import UnexpectedAwsError
 from imds_enforcer.handlers.launch_watch import handler as launch_watch
@@ -18,12 +24,6 @@ from imds_enforcer.settings import EnforcementMode, Settings
 from tests.support.aws import ReportInbox, launch
 from tests.support.context import FakeLambdaContext
 from tests.support.faults import Fault, ec2_error, inject
-from tests.support.source_events import (
-    create_launch_configuration_event,
-    create_launch_template_event,
-    create_launch_template_version_event,
-    register_image_event,
-)
 
 pytestmark = pytest.mark.usefixtures("aws")
 
@@ -340,14 +340,15 @@ def test_cloudtrail_template_event_through_the_launch_watch(
     monkeypatch.setenv("FIX_LAUNCH_TEMPLATES", "true")
 
     # When its CreateLaunchTemplate event reaches the launch watch
-    result = launch_watch(create_launch_template_event(web), lambda_context)
+    event = create_launch_template_event(web)
+    result = launch_watch(event, lambda_context)
 
     # Then it is enforced, and the report (trigger launch) says so
     assert [f["action"] for f in result["findings"]] == ["enforced"]  # type: ignore[index]
     assert template_state(web)[2]["HttpTokens"] == "required"
     [message] = inbox.drain()
     assert message.report["trigger"] == "launch"
-    assert message.report["source_event_id"] == create_launch_template_event(web)["id"]
+    assert message.report["source_event_id"] == event["id"]
     [finding] = message.report["findings"]
     assert (finding["resource_type"], finding["resource_id"]) == ("launch_template", web)
 

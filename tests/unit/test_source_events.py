@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from imds_enforcer.events import Ignored, SourceKind, SourceTrigger, read_launch_event
-from tests.support.source_events import (
+from emulator.events import (
     ACCOUNT,
     REGION,
     cloudtrail_event,
@@ -21,6 +20,7 @@ from tests.support.source_events import (
     modify_launch_template_event,
     register_image_event,
 )
+from imds_enforcer.events import Ignored, SourceKind, SourceTrigger, read_launch_event
 
 TEMPLATE_ID = "lt-0abcd290751193123"
 IMAGE_ID = "ami-0abcdef1234567890"

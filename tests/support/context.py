@@ -13,7 +13,7 @@ class FakeLambdaContext:
     function_name: str = "imds-enforcer-test"
     memory_limit_in_mb: int = 256
     aws_request_id: str = "00000000-0000-0000-0000-000000000000"
-    # Milliseconds the invocation may still run; None means plenty. A callable lets a test run the clock down.
+    # Milliseconds the invocation may still run when the context is made; real time counts down from there.
     remaining_ms: int = 900_000
     _started: float = field(default_factory=time.monotonic)
 

@@ -1,5 +1,6 @@
-"""Lambda entry point for the launch watch (EventBridge: RunInstances, ModifyInstanceMetadataOptions,
-EC2 state-change pending/running)."""
+"""Lambda entry point for the launch watch. EventBridge delivers: EC2 state-change pending/running; CloudTrail
+RunInstances and ModifyInstanceMetadataOptions (instances); CreateLaunchTemplate, CreateLaunchTemplateVersion,
+ModifyLaunchTemplate, RegisterImage and Auto Scaling's CreateLaunchConfiguration (where instances come from)."""
 
 from __future__ import annotations
 

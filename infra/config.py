@@ -42,6 +42,9 @@ _SECRET_NAME = re.compile(r"^[A-Za-z0-9/_+=.@-]{1,512}$")
 _SECRET_ARN = re.compile(r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:[A-Za-z0-9/_+=.@-]{1,512}$")
 # A key ARN, not an alias: an IAM policy grants kms:Decrypt on keys; an alias ARN there would match nothing.
 _KMS_KEY_ARN = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]{1,128}$")
+# Slack's ids: a workspace (team) is T..., a channel C... (or G..., older private channels). Upper case only.
+_SLACK_WORKSPACE_ID = re.compile(r"^T[A-Z0-9]{8,11}$")
+_SLACK_CHANNEL_ID = re.compile(r"^[CG][A-Z0-9]{8,11}$")
 
 # "off", or where the guardrail Deny statements go: an IAM managed policy, or a service control policy.
 GuardrailsSetting = Literal["off", "iam", "scp"]
@@ -107,6 +110,11 @@ class DeployConfig(BaseModel):
     slack_webhook_secret: str = ""
     # Only when that secret is encrypted with a customer managed key: the notifier may then decrypt with it.
     slack_webhook_secret_kms_key_arn: str = ""
+    # The Slack channel AWS Chatbot posts the report topic to: both set, or neither (no chat channel). The
+    # workspace must first be authorized in the Chatbot console. (The channel is validated even when absent, so a
+    # workspace without a channel fails instead of deploying nothing.)
+    slack_workspace_id: str = ""
+    slack_channel_id: Annotated[str, Field(validate_default=True)] = ""
     # E-mail subscribers receive reports whose most severe finding is at least this (alarms always).
     email_min_severity: Severity = Severity.INFO
     # Launch sources, opt-in on top of fix mode: give a launch template a new default version requiring IMDSv2;
@@ -188,6 +196,27 @@ class DeployConfig(BaseModel):
             raise ValueError("is set, but slack_webhook_secret is empty: there is no Slack notifier to grant it to")
         return value
 
+    @field_validator("slack_workspace_id")
+    @classmethod
+    def _slack_workspace(cls, value: str) -> str:
+        if value and not _SLACK_WORKSPACE_ID.match(value):
+            raise ValueError("is not a Slack workspace (team) id: T and 8 to 11 upper-case letters or digits")
+        return value
+
+    @field_validator("slack_channel_id")
+    @classmethod
+    def _slack_channel(cls, value: str, info: ValidationInfo) -> str:
+        if value and not _SLACK_CHANNEL_ID.match(value):
+            raise ValueError("is not a Slack channel id: C (or G) and 8 to 11 upper-case letters or digits")
+        # Declared after the workspace, so validated after it; a bad workspace is absent here, already reported.
+        if "slack_workspace_id" in info.data:
+            workspace = info.data["slack_workspace_id"]
+            if value and not workspace:
+                raise ValueError("is set, but slack_workspace_id is empty: set both, or neither")
+            if workspace and not value:
+                raise ValueError("is empty, but slack_workspace_id is set: set both, or neither")
+        return value
+
     @field_validator("break_glass_role_arns")
     @classmethod
     def _break_glass(cls, value: list[str], info: ValidationInfo) -> list[str]:
@@ -248,6 +277,11 @@ class DeployConfig(BaseModel):
     @property
     def slack_enabled(self) -> bool:
         return self.slack_webhook_secret != ""
+
+    @property
+    def chat_channel_enabled(self) -> bool:
+        """Whether AWS Chatbot posts to a Slack channel (the validators guarantee both ids, or neither)."""
+        return self.slack_channel_id != ""
 
     @classmethod
     def from_context(cls, context: Mapping[str, object], environ: Mapping[str, str] | None = None) -> DeployConfig:

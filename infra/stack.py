@@ -9,6 +9,7 @@ from constructs import Construct
 
 from infra import FUNCTIONS_DIR, REPO_ROOT
 from infra.config import DeployConfig, partition_of
+from infra.constructs.chat_channel import ChatChannel
 from infra.constructs.enforcer_function import DependenciesLayer, log_retention, runtime_python_version
 from infra.constructs.guardrails import Guardrails
 from infra.constructs.launch_watch import LaunchWatch
@@ -127,6 +128,22 @@ class ImdsEnforcerStack(cdk.Stack):
             functions["SlackNotifier"] = slack.enforcer
             cdk.CfnOutput(self, "SlackNotifierFunctionName", value=slack.enforcer.function.function_name)
             cdk.CfnOutput(self, "SlackNotifierDeadLetterQueueUrl", value=slack.enforcer.dead_letter_queue.queue_url)
+
+        if config.chat_channel_enabled:
+            # Notifications only: AWS Chatbot posts what reaches the topic; its role and guardrail allow nothing.
+            chat = ChatChannel(
+                self,
+                "ChatChannel",
+                topic=report.topic,
+                topic_key=report.key,
+                slack_workspace_id=config.slack_workspace_id,
+                slack_channel_id=config.slack_channel_id,
+            )
+            cdk.CfnOutput(
+                self,
+                "SlackChannelConfigurationArn",
+                value=chat.configuration.slack_channel_configuration_arn,
+            )
 
         # Alarms notify the report topic too, so one subscription hears everything; see ReportTopic.allow_alarms.
         monitoring = Monitoring(self, "Monitoring", functions=functions, alarm_topic=report.topic)

@@ -27,6 +27,8 @@ REGIONS = ("us-east-1", "eu-west-1")
 SLACK_SECRET_NAME = "imds-enforcer/slack-webhook"
 SLACK_SECRET_KEY_ARN = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 BREAK_GLASS_ROLE_ARN = "arn:aws:iam::123456789012:role/BreakGlass"
+SLACK_WORKSPACE_ID = "T0123ABCD"
+SLACK_CHANNEL_ID = "C0123ABCD"
 
 # Values as `cdk synth -c key=value` delivers them (strings), so the app's coercion is exercised end to end.
 CONTEXT: dict[str, Any] = {
@@ -42,10 +44,13 @@ CONTEXT: dict[str, Any] = {
     "gate_schedule_hours": "4",
     "gate_memory_mb": "1024",
     "gate_timeout_minutes": "10",
-    # Everything optional on: the Slack notifier (secret by name, with its customer managed key) and e-mail filtering.
+    # Everything optional on: the Slack notifier (secret by name, with its customer managed key), e-mail filtering...
     "slack_webhook_secret": SLACK_SECRET_NAME,
     "slack_webhook_secret_kms_key_arn": SLACK_SECRET_KEY_ARN,
     "email_min_severity": "warning",
+    # ...and the AWS Chatbot Slack channel on the report topic.
+    "slack_workspace_id": SLACK_WORKSPACE_ID,
+    "slack_channel_id": SLACK_CHANNEL_ID,
     # The launch-source fixes, and the guardrails as an IAM managed policy (with the RoleDelivery Deny, so the
     # "no wildcard grants" test meets an Action "*" Deny), non-default hop limit and one break-glass role.
     "fix_launch_templates": "true",

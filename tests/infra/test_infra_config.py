@@ -107,6 +107,14 @@ def test_cli_string_values_are_coerced() -> None:
         ("slack_webhook_secret_kms_key_arn", "arn:aws:kms:us-east-1:123456789012:alias/slack"),
         # A key without a secret: nothing would use the grant.
         ("slack_webhook_secret_kms_key_arn", "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab"),
+        # Slack ids are upper case, T... for a workspace and C.../G... for a channel (a DM's D... cannot be one).
+        ("slack_workspace_id", "t0123abcd"),
+        ("slack_workspace_id", "C0123ABCD"),
+        ("slack_workspace_id", "T0123"),
+        ("slack_workspace_id", "T0123ABCD0123"),
+        ("slack_channel_id", "D0123ABCD"),
+        ("slack_channel_id", "#imds-reports"),
+        ("slack_channel_id", "C0123"),
         ("email_min_severity", "critical"),
         ("fix_launch_templates", "sometimes"),
         ("fix_images", "2"),
@@ -154,6 +162,50 @@ def test_a_bad_value_fails_naming_the_key(key: str, value: Any) -> None:
 def test_inconsistent_guardrail_settings_fail_naming_the_key(context: dict[str, Any], key: str, message: str) -> None:
     with pytest.raises(ConfigError, match=f'cdk.json context "{key}".*{message}'):
         DeployConfig.from_context(context, environ={})
+
+
+@pytest.mark.parametrize(
+    ("context", "message"),
+    [
+        # A workspace without a channel (absent or empty) would deploy nothing: fail instead.
+        ({"slack_workspace_id": "T0123ABCD"}, "is empty, but slack_workspace_id is set"),
+        ({"slack_workspace_id": "T0123ABCD", "slack_channel_id": ""}, "is empty, but slack_workspace_id is set"),
+        ({"slack_channel_id": "C0123ABCD"}, "is set, but slack_workspace_id is empty"),
+        ({"slack_workspace_id": "", "slack_channel_id": "G0123ABCD"}, "is set, but slack_workspace_id is empty"),
+    ],
+)
+def test_slack_workspace_and_channel_go_together(context: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=f'cdk.json context "slack_channel_id".*{message}: set both, or neither'):
+        DeployConfig.from_context(context, environ={})
+
+
+def test_a_bad_workspace_id_is_reported_once_naming_its_key() -> None:
+    with pytest.raises(ConfigError) as raised:
+        DeployConfig.from_context({"slack_workspace_id": "workspace", "slack_channel_id": "C0123ABCD"}, environ={})
+
+    # Not also "slack_channel_id ... is set, but slack_workspace_id is empty": the workspace was given.
+    assert 'cdk.json context "slack_workspace_id"' in str(raised.value)
+    assert "slack_channel_id" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("workspace", "channel"),
+    [("T0123ABCD", "C0123ABCD"), ("T0123ABCDE12", "G0123ABCDE12"), (" T0123ABCD ", "C0123ABCD")],
+)
+def test_a_slack_workspace_and_channel_configure_the_chat_channel(workspace: str, channel: str) -> None:
+    config = DeployConfig.from_context({"slack_workspace_id": workspace, "slack_channel_id": channel}, environ={})
+
+    assert config.chat_channel_enabled
+    assert (config.slack_workspace_id, config.slack_channel_id) == (workspace.strip(), channel)
+    # Independent of the webhook notifier: either, both or neither may be deployed.
+    assert not config.slack_enabled
+
+
+def test_by_default_there_is_no_chat_channel() -> None:
+    assert not DeployConfig().chat_channel_enabled
+    assert not DeployConfig.from_context(
+        {"slack_workspace_id": "", "slack_channel_id": ""}, environ={}
+    ).chat_channel_enabled
 
 
 def test_guardrails_live_in_the_first_region_only_and_are_off_by_default() -> None:

@@ -1,4 +1,5 @@
-"""Who hears what: the Slack notifier (a secret's name, never the URL), e-mail filtering, alarms on the topic."""
+"""Who hears what: the Slack notifier (a secret's name, never the URL), the AWS Chatbot Slack channel (notifications
+only), e-mail filtering, alarms on the topic."""
 
 from __future__ import annotations
 
@@ -10,7 +11,15 @@ from aws_cdk.assertions import Match, Template
 
 from imds_enforcer.report import Severity
 from infra.constructs.report_topic import email_filter_policy
-from tests.infra.conftest import ACCOUNT, CONTEXT, REGIONS, SLACK_SECRET_KEY_ARN, SLACK_SECRET_NAME
+from tests.infra.conftest import (
+    ACCOUNT,
+    CONTEXT,
+    REGIONS,
+    SLACK_CHANNEL_ID,
+    SLACK_SECRET_KEY_ARN,
+    SLACK_SECRET_NAME,
+    SLACK_WORKSPACE_ID,
+)
 
 SLACK_HANDLER = "imds_enforcer.handlers.slack_notify.handler"
 
@@ -150,6 +159,97 @@ def test_without_a_webhook_secret_no_slack_notifier_is_built() -> None:
     paths = [construct.node.path for construct in app.node.find_all()]
     assert any(path.endswith("/UsageGate") for path in paths)
     assert not [path for path in paths if "SlackNotifier" in path]
+
+
+# ---- AWS Chatbot Slack channel -------------------------------------------------------------------------------
+
+
+def _chat_role(template: Template) -> tuple[str, dict[str, Any]]:
+    trust = Match.object_like({"Statement": [Match.object_like({"Principal": {"Service": "chatbot.amazonaws.com"}})]})
+    return _only(template, "AWS::IAM::Role", {"AssumeRolePolicyDocument": trust})
+
+
+@pytest.mark.parametrize("region", REGIONS)
+def test_chat_channel_posts_the_report_topic_to_the_configured_slack_channel(synthesized: Any, region: str) -> None:
+    template = synthesized.template(region)
+    topic_id, _ = _only(template, "AWS::SNS::Topic")
+    role_id, _ = _chat_role(template)
+
+    _, configuration = _only(template, "AWS::Chatbot::SlackChannelConfiguration")
+    props = configuration["Properties"]
+
+    assert props["SlackWorkspaceId"] == SLACK_WORKSPACE_ID
+    assert props["SlackChannelId"] == SLACK_CHANNEL_ID
+    assert props["SnsTopicArns"] == [{"Ref": topic_id}]
+    assert props["IamRoleArn"] == {"Fn::GetAtt": [role_id, "Arn"]}
+    assert props["LoggingLevel"] == "ERROR"
+    assert props["UserRoleRequired"] is False
+    # Chatbot configurations are account-wide, not regional: each regional stack needs its own name.
+    assert props["ConfigurationName"] == f"imds-enforcer-{region}"
+
+
+def test_chat_channel_commands_are_capped_at_nothing_by_the_deny_all_guardrail(template: Template) -> None:
+    _, configuration = _only(template, "AWS::Chatbot::SlackChannelConfiguration")
+
+    # Unset, Chatbot would cap commands at AdministratorAccess; AWSDenyAll caps them at nothing.
+    (guardrail,) = configuration["Properties"]["GuardrailPolicies"]
+    assert _render(guardrail) == "arn:${AWS::Partition}:iam::aws:policy/AWSDenyAll"
+
+
+def test_chat_channel_role_is_assumable_by_chatbot_only_and_has_no_permissions(template: Template) -> None:
+    role_id, role = _chat_role(template)
+    props = role["Properties"]
+
+    assert props["AssumeRolePolicyDocument"]["Statement"] == [
+        {"Action": "sts:AssumeRole", "Effect": "Allow", "Principal": {"Service": "chatbot.amazonaws.com"}}
+    ]
+    # No inline, managed or attached policy: posting needs none, and commands must find nothing to use.
+    assert "Policies" not in props
+    assert "ManagedPolicyArns" not in props
+    for policy_type in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy"):
+        for policy in template.find_resources(policy_type).values():
+            assert {"Ref": role_id} not in policy["Properties"].get("Roles", []), f"a {policy_type} is attached"
+
+
+@pytest.mark.parametrize("region", REGIONS)
+def test_chatbot_may_use_the_topic_key_with_two_spelled_out_actions(synthesized: Any, region: str) -> None:
+    _, key = _only(synthesized.template(region), "AWS::KMS::Key")
+
+    (statement,) = [
+        s
+        for s in key["Properties"]["KeyPolicy"]["Statement"]
+        if s.get("Principal") == {"Service": "chatbot.amazonaws.com"}
+    ]
+    assert statement == {
+        "Sid": "ChatbotUseKey",
+        "Effect": "Allow",
+        "Principal": {"Service": "chatbot.amazonaws.com"},
+        "Action": ["kms:Decrypt", "kms:GenerateDataKey"],
+        "Resource": "*",
+    }
+
+
+def test_without_slack_ids_no_chat_channel_is_built_and_chatbot_gets_no_key_access() -> None:
+    import aws_cdk as cdk
+    from aws_cdk import aws_kms as kms
+
+    from app import build_app
+
+    # Given the same context without the workspace and channel, when the app is built (no synth: the tree suffices)...
+    context = {k: v for k, v in CONTEXT.items() if k not in ("slack_workspace_id", "slack_channel_id")}
+    app = build_app(context=context)
+
+    # ...then no stack holds a chat channel, and no topic key names Chatbot in its policy.
+    constructs = app.node.find_all()
+    assert any(construct.node.path.endswith("/Report/Key") for construct in constructs)
+    assert not [construct.node.path for construct in constructs if "ChatChannel" in construct.node.path]
+    # The key policy as the template will have it (the L1's, resolved: Key.policy is not public API).
+    keys = [construct for construct in constructs if isinstance(construct, kms.CfnKey)]
+    assert len(keys) == len(REGIONS)
+    for key in keys:
+        policy = json.dumps(cdk.Stack.of(key).resolve(key.key_policy))
+        assert "cloudwatch.amazonaws.com" in policy  # the statement an unrelated feature adds is there...
+        assert "chatbot" not in policy  # ...and Chatbot's is not
 
 
 # ---- e-mail --------------------------------------------------------------------------------------------------

@@ -134,6 +134,7 @@ def test_outputs(template: Template) -> None:
         "UsageGateDeadLetterQueueUrl",
         "SlackNotifierFunctionName",
         "SlackNotifierDeadLetterQueueUrl",
+        "SlackChannelConfigurationArn",
         "DashboardUrl",
     ):
         template.has_output(name, {"Value": Match.any_value()})
@@ -413,9 +414,21 @@ def test_roles_carry_no_managed_policies(template: Template) -> None:
 
 def test_roles_live_under_the_path_the_launch_watch_recognises_as_its_own(template: Template) -> None:
     # CloudTrail's sessionIssuer.arn carries the path: that is how a rollback by the gate is told from a regression.
-    roles = template.find_resources("AWS::IAM::Role")
-    assert len(roles) == 3
-    assert {role["Properties"]["Path"] for role in roles.values()} == {Settings().SERVICE_ROLE_PATH}
+    lambda_roles = template.find_resources(
+        "AWS::IAM::Role", {"Properties": {"AssumeRolePolicyDocument": _trusting("lambda.amazonaws.com")}}
+    )
+    assert len(lambda_roles) == 3
+    assert {role["Properties"]["Path"] for role in lambda_roles.values()} == {Settings().SERVICE_ROLE_PATH}
+    # The only other role is the Slack channel's (AWS Chatbot); the service path would exempt it from the guardrails.
+    (chat_role,) = template.find_resources(
+        "AWS::IAM::Role", {"Properties": {"AssumeRolePolicyDocument": _trusting("chatbot.amazonaws.com")}}
+    ).values()
+    assert "Path" not in chat_role["Properties"]
+    assert len(template.find_resources("AWS::IAM::Role")) == 4
+
+
+def _trusting(service: str) -> Matcher:
+    return Match.object_like({"Statement": [Match.object_like({"Principal": {"Service": service}})]})
 
 
 @pytest.mark.parametrize("region", REGIONS)

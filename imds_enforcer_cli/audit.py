@@ -27,7 +27,7 @@ from botocore.exceptions import ClientError
 
 from imds_enforcer import ec2
 from imds_enforcer.deployment import Deployment
-from imds_enforcer.enforcement import error_code
+from imds_enforcer.enforcement import UnexpectedAwsError, error_code
 from imds_enforcer.gate import LIVE_STATES, run_gate
 from imds_enforcer.report import SEVERITY, SEVERITY_RANK, Action, Finding, Report, Severity, sort_findings
 from imds_enforcer.settings import Settings
@@ -317,12 +317,32 @@ def run_enforce(
     (target,) = aws.resolve_regions(session, regions=[region] if region else [], endpoint_url=endpoint_url)
     account = aws.caller_account(session, region=target, endpoint_url=endpoint_url)
     with aws.aws_scope(target, endpoint_url=endpoint_url), aws.in_region(target):
-        outcome = run_gate({}, settings=settings, deployment=Deployment(account, target), now=now, publish=False)
+        try:
+            outcome = run_gate({}, settings=settings, deployment=Deployment(account, target), now=now, publish=False)
+        except UnexpectedAwsError as error:
+            if error.report is None:
+                raise
+            # Some calls failed, others changed instances: what happened must still be shown.
+            raise SweepIncomplete(_enforce_result(error.report, account, target, settings), error) from error
     assert outcome.report is not None  # a manual run is never ignored
-    report = outcome.report.model_copy(update={"findings": sort_findings(outcome.findings)})
+    return _enforce_result(outcome.report, account, target, settings)
+
+
+class SweepIncomplete(Exception):  # noqa: N818 - it is the sweep's outcome, carried to the printer
+    """The sweep ran, but an AWS call failed unexpectedly: `result` is what it did, `cause` the failure."""
+
+    def __init__(self, result: AuditResult, cause: UnexpectedAwsError) -> None:
+        super().__init__(str(cause))
+        self.result = result
+        self.cause = cause
+
+
+def _enforce_result(report: Report, account: str, region: str, settings: Settings) -> AuditResult:
     return AuditResult(
         account=account,
-        regions=[RegionAudit(region=target, report=report)],
+        regions=[
+            RegionAudit(region=region, report=report.model_copy(update={"findings": sort_findings(report.findings)}))
+        ],
         lookback_days=settings.LOOKBACK_DAYS,
         mode=settings.ENFORCEMENT_MODE.value,
         command="enforce",

@@ -280,7 +280,7 @@ def _confirm(account: str, region: str) -> None:
 
 
 def _enforce(args: argparse.Namespace) -> int:
-    from imds_enforcer_cli.audit import resolve_enforce_target, run_enforce
+    from imds_enforcer_cli.audit import SweepIncomplete, resolve_enforce_target, run_enforce
 
     if args.apply and not args.yes:
         account, region = resolve_enforce_target(region=args.region, endpoint_url=args.endpoint_url)
@@ -291,11 +291,16 @@ def _enforce(args: argparse.Namespace) -> int:
             apply=args.apply, region=args.region, lookback_days=args.lookback_days, endpoint_url=args.endpoint_url
         )
 
-    if _stderr_tty():
-        with Console(stderr=True).status("sweeping: instances, MetadataNoToken, decisions ..."):
+    try:
+        if _stderr_tty():
+            with Console(stderr=True).status("sweeping: instances, MetadataNoToken, decisions ..."):
+                result = sweep()
+        else:
             result = sweep()
-    else:
-        result = sweep()
+    except SweepIncomplete as incomplete:
+        # Print what the sweep did (it may have changed instances), then fail with the one-line error (exit 3).
+        _finish(args.output_format, None, incomplete.result)
+        raise incomplete.cause from None
     return _finish(args.output_format, args.fail_on, result)
 
 

@@ -340,6 +340,29 @@ def test_enforce_apply_yes_enforces_only_the_ready_instance(
         assert metadata_options(untouched)["HttpTokens"] == "optional"
 
 
+def test_enforce_apply_that_hits_an_unexpected_error_still_prints_what_it_did(
+    fleet: SmallFleet, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a caller that may not modify the ready instance (the fault sits on the product's cached client)
+    inject(
+        clients.ec2(), "ModifyInstanceMetadataOptions", Fault(ec2_error("UnauthorizedOperation"), only_for=fleet.ready)
+    )
+    monkeypatch.setattr(clients, "reset_clients", lambda: None)
+
+    # When the sweep is applied
+    code, out, err = run(capsys, "enforce", "--apply", "--yes", "--format", "json")
+
+    # Then the report of the whole sweep is on stdout, and the failure is one line with exit code 3
+    assert code == 3
+    (report,) = json.loads(out)
+    assert_valid_report(report)
+    assert actions(report)[fleet.ready] == "failed"
+    assert actions(report)[fleet.blocked] == "blocked"
+    # (the service's own error log line goes to stderr too, above the CLI's one-line verdict)
+    assert err.strip().splitlines()[-1].startswith("imds-enforcer: AWS calls failed during the sweep")
+    assert "Traceback" not in err
+
+
 def test_enforce_apply_without_yes_and_without_a_terminal_changes_nothing(
     fleet: SmallFleet, capsys: pytest.CaptureFixture[str]
 ) -> None:

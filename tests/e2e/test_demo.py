@@ -164,3 +164,34 @@ def test_fix_mode_change_is_visible_to_another_process(monkeypatch):
         assert seen["options"]["HttpTokens"] == "required"
         assert seen["options"]["HttpPutResponseHopLimit"] == 2
         assert seen["tags"]["imdsv2-enforcer:enforced-by"] == "launch_watch"
+
+
+def test_installed_cli_audits_an_emulator_from_its_own_process(monkeypatch):
+    # Given a moto server (this process) holding one optional and one required instance
+    script = ROOT / ".venv" / "bin" / "imds-enforcer"
+    if not script.exists():
+        pytest.skip(f"the imds-enforcer console script is not installed at {script}: run `make setup`")
+    with start_server() as local:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", local.endpoint_url)
+        clients.reset_clients()
+        [optional] = launch()
+        [required] = launch(tokens="required")
+
+        # When the installed console script audits it, with nothing in common but the endpoint and the credentials
+        env = {key: value for key, value in os.environ.items() if not key.startswith(("ENFORCEMENT_", "AWS_ENDPOINT"))}
+        result = subprocess.run(
+            [str(script), "audit", "--region", "us-east-1", "--endpoint-url", local.endpoint_url, "--format", "json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    # Then it reports the optional instance (too new to prove anything) and leaves both as they were
+    assert result.returncode == 0, result.stderr
+    (report,) = json.loads(result.stdout)
+    findings = {finding["resource_id"]: finding["action"] for finding in report["findings"]}
+    assert findings[optional] == "insufficient_data"
+    assert required not in findings
+    assert report["totals"]["instances_required"] == 1

@@ -219,22 +219,15 @@ def iam_policy_document(
     partition: str = "aws",
 ) -> dict[str, Any]:
     """An identity policy (for a customer managed policy) binding only the principals it is attached to."""
-    document = {
-        "Version": POLICY_VERSION,
-        "Statement": guardrail_statements(
-            max_hop_limit=max_hop_limit,
-            exempt_principal_arns=exempt_principal_arns,
-            include_role_delivery=include_role_delivery,
-            partition=partition,
-        ),
-    }
-    size = len(minified(document))
-    if size > MANAGED_POLICY_MAX_CHARACTERS:
-        raise GuardrailsError(
-            f"the IAM managed policy is {size} characters, over IAM's limit of {MANAGED_POLICY_MAX_CHARACTERS}: "
-            f"name fewer exempt_principal_arns ({len(exempt_principal_arns)} given), or one ArnLike pattern for many"
-        )
-    return document
+    statements = guardrail_statements(
+        max_hop_limit=max_hop_limit,
+        exempt_principal_arns=exempt_principal_arns,
+        include_role_delivery=include_role_delivery,
+        partition=partition,
+    )
+    return _sized_document(
+        statements, MANAGED_POLICY_MAX_CHARACTERS, "the IAM managed policy", "IAM's", exempt_principal_arns
+    )
 
 
 def scp_document(
@@ -250,19 +243,24 @@ def scp_document(
     Principal element (SCPs accept none: who is spared is the ``aws:PrincipalArn`` condition on each statement).
     Raises GuardrailsError when the minified document (``minified``, what to upload) exceeds 5,120 characters.
     """
-    document = {
-        "Version": POLICY_VERSION,
-        "Statement": guardrail_statements(
-            max_hop_limit=max_hop_limit,
-            exempt_principal_arns=exempt_principal_arns,
-            include_role_delivery=include_role_delivery,
-            partition=partition,
-        ),
-    }
+    statements = guardrail_statements(
+        max_hop_limit=max_hop_limit,
+        exempt_principal_arns=exempt_principal_arns,
+        include_role_delivery=include_role_delivery,
+        partition=partition,
+    )
+    return _sized_document(statements, SCP_MAX_CHARACTERS, "the SCP", "AWS Organizations'", exempt_principal_arns)
+
+
+def _sized_document(
+    statements: list[dict[str, Any]], limit: int, what: str, whose: str, exempt_principal_arns: Sequence[str]
+) -> dict[str, Any]:
+    """The policy document, or GuardrailsError when its minified form (what is uploaded) exceeds `limit`."""
+    document = {"Version": POLICY_VERSION, "Statement": statements}
     size = len(minified(document))
-    if size > SCP_MAX_CHARACTERS:
+    if size > limit:
         raise GuardrailsError(
-            f"the SCP is {size} characters minified, over AWS Organizations' limit of {SCP_MAX_CHARACTERS}: "
+            f"{what} is {size} characters minified, over {whose} limit of {limit}: "
             f"name fewer exempt_principal_arns ({len(exempt_principal_arns)} given), or one ArnLike pattern for many"
         )
     return document

@@ -20,23 +20,9 @@ from tests.infra.conftest import (
     SLACK_SECRET_NAME,
     SLACK_WORKSPACE_ID,
 )
+from tests.infra.template_helpers import as_list, render
 
 SLACK_HANDLER = "imds_enforcer.handlers.slack_notify.handler"
-
-
-def _as_list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else [value]
-
-
-def _render(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, dict) and "Ref" in value:
-        return "${" + str(value["Ref"]) + "}"
-    if isinstance(value, dict) and "Fn::Join" in value:
-        separator, parts = value["Fn::Join"]
-        return str(separator).join(_render(part) for part in parts)
-    return json.dumps(value)
 
 
 def _only(template: Template, resource_type: str, props: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
@@ -86,19 +72,19 @@ def test_slack_notifier_may_read_only_that_secret_and_decrypt_only_through_secre
 ) -> None:
     statements = _slack_statements(synthesized.template(region))
 
-    (read,) = [s for s in statements if "secretsmanager:GetSecretValue" in _as_list(s["Action"])]
-    assert _as_list(read["Action"]) == ["secretsmanager:GetSecretValue"]
-    assert _render(read["Resource"]) == (
+    (read,) = [s for s in statements if "secretsmanager:GetSecretValue" in as_list(s["Action"])]
+    assert as_list(read["Action"]) == ["secretsmanager:GetSecretValue"]
+    assert render(read["Resource"]) == (
         f"arn:${{AWS::Partition}}:secretsmanager:{region}:{ACCOUNT}:secret:{SLACK_SECRET_NAME}-??????"
     )
-    (decrypt,) = [s for s in statements if "kms:Decrypt" in _as_list(s["Action"])]
+    (decrypt,) = [s for s in statements if "kms:Decrypt" in as_list(s["Action"])]
     assert decrypt["Action"] == "kms:Decrypt"
     assert decrypt["Resource"] == SLACK_SECRET_KEY_ARN
     assert decrypt["Condition"] == {"StringEquals": {"kms:ViaService": f"secretsmanager.{region}.amazonaws.com"}}
 
 
 def test_slack_notifier_may_not_publish_reports(template: Template) -> None:
-    actions = {a for s in _slack_statements(template) for a in _as_list(s["Action"])}
+    actions = {a for s in _slack_statements(template) for a in as_list(s["Action"])}
 
     assert "sns:Publish" not in actions
     assert not {a for a in actions if a.startswith("kms:")} - {"kms:Decrypt"}
@@ -193,7 +179,7 @@ def test_chat_channel_commands_are_capped_at_nothing_by_the_deny_all_guardrail(t
 
     # Unset, Chatbot would cap commands at AdministratorAccess; AWSDenyAll caps them at nothing.
     (guardrail,) = configuration["Properties"]["GuardrailPolicies"]
-    assert _render(guardrail) == "arn:${AWS::Partition}:iam::aws:policy/AWSDenyAll"
+    assert render(guardrail) == "arn:${AWS::Partition}:iam::aws:policy/AWSDenyAll"
 
 
 def test_chat_channel_role_is_assumable_by_chatbot_only_and_has_no_permissions(template: Template) -> None:

@@ -12,6 +12,7 @@ from infra.constructs.permissions import (
     slack_notifier_statements,
     usage_gate_statements,
 )
+from tests.infra.template_helpers import as_list
 
 INSTANCE_ARN = "arn:aws:ec2:us-east-1:123456789012:instance/*"
 LAUNCH_TEMPLATE_ARN = "arn:aws:ec2:us-east-1:123456789012:launch-template/*"
@@ -33,10 +34,6 @@ OPT_INS = [
     for t in (False, True)
     for i in (False, True)
 ]
-
-
-def _as_list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else [value]
 
 
 def _statements(
@@ -65,7 +62,7 @@ def _statements(
 
 
 def _actions(statements: list[dict[str, Any]]) -> set[str]:
-    return {action for statement in statements for action in _as_list(statement["Action"])}
+    return {action for statement in statements for action in as_list(statement["Action"])}
 
 
 def test_without_set_account_default_the_gate_cannot_touch_the_account_default() -> None:
@@ -92,12 +89,12 @@ def test_only_unscopable_actions_get_resource_star_and_no_action_is_a_wildcard(o
     for statements in _statements(**opt_ins).values():
         for statement in statements:
             assert statement["Effect"] == "Allow"
-            for action in _as_list(statement["Action"]):
+            for action in as_list(statement["Action"]):
                 assert "*" not in action
-                if _as_list(statement["Resource"]) == ["*"]:
+                if as_list(statement["Resource"]) == ["*"]:
                     assert action in UNSCOPABLE_ACTIONS
                 else:
-                    assert _as_list(statement["Resource"]) == [scoped[action]]
+                    assert as_list(statement["Resource"]) == [scoped[action]]
 
 
 def test_both_enforcers_always_read_the_launch_sources_and_change_none_by_default() -> None:
@@ -109,7 +106,7 @@ def test_both_enforcers_always_read_the_launch_sources_and_change_none_by_defaul
 
 def test_fix_launch_templates_grants_only_the_launch_template_writes() -> None:
     for role, statements in _statements(fix_launch_templates=True).items():
-        (writes,) = [s for s in statements if set(_as_list(s["Action"])) & LAUNCH_TEMPLATE_WRITES]
+        (writes,) = [s for s in statements if set(as_list(s["Action"])) & LAUNCH_TEMPLATE_WRITES]
         assert writes == {
             "Sid": "RequireImdsv2OnLaunchTemplates",
             "Effect": "Allow",

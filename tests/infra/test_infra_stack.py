@@ -11,6 +11,7 @@ from aws_cdk.assertions import Capture, Match, Matcher, Template
 
 from imds_enforcer.settings import EnforcementMode, Settings
 from infra.config import PLACEHOLDER_TOPIC_ARN
+from tests.infra.template_helpers import as_list, render
 
 ACCOUNT = "123456789012"
 REGIONS = ("us-east-1", "eu-west-1")
@@ -25,22 +26,6 @@ SERVICE_TAGS = ["imdsv2-enforcer:enforced-at", "imdsv2-enforcer:enforced-by"]
 
 
 # ---- helpers -------------------------------------------------------------------------------------------------
-
-
-def _as_list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else [value]
-
-
-def _render(value: Any) -> str:
-    """A Fn::Join of strings and pseudo-parameter Refs as one string, e.g. ``arn:${AWS::Partition}:ec2:...``."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, dict) and "Ref" in value:
-        return "${" + str(value["Ref"]) + "}"
-    if isinstance(value, dict) and "Fn::Join" in value:
-        separator, parts = value["Fn::Join"]
-        return str(separator).join(_render(part) for part in parts)
-    return json.dumps(value)
 
 
 def _identity_policies(template: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -253,7 +238,7 @@ def test_each_function_logs_to_its_own_group_with_retention(template: Template) 
     for handler in ALL_HANDLERS:
         group_id = _function(template, handler)["Properties"]["LoggingConfig"]["LogGroup"]["Ref"]
         assert group_id in groups
-        writes = [s for s in _role_policy_statements(template, handler) if "logs:PutLogEvents" in _as_list(s["Action"])]
+        writes = [s for s in _role_policy_statements(template, handler) if "logs:PutLogEvents" in as_list(s["Action"])]
         assert [s["Resource"] for s in writes] == [{"Fn::GetAtt": [group_id, "Arn"]}]
 
 
@@ -398,7 +383,7 @@ def test_no_identity_policy_grants_a_wildcard_action(synthesized: Any, region: s
     wildcard_denies = []
     for logical_id, document in policies:
         for statement in document["Statement"]:
-            for action in _as_list(statement["Action"]):
+            for action in as_list(statement["Action"]):
                 if statement["Effect"] == "Deny":
                     if "*" in action:
                         wildcard_denies.append(statement["Sid"])
@@ -438,9 +423,9 @@ def test_instance_changes_are_scoped_to_this_accounts_instances(synthesized: Any
     instance_arn = f"arn:${{AWS::Partition}}:ec2:{region}:{ACCOUNT}:instance/*"
 
     for action in ("ec2:ModifyInstanceMetadataOptions", "ec2:CreateTags"):
-        granting = [s for s in statements if action in _as_list(s["Action"])]
+        granting = [s for s in statements if action in as_list(s["Action"])]
         assert granting, f"{name} lacks {action}"
-        assert [_render(resource) for s in granting for resource in _as_list(s["Resource"])] == [instance_arn]
+        assert [render(resource) for s in granting for resource in as_list(s["Resource"])] == [instance_arn]
 
 
 @pytest.mark.parametrize(
@@ -456,7 +441,7 @@ def test_only_the_gate_may_set_the_account_default_when_configured(template: Tem
     defaults = {"ec2:GetInstanceMetadataDefaults", "ec2:ModifyInstanceMetadataDefaults"}
 
     def actions(name: str) -> set[str]:
-        return {a for s in _role_policy_statements(template, HANDLERS[name]) for a in _as_list(s["Action"])}
+        return {a for s in _role_policy_statements(template, HANDLERS[name]) for a in as_list(s["Action"])}
 
     assert defaults <= actions("usage_gate")
     assert not defaults & actions("launch_watch")
@@ -490,7 +475,7 @@ LAUNCH_SOURCE_READS = {
 def test_both_enforcers_read_launch_templates_launch_configurations_and_images(template: Template, name: str) -> None:
     statements = _role_policy_statements(template, HANDLERS[name])
 
-    (reads,) = [s for s in statements if set(_as_list(s["Action"])) & LAUNCH_SOURCE_READS]
+    (reads,) = [s for s in statements if set(as_list(s["Action"])) & LAUNCH_SOURCE_READS]
     # Describe calls accept no resource ARN: Resource "*" is the only form IAM takes for them.
     assert set(reads["Action"]) == LAUNCH_SOURCE_READS
     assert reads["Resource"] == "*"
@@ -511,5 +496,5 @@ def test_opted_in_launch_source_fixes_are_scoped_to_templates_and_images_here(
     }
 
     for action, resource in expected.items():
-        granting = [s for s in statements if action in _as_list(s["Action"])]
-        assert [_render(r) for s in granting for r in _as_list(s["Resource"])] == [resource], action
+        granting = [s for s in statements if action in as_list(s["Action"])]
+        assert [render(r) for s in granting for r in as_list(s["Resource"])] == [resource], action

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import urllib.request
 
 import pytest
 
@@ -172,6 +173,8 @@ def test_installed_cli_audits_an_emulator_from_its_own_process(monkeypatch):
     if not script.exists():
         pytest.skip(f"the imds-enforcer console script is not installed at {script}: run `make setup`")
     with start_server() as local:
+        # moto's state lives in this process, shared with earlier tests' servers: start from an empty account.
+        urllib.request.urlopen(urllib.request.Request(f"{local.endpoint_url}/moto-api/reset", method="POST")).read()
         monkeypatch.setenv("AWS_ENDPOINT_URL", local.endpoint_url)
         clients.reset_clients()
         [optional] = launch()

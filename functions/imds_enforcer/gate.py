@@ -315,6 +315,11 @@ def _decide(optional: list[InstanceFacts], usage: dict[str, MetadataUsage], run:
     return plans
 
 
+def _account(deployment: Deployment) -> dict[str, Any]:
+    """Who an account-level finding is about."""
+    return {"resource_type": ACCOUNT_RESOURCE, "resource_id": deployment.account}
+
+
 def _account_default(run: _Run, deployment: Deployment, *, left_open: int, rejected: int) -> None:
     """Require IMDSv2 for new launches once the region is clean: no optional instance left but exempt ones,
     and nothing rejected in the watch period. A default set by a declarative policy is reported, not fought."""
@@ -339,8 +344,7 @@ def _account_default(run: _Run, deployment: Deployment, *, left_open: int, rejec
         message = defaults.get("ManagedExceptionMessage")
         run.findings.append(
             Finding(
-                resource_type=ACCOUNT_RESOURCE,
-                resource_id=deployment.account,
+                **_account(deployment),
                 action=Action.FLAGGED,
                 reason=f"the region is clean, but the IMDS account default (HttpTokens {tokens}) is managed by a "
                 "declarative policy: change it in the organization's policy" + (f" ({message})" if message else ""),
@@ -351,8 +355,7 @@ def _account_default(run: _Run, deployment: Deployment, *, left_open: int, rejec
     if not run.settings.fix:
         run.findings.append(
             Finding(
-                resource_type=ACCOUNT_RESOURCE,
-                resource_id=deployment.account,
+                **_account(deployment),
                 action=Action.READY,
                 reason=f"no instance accepts IMDSv1 but exempt ones: the account default (HttpTokens {tokens}) "
                 "would be set to required (flag mode, left unchanged)",
@@ -369,8 +372,7 @@ def _account_default(run: _Run, deployment: Deployment, *, left_open: int, rejec
         return
     run.findings.append(
         Finding(
-            resource_type=ACCOUNT_RESOURCE,
-            resource_id=deployment.account,
+            **_account(deployment),
             action=Action.ENFORCED,
             reason=f"no instance accepts IMDSv1 but exempt ones: account default HttpTokens set from {tokens} to "
             "required for new launches (HttpTokensEnforced left as it is)",

@@ -52,4 +52,4 @@ clean:
 
 # Regenerate the published report's JSON Schema (a test fails when it is stale).
 schema: setup
-	$(BIN)/python -c "import json, sys; sys.path.insert(0, 'functions'); from imds_enforcer.report import report_json_schema; print(json.dumps(report_json_schema(), indent=2, sort_keys=True))" > docs/report-schema.json
+	$(BIN)/python -c "import json; from imds_enforcer.domain.report import report_json_schema; print(json.dumps(report_json_schema(), indent=2, sort_keys=True))" > docs/report-schema.json

@@ -31,9 +31,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-for entry in (ROOT / "functions", ROOT):
-    if str(entry) not in sys.path:
-        sys.path.insert(0, str(entry))
 
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
@@ -143,7 +140,7 @@ def run_size(size: int, ready: int, commands: Connection) -> Result:
     import boto3
 
     from emulator.observe import CallCounter
-    from imds_enforcer import clients
+    from imds_enforcer.aws import clients
     from imds_enforcer.handlers.usage_gate import handler
     from tests.support.context import FakeLambdaContext
 

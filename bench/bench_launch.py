@@ -88,7 +88,7 @@ def count_launch_calls(size: int = LAUNCH_SIZE) -> tuple[Counter[str], float, in
     from emulator.events import run_instances_event
     from emulator.observe import CallCounter, Inbox
     from emulator.server import ACCOUNT, REGION, start_server, use_endpoint
-    from imds_enforcer import clients
+    from imds_enforcer.aws import clients
     from imds_enforcer.handlers import launch_watch
 
     with start_server() as local:

@@ -13,8 +13,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO, cast
 
-import demo  # noqa: F401 - puts functions/ on sys.path before anything imports imds_enforcer
-
 if TYPE_CHECKING:
     from demo.aws import SourceRow
     from demo.slack_view import Transcript
@@ -53,7 +51,7 @@ def _quiet_observability() -> None:
 
 def _settings_env(**values: str) -> None:
     """The demo decides every product setting: leftovers from the caller's shell must not change the story."""
-    from imds_enforcer.settings import Settings
+    from imds_enforcer.domain.settings import Settings
 
     for name in Settings.model_fields:
         os.environ.pop(name, None)
@@ -109,7 +107,7 @@ def _run(checks: Checks, transcript: Transcript, *, endpoint_url: str) -> None:
     from emulator import events
     from emulator.fleet import seed_fleet
     from emulator.observe import CallCounter, Inbox
-    from imds_enforcer import clients
+    from imds_enforcer.aws import clients
     from imds_enforcer.handlers import launch_watch
 
     show.heading("Seeding the emulator")
@@ -472,8 +470,8 @@ def _run_slack(inbox: Inbox, checks: Checks, transcript: Transcript) -> None:
     from demo.context import DemoLambdaContext
     from demo.slack_view import header_text, render_post, sns_event
     from emulator.webhook import start_webhook
+    from imds_enforcer.domain.slack_message import MAX_BLOCKS
     from imds_enforcer.handlers import slack_notify
-    from imds_enforcer.slack import MAX_BLOCKS
 
     delivered = list(inbox.history)
     context = DemoLambdaContext(function_name="imds-enforcer-slack-notify", account=ACCOUNT, region=REGION)

@@ -65,7 +65,7 @@ def start_server() -> Iterator[LocalAws]:
 
 def use_endpoint(endpoint_url: str, *, region: str = REGION) -> None:
     """Point every boto3 client (ours and the product's) at the emulator, with fake credentials."""
-    from imds_enforcer import clients
+    from imds_enforcer.aws import clients
 
     os.environ["AWS_ENDPOINT_URL"] = endpoint_url
     os.environ["AWS_ACCESS_KEY_ID"] = "testing"

@@ -25,12 +25,12 @@ from typing import TYPE_CHECKING
 
 from botocore.exceptions import ClientError
 
-from imds_enforcer import ec2
-from imds_enforcer.deployment import Deployment
-from imds_enforcer.enforcement import UnexpectedAwsError, error_code
-from imds_enforcer.gate import LIVE_STATES, run_gate
-from imds_enforcer.report import SEVERITY, SEVERITY_RANK, Action, Finding, Report, Severity, sort_findings
-from imds_enforcer.settings import Settings
+from imds_enforcer.aws import ec2
+from imds_enforcer.domain.deployment import Deployment
+from imds_enforcer.domain.report import SEVERITY, SEVERITY_RANK, Action, Finding, Report, Severity, sort_findings
+from imds_enforcer.domain.settings import Settings
+from imds_enforcer.workflows.enforcement import UnexpectedAwsError, error_code
+from imds_enforcer.workflows.usage_gate import LIVE_STATES, run_gate
 from imds_enforcer_cli import aws
 
 if TYPE_CHECKING:

@@ -1,6 +1,6 @@
 """Where the CLI runs: the caller's account, the regions, and the environment the product's clients read.
 
-The product's clients (`imds_enforcer.clients`) come from the default chain and read the region and
+The product's clients (`imds_enforcer.aws.clients`) come from the default chain and read the region and
 AWS_ENDPOINT_URL from the environment, cached per service. The CLI therefore points them at one region at a
 time by setting those variables and resetting the cache, and restores both afterwards, so that a caller in the
 same process (the demo, the tests) finds its environment as it left it.
@@ -15,7 +15,7 @@ from contextlib import contextmanager
 import boto3
 from botocore.config import Config
 
-from imds_enforcer import clients
+from imds_enforcer.aws import clients
 from imds_enforcer_cli.errors import CliError, ExitCode
 
 DEFAULT_HOME_REGION = "us-east-1"

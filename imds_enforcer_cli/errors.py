@@ -16,9 +16,9 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from imds_enforcer.enforcement import UnexpectedAwsError
-from imds_enforcer.guardrails import GuardrailsError
-from imds_enforcer.settings import SettingsError
+from imds_enforcer.domain.guardrails import GuardrailsError
+from imds_enforcer.domain.settings import SettingsError
+from imds_enforcer.workflows.enforcement import UnexpectedAwsError
 
 
 class ExitCode(IntEnum):

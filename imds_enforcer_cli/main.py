@@ -1,8 +1,9 @@
 """The `imds-enforcer` console script: argument parsing, output streams, exit codes.
 
-The work is done by the same code as the Lambdas (`imds_enforcer.gate`, `imds_enforcer.guardrails`, ...) through
-`imds_enforcer_cli.audit`; this module only decides what goes to stdout (the result, parseable in the machine
-formats), what goes to stderr (progress, prompts, the one-line error), and the exit code.
+The work is done by the same code as the Lambdas (`imds_enforcer.workflows.usage_gate`,
+`imds_enforcer.domain.guardrails`, ...) through `imds_enforcer_cli.audit`; this module only decides what goes to
+stdout (the result, parseable in the machine formats), what goes to stderr (progress, prompts, the one-line error),
+and the exit code.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, TextIO
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from imds_enforcer.report import Severity
+from imds_enforcer.domain.report import Severity
 from imds_enforcer_cli.errors import CliError, ExitCode, describe
 from imds_enforcer_cli.render import OutputFormat, render, summary_lines
 
@@ -305,7 +306,7 @@ def _enforce(args: argparse.Namespace) -> int:
 
 
 def _guardrails(args: argparse.Namespace) -> int:
-    from imds_enforcer.guardrails import iam_policy_document, scp_document
+    from imds_enforcer.domain.guardrails import iam_policy_document, scp_document
 
     build = scp_document if args.policy_format == "scp" else iam_policy_document
     document = build(

@@ -17,7 +17,7 @@ from rich.rule import Rule
 from rich.table import Table
 from rich.text import Text
 
-from imds_enforcer.report import Finding, Severity
+from imds_enforcer.domain.report import Finding, Severity
 from imds_enforcer_cli.audit import AuditResult, Readiness, RegionAudit
 
 CSV_COLUMNS = ("region", "resource_type", "resource_id", "action", "severity", "reason", "metadata_no_token")

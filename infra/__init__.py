@@ -1,16 +1,12 @@
 """The CDK app's infrastructure: deploy configuration, the dependencies layer, constructs and the stack.
 
-The Lambda code's settings model (``functions/imds_enforcer/settings.py``) is the single source of truth for the
-Lambda environment, so ``functions/`` must be importable here as it is inside the Lambda.
+The Lambda code's settings model (``imds_enforcer.domain.settings``) is the single declaration of every runtime
+setting; the editable install (``make setup``) makes the package importable here as it is inside the Lambda.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FUNCTIONS_DIR = REPO_ROOT / "functions"
-
-if str(FUNCTIONS_DIR) not in sys.path:
-    sys.path.insert(0, str(FUNCTIONS_DIR))

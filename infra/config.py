@@ -15,16 +15,15 @@ from typing import Annotated, Literal
 import aws_cdk as cdk
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-import infra  # noqa: F401  (puts functions/ on sys.path for the imports below)
-from imds_enforcer.guardrails import (
+from imds_enforcer.domain.guardrails import (
     DEFAULT_MAX_HOP_LIMIT,
     Guardrails,
     GuardrailsError,
     iam_policy_document,
     scp_document,
 )
-from imds_enforcer.report import Severity
-from imds_enforcer.settings import EnforcementMode, Settings, SettingsError
+from imds_enforcer.domain.report import Severity
+from imds_enforcer.domain.settings import EnforcementMode, Settings, SettingsError
 from infra.constructs.guardrails import SCP_TARGET, GuardrailsMode
 
 # The values CloudWatch Logs accepts for a log group's retention (PutRetentionPolicy).

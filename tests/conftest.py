@@ -3,22 +3,18 @@ the report topic with a queue subscribed, and the real payloads from ../shared/a
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-for path in (ROOT / "functions", ROOT):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
+from emulator.moto_ext import teach_moto
+from imds_enforcer.aws import clients, secrets
+from imds_enforcer.domain.settings import Settings
+from tests.support.aws import ReportInbox, make_inbox
+from tests.support.context import FakeLambdaContext
 
-from emulator.moto_ext import teach_moto  # noqa: E402
-from imds_enforcer import clients, secrets  # noqa: E402
-from imds_enforcer.settings import Settings  # noqa: E402
-from tests.support.aws import ReportInbox, make_inbox  # noqa: E402
-from tests.support.context import FakeLambdaContext  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 ACCOUNT = "123456789012"
 REGION = "us-east-1"

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
-from imds_enforcer.report import Action, Finding
+from imds_enforcer.domain.report import Action, Finding
 
 SERVICE = "imds-enforcer"
 NAMESPACE = "ImdsEnforcer"

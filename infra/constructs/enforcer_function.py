@@ -13,8 +13,7 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-import infra  # noqa: F401  (puts functions/ on sys.path for the import below)
-from imds_enforcer.settings import SERVICE_ROLE_PATH
+from imds_enforcer.domain.settings import SERVICE_ROLE_PATH
 from infra.constructs.nag import acknowledge
 
 # The newest Python in aws-cdk-lib (cdk-nag rule L1 flags anything older); the layer is built for the same one.

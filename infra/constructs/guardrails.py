@@ -1,6 +1,6 @@
 """The IMDSv2 guardrails as a CDK construct: a customer managed policy, or a service control policy.
 
-Optional and standalone: the documents come from ``imds_enforcer.guardrails`` (the same ones the CLI prints), so
+Optional and standalone: the documents come from ``imds_enforcer.domain.guardrails`` (the same ones the CLI prints), so
 what the stack deploys and what a person pastes into the console cannot drift apart.
 """
 
@@ -14,8 +14,7 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_organizations as organizations
 from constructs import Construct
 
-import infra  # noqa: F401  (puts functions/ on sys.path for the import below)
-from imds_enforcer.guardrails import DEFAULT_MAX_HOP_LIMIT, iam_policy_document, scp_document
+from imds_enforcer.domain.guardrails import DEFAULT_MAX_HOP_LIMIT, iam_policy_document, scp_document
 
 GuardrailsMode = Literal["iam", "scp"]
 

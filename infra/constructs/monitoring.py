@@ -1,6 +1,6 @@
 """The operator's view: one dashboard of the account's IMDSv1 usage and the service's own health, and the alarms.
 
-Metric names come from the Lambda code (``imds_enforcer.observability``, ``imds_enforcer.cloudwatch``): the same
+Metric names come from the Lambda code (``imds_enforcer.observability``, ``imds_enforcer.aws.cloudwatch``): the same
 constants the handlers emit and read, so a rename cannot silently empty a graph or mute an alarm.
 """
 
@@ -14,11 +14,10 @@ from aws_cdk import aws_cloudwatch_actions as actions
 from aws_cdk import aws_sns as sns
 from constructs import Construct
 
-import infra  # noqa: F401  (puts functions/ on sys.path for the imports below)
-from imds_enforcer.cloudwatch import NAMESPACE as EC2_NAMESPACE
-from imds_enforcer.cloudwatch import NO_TOKEN, NO_TOKEN_REJECTED
+from imds_enforcer.aws.cloudwatch import NAMESPACE as EC2_NAMESPACE
+from imds_enforcer.aws.cloudwatch import NO_TOKEN, NO_TOKEN_REJECTED
+from imds_enforcer.domain.report import Action
 from imds_enforcer.observability import NAMESPACE, OPTIONAL_REMAINING, SERVICE, action_metric
-from imds_enforcer.report import Action
 from infra.constructs.enforcer_function import EnforcerFunction
 
 HOUR = cdk.Duration.hours(1)

@@ -15,8 +15,7 @@ import aws_cdk as cdk
 from aws_cdk import aws_iam as iam
 from constructs import Construct
 
-import infra  # noqa: F401  (puts functions/ on sys.path for the import below)
-from imds_enforcer.settings import ENFORCED_AT_TAG, ENFORCED_BY_TAG
+from imds_enforcer.domain.settings import ENFORCED_AT_TAG, ENFORCED_BY_TAG
 
 
 @dataclass(frozen=True, slots=True)

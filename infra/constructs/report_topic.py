@@ -13,8 +13,7 @@ from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subscriptions
 from constructs import Construct
 
-import infra  # noqa: F401  (puts functions/ on sys.path for the import below)
-from imds_enforcer.report import SEVERITY_RANK, Severity
+from imds_enforcer.domain.report import SEVERITY_RANK, Severity
 
 # A CloudWatch alarm notification (JSON) always has this key; a report never does.
 ALARM_MESSAGE_KEY = "AlarmName"

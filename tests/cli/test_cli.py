@@ -23,9 +23,9 @@ from botocore.awsrequest import AWSResponse
 from rich.console import Console
 
 from emulator.fleet import backdate_launch
-from imds_enforcer import clients
-from imds_enforcer.guardrails import iam_policy_document, scp_document
-from imds_enforcer.settings import ENFORCED_AT_TAG, ENFORCED_BY_TAG
+from imds_enforcer.aws import clients
+from imds_enforcer.domain.guardrails import iam_policy_document, scp_document
+from imds_enforcer.domain.settings import ENFORCED_AT_TAG, ENFORCED_BY_TAG
 from imds_enforcer_cli import aws as cli_aws
 from imds_enforcer_cli.audit import Readiness, run_audit
 from imds_enforcer_cli.main import main

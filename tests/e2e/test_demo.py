@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 
 from emulator.server import start_server
-from imds_enforcer import clients
+from imds_enforcer.aws import clients
 from tests.conftest import ROOT
 from tests.support.aws import launch, run_instances_event
 from tests.support.context import FakeLambdaContext

@@ -4,23 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-for path in (REPO_ROOT / "functions", REPO_ROOT):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
-
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 
-from aws_cdk.assertions import Template  # noqa: E402
+from aws_cdk.assertions import Template
 
-from infra.config import DeployConfig  # noqa: E402
+from infra.config import DeployConfig
 
 ACCOUNT = "123456789012"
 REGIONS = ("us-east-1", "eu-west-1")

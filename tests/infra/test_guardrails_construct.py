@@ -9,7 +9,7 @@ import pytest
 from aws_cdk.assertions import Match, Template
 from cdk_nag import AwsSolutionsChecks
 
-from imds_enforcer.guardrails import iam_policy_document, scp_document
+from imds_enforcer.domain.guardrails import iam_policy_document, scp_document
 from infra.constructs.guardrails import Guardrails
 
 BREAK_GLASS = (

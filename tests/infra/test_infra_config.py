@@ -8,8 +8,8 @@ from typing import Any, get_args
 import aws_cdk as cdk
 import pytest
 
-from imds_enforcer.report import Severity
-from imds_enforcer.settings import EnforcementMode, Settings
+from imds_enforcer.domain.report import Severity
+from imds_enforcer.domain.settings import EnforcementMode, Settings
 from infra import REPO_ROOT
 from infra.config import PLACEHOLDER_TOPIC_ARN, ConfigError, DeployConfig, LogRetentionDays
 from infra.constructs.enforcer_function import log_retention

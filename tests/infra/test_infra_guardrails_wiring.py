@@ -12,7 +12,7 @@ import aws_cdk as cdk
 import pytest
 from aws_cdk.assertions import Match, Template
 
-from imds_enforcer.guardrails import iam_policy_document, scp_document
+from imds_enforcer.domain.guardrails import iam_policy_document, scp_document
 from infra import REPO_ROOT
 from infra.config import DeployConfig, partition_of
 from infra.stack import add_guardrails

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from aws_cdk.assertions import Capture, Match, Matcher, Template
 
-from imds_enforcer.settings import EnforcementMode, Settings
+from imds_enforcer.domain.settings import EnforcementMode, Settings
 from infra.config import PLACEHOLDER_TOPIC_ARN
 from tests.infra.template_helpers import as_list, render
 

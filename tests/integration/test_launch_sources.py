@@ -15,12 +15,13 @@ from emulator.events import (
     create_launch_template_version_event,
     register_image_event,
 )
-from imds_enforcer import clients, sources_sweep
-from imds_enforcer.enforcement import UnexpectedAwsError
+from imds_enforcer.aws import clients
+from imds_enforcer.domain.report import Action, Finding
+from imds_enforcer.domain.settings import EnforcementMode, Settings
 from imds_enforcer.handlers.launch_watch import handler as launch_watch
 from imds_enforcer.handlers.usage_gate import handler as usage_gate
-from imds_enforcer.report import Action, Finding
-from imds_enforcer.settings import EnforcementMode, Settings
+from imds_enforcer.workflows import launch_source_sweep
+from imds_enforcer.workflows.enforcement import UnexpectedAwsError
 from tests.support.aws import ReportInbox, launch
 from tests.support.context import FakeLambdaContext
 from tests.support.faults import Fault, ec2_error, inject
@@ -155,7 +156,7 @@ def test_flag_mode_names_versions_and_groups_and_changes_nothing() -> None:
     no_imds = create_template("batch", {"HttpTokens": "optional", "HttpEndpoint": "disabled"})
 
     # When the templates are checked in flag mode
-    findings = by_resource(sources_sweep.check_launch_templates(FLAG))
+    findings = by_resource(launch_source_sweep.check_launch_templates(FLAG))
 
     # Then only the open one is flagged, naming its versions and every group, and nothing changed
     assert set(findings) == {web}
@@ -177,7 +178,7 @@ def test_fix_mode_makes_a_required_default_and_keeps_the_other_options() -> None
     create_group("web-asg", LaunchTemplate={"LaunchTemplateId": web})
 
     # When it is checked in fix mode with the template opt-in
-    [finding] = sources_sweep.check_launch_templates(FIX_ALL)
+    [finding] = launch_source_sweep.check_launch_templates(FIX_ALL)
 
     # Then version 2 is the new default: tokens required, every other option and field as they were
     assert finding.action is Action.ENFORCED
@@ -192,7 +193,7 @@ def test_fix_mode_makes_a_required_default_and_keeps_the_other_options() -> None
     }
 
     # And a second run has nothing to say (idempotent)
-    assert sources_sweep.check_launch_templates(FIX_ALL) == []
+    assert launch_source_sweep.check_launch_templates(FIX_ALL) == []
 
 
 def test_fix_keeps_latest_content_when_latest_differs_from_default() -> None:
@@ -202,7 +203,7 @@ def test_fix_keeps_latest_content_when_latest_differs_from_default() -> None:
     create_group("canary", LaunchTemplate={"LaunchTemplateId": web, "Version": "$Latest"})
 
     # When it is fixed
-    [finding] = sources_sweep.check_launch_templates(FIX_ALL)
+    [finding] = launch_source_sweep.check_launch_templates(FIX_ALL)
 
     # Then v3 (from v1) is the default and v4 (from v2) is the latest: both required, each with its own content
     assert finding.action is Action.ENFORCED
@@ -218,7 +219,7 @@ def test_container_template_gets_hop_limit_two_and_service_managed_is_untouched(
     eks = create_template("eks-ng", {"HttpPutResponseHopLimit": 2}, tags={"eks:nodegroup-name": "ng-1"})
 
     # When they are checked in fix mode with the opt-in
-    findings = by_resource(sources_sweep.check_launch_templates(FIX_ALL))
+    findings = by_resource(launch_source_sweep.check_launch_templates(FIX_ALL))
 
     # Then the node template requires tokens with hop limit 2; the EKS one is flagged, unchanged, and says why
     assert findings[nodes].action is Action.ENFORCED
@@ -232,7 +233,7 @@ def test_container_template_gets_hop_limit_two_and_service_managed_is_untouched(
 def test_exempt_template_is_reported_exempt_and_untouched() -> None:
     legacy = create_template("legacy", tags={"imdsv2-exempt": "vendor agent, ticket OPS-12"})
 
-    [finding] = sources_sweep.check_launch_templates(FIX_ALL)
+    [finding] = launch_source_sweep.check_launch_templates(FIX_ALL)
 
     assert (finding.resource_id, finding.action) == (legacy, Action.EXEMPT)
     assert "OPS-12" in finding.reason
@@ -250,7 +251,7 @@ def test_a_failure_on_one_template_does_not_stop_the_others() -> None:
     )
 
     # When both are fixed
-    outcome = sources_sweep.sweep_launch_templates(FIX_ALL)
+    outcome = launch_source_sweep.sweep_launch_templates(FIX_ALL)
 
     # Then the first is a failed finding with its code, the second is enforced, and the code is an expected one
     findings = by_resource(outcome.findings)
@@ -266,7 +267,7 @@ def test_an_unexpected_error_is_collected_for_the_caller_to_raise() -> None:
     create_template("web")
     inject(clients.ec2(), "DescribeLaunchTemplates", Fault(ec2_error("UnauthorizedOperation", "no", 403)))
 
-    outcome = sources_sweep.sweep_launch_templates(FLAG)
+    outcome = launch_source_sweep.sweep_launch_templates(FLAG)
 
     [finding] = outcome.findings
     assert (finding.resource_id, finding.action, finding.error_code) == ("*", Action.FAILED, "UnauthorizedOperation")
@@ -285,7 +286,7 @@ def test_launch_configurations_are_flagged_with_their_groups() -> None:
     create_launch_configuration("dark", {"HttpTokens": "optional", "HttpEndpoint": "disabled"})
 
     # When they are checked (fix mode: they still cannot change)
-    findings = by_resource(sources_sweep.check_launch_configurations(FIX_ALL))
+    findings = by_resource(launch_source_sweep.check_launch_configurations(FIX_ALL))
 
     # Then the two open ones are flagged, with their groups (or none) and the way out
     assert set(findings) == {"legacy", "spare"}
@@ -304,28 +305,28 @@ def test_own_images_flagged_in_flag_mode_and_set_to_v2_with_the_opt_in() -> None
     vendor = create_own_image("vendor-appliance", tags={"imdsv2-exempt": "vendor"})
 
     # When they are checked in flag mode, nothing changes
-    flagged = by_resource(sources_sweep.check_images(FLAG))
+    flagged = by_resource(launch_source_sweep.check_images(FLAG))
     assert (flagged[golden].resource_type, flagged[golden].action) == ("image", Action.FLAGGED)
     assert flagged[vendor].action is Action.EXEMPT
     assert imds_support(golden) is None
 
     # When they are checked in fix mode with the image opt-in
-    fixed = by_resource(sources_sweep.check_images(FIX_ALL))
+    fixed = by_resource(launch_source_sweep.check_images(FIX_ALL))
 
     # Then the golden AMI requires IMDSv2 (and the finding warns it cannot be undone); the exempt one is left
     assert fixed[golden].action is Action.ENFORCED
     assert "cannot be undone" in fixed[golden].reason
     assert imds_support(golden) == "v2.0"
     assert imds_support(vendor) is None
-    assert golden not in by_resource(sources_sweep.check_images(FIX_ALL))
+    assert golden not in by_resource(launch_source_sweep.check_images(FIX_ALL))
 
 
 def test_public_images_of_others_are_never_listed() -> None:
     # Given moto's catalogue of public AMIs owned by other accounts, and no AMI of our own
     # When the images are checked with every fix on
     # Then nothing is found (and so nothing could be modified)
-    assert sources_sweep.check_images(FIX_ALL) == []
-    assert sources_sweep.check_images(FIX_ALL, image_ids=["ami-12c6146b"]) == []
+    assert launch_source_sweep.check_images(FIX_ALL) == []
+    assert launch_source_sweep.check_images(FIX_ALL, image_ids=["ami-12c6146b"]) == []
 
 
 # --- through the real handlers ---------------------------------------------------------------------------------

@@ -13,10 +13,10 @@ import pytest
 from botocore.exceptions import ClientError
 from botocore.retries.standard import ExponentialBackoff
 
-from imds_enforcer import clients
-from imds_enforcer.enforcement import UnexpectedAwsError
+from imds_enforcer.aws import clients
+from imds_enforcer.domain.settings import ENFORCED_AT_TAG, ENFORCED_BY_TAG, SettingsError
 from imds_enforcer.handlers.launch_watch import handler
-from imds_enforcer.settings import ENFORCED_AT_TAG, ENFORCED_BY_TAG, SettingsError
+from imds_enforcer.workflows.enforcement import UnexpectedAwsError
 from tests.support.aws import (
     ReportInbox,
     launch,

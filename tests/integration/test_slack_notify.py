@@ -16,14 +16,15 @@ import pytest
 from slack_sdk.http_retry.builtin_interval_calculators import FixedValueRetryIntervalCalculator
 
 from emulator.webhook import WebhookReceiver, start_webhook
-from imds_enforcer import clients, secrets, slack_delivery
+from imds_enforcer.aws import clients, secrets
+from imds_enforcer.aws.secrets import WebhookSecretError
+from imds_enforcer.domain.report import Action, Finding, OutgoingMessage, Report, render_messages
+from imds_enforcer.domain.settings import SettingsError
+from imds_enforcer.domain.slack_message import render_payload
 from imds_enforcer.handlers.slack_notify import handler
 from imds_enforcer.observability import logger
-from imds_enforcer.report import Action, Finding, OutgoingMessage, Report, render_messages
-from imds_enforcer.secrets import WebhookSecretError
-from imds_enforcer.settings import SettingsError
-from imds_enforcer.slack import render_payload
-from imds_enforcer.slack_delivery import SlackDeliveryError
+from imds_enforcer.workflows import slack_delivery
+from imds_enforcer.workflows.slack_delivery import SlackDeliveryError
 from tests.support.context import FakeLambdaContext
 
 pytestmark = pytest.mark.usefixtures("aws")

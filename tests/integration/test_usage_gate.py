@@ -15,9 +15,9 @@ from botocore.retries.standard import ExponentialBackoff
 
 from emulator.fleet import backdate_launch
 from emulator.moto_ext import metadata_defaults_of
-from imds_enforcer import clients
+from imds_enforcer.aws import clients
+from imds_enforcer.domain.settings import ENFORCED_AT_TAG, ENFORCED_BY_TAG
 from imds_enforcer.handlers.usage_gate import handler
-from imds_enforcer.settings import ENFORCED_AT_TAG, ENFORCED_BY_TAG
 from tests.support.aws import ReportInbox, launch, metadata_options, tags_of
 from tests.support.context import FakeLambdaContext
 from tests.support.faults import count_calls, throttle_first

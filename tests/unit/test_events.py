@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from imds_enforcer.events import Ignored, LaunchTrigger, TriggerKind, read_launch_event
+from imds_enforcer.domain.events import Ignored, LaunchTrigger, TriggerKind, read_launch_event
 from tests.support.aws import modify_options_event, run_instances_event, state_change_event
 
 ACCOUNT = "123456789012"

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from parliament import analyze_policy_string, enhance_finding  # type: ignore[import-untyped]  # ships no types
 
-from imds_enforcer.guardrails import (
+from imds_enforcer.domain.guardrails import (
     SCP_MAX_CHARACTERS,
     Guardrails,
     GuardrailsError,

@@ -17,8 +17,8 @@ from botocore.stub import Stubber
 from hypothesis import given
 from hypothesis import strategies as st
 
-from imds_enforcer import clients, sources_sweep
-from imds_enforcer.launch_sources import (
+from imds_enforcer.aws import clients
+from imds_enforcer.domain.launch_sources import (
     CONTAINER_HOP_LIMIT,
     GroupUse,
     ImageFacts,
@@ -35,8 +35,9 @@ from imds_enforcer.launch_sources import (
     template_decision,
     template_users,
 )
-from imds_enforcer.report import Action, Finding
-from imds_enforcer.settings import EnforcementMode, Settings
+from imds_enforcer.domain.report import Action, Finding
+from imds_enforcer.domain.settings import EnforcementMode, Settings
+from imds_enforcer.workflows import launch_source_sweep
 
 FLAG = Settings()
 FIX_ALL = Settings(ENFORCEMENT_MODE=EnforcementMode.FIX, FIX_LAUNCH_TEMPLATES=True, FIX_IMAGES=True)
@@ -165,7 +166,7 @@ def test_stubbed_not_found_envelope_becomes_a_failed_finding(samples_dir: Path, 
     )
 
     # When the launch watch's check looks at that template
-    outcome = sources_sweep.sweep_launch_templates(FIX_ALL, template_ids=["lt-0877401c93c294001"])
+    outcome = launch_source_sweep.sweep_launch_templates(FIX_ALL, template_ids=["lt-0877401c93c294001"])
 
     # Then it is one failed finding carrying the code, and an expected code (no Lambda retry for a deleted template)
     [finding] = outcome.findings
@@ -214,7 +215,7 @@ def test_stubbed_fix_sends_requests_the_service_model_accepts(samples_dir: Path,
     # When the check runs in fix mode with the opt-in (groups come from an empty Auto Scaling stub)
     with Stubber(clients.autoscaling()) as autoscaling:
         autoscaling.add_response("describe_auto_scaling_groups", {"AutoScalingGroups": []}, {"MaxRecords": 100})
-        findings = sources_sweep.check_launch_templates(FIX_ALL, template_ids=[template_id])
+        findings = launch_source_sweep.check_launch_templates(FIX_ALL, template_ids=[template_id])
 
     # Then the template is enforced, and every call matched what the service model accepts
     [finding] = findings
@@ -224,7 +225,7 @@ def test_stubbed_fix_sends_requests_the_service_model_accepts(samples_dir: Path,
 
 def test_response_only_fields_are_left_to_source_version(stubbed_ec2: Stubber) -> None:
     # Given a version whose data holds response-only fields (MetadataOptions.State, IsPrimaryIpv6)
-    from imds_enforcer import ec2
+    from imds_enforcer.aws import ec2
 
     data = {
         "InstanceType": "t3.micro",

@@ -5,16 +5,16 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from imds_enforcer.instances import InstanceFacts
-from imds_enforcer.policy import (
+from imds_enforcer.domain.instances import InstanceFacts
+from imds_enforcer.domain.policy import (
     CONTAINER_HOP_LIMIT,
     ModifyPlan,
     is_container_host,
     launch_decision,
     modify_plan,
 )
-from imds_enforcer.report import Action, Finding
-from imds_enforcer.settings import EnforcementMode, Settings
+from imds_enforcer.domain.report import Action, Finding
+from imds_enforcer.domain.settings import EnforcementMode, Settings
 
 TAG_KEYS = st.sampled_from(
     [

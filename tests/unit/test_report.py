@@ -7,7 +7,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imds_enforcer.report import (
+from imds_enforcer.domain.report import (
     MAX_MESSAGE_BYTES,
     SUBJECT_LIMIT,
     Action,

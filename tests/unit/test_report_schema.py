@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from imds_enforcer.report import Action, Finding, Report, render_messages, report_json_schema
+from imds_enforcer.domain.report import Action, Finding, Report, render_messages, report_json_schema
 from tests.support.schema import SCHEMA_FILE, assert_valid_report
 
 

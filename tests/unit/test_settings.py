@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from imds_enforcer.settings import EnforcementMode, Settings, SettingsError
+from imds_enforcer.domain.settings import EnforcementMode, Settings, SettingsError
 
 
 def test_defaults_are_safe() -> None:

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from imds_enforcer.report import Action, Finding, Report, render_messages
-from imds_enforcer.slack import (
+from imds_enforcer.domain.report import Action, Finding, Report, render_messages
+from imds_enforcer.domain.slack_message import (
     MAX_BLOCKS,
     MAX_HEADER_TEXT,
     MAX_SECTION_TEXT,

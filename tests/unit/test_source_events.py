@@ -20,7 +20,7 @@ from emulator.events import (
     modify_launch_template_event,
     register_image_event,
 )
-from imds_enforcer.events import Ignored, SourceKind, SourceTrigger, read_launch_event
+from imds_enforcer.domain.events import Ignored, SourceKind, SourceTrigger, read_launch_event
 
 TEMPLATE_ID = "lt-0abcd290751193123"
 IMAGE_ID = "ami-0abcdef1234567890"

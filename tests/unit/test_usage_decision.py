@@ -9,12 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imds_enforcer.cloudwatch import plan_batches
-from imds_enforcer.instances import InstanceFacts
-from imds_enforcer.policy import ModifyPlan
-from imds_enforcer.report import Action, Finding
-from imds_enforcer.settings import ENFORCED_AT_TAG, Settings
-from imds_enforcer.usage import (
+from imds_enforcer.aws.cloudwatch import plan_batches
+from imds_enforcer.domain.instances import InstanceFacts
+from imds_enforcer.domain.policy import ModifyPlan
+from imds_enforcer.domain.report import Action, Finding
+from imds_enforcer.domain.settings import ENFORCED_AT_TAG, Settings
+from imds_enforcer.domain.usage import (
     MetadataUsage,
     MetricSeries,
     UsageWindow,

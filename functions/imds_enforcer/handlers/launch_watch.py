@@ -10,10 +10,10 @@ from typing import Any
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 
-from imds_enforcer.deployment import Deployment
-from imds_enforcer.launch import watch_launch
+from imds_enforcer.domain.deployment import Deployment
+from imds_enforcer.domain.settings import Settings
 from imds_enforcer.observability import EVENTS_IGNORED, EVENTS_PROCESSED, logger, metrics, record_findings
-from imds_enforcer.settings import Settings
+from imds_enforcer.workflows.launch_watch import watch_launch
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.EVENT_BRIDGE, clear_state=True)

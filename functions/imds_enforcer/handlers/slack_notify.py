@@ -7,9 +7,9 @@ from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 
+from imds_enforcer.domain.settings import Settings
 from imds_enforcer.observability import logger, metrics
-from imds_enforcer.settings import Settings
-from imds_enforcer.slack_delivery import notify_slack
+from imds_enforcer.workflows.slack_delivery import notify_slack
 
 # SNS-to-Lambda events carry one record; its message id ties the log lines to the SNS delivery.
 SNS_CORRELATION_PATH = "Records[0].Sns.MessageId"

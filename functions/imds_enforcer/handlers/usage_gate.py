@@ -8,8 +8,8 @@ from typing import Any
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 
-from imds_enforcer.deployment import Deployment
-from imds_enforcer.gate import run_gate
+from imds_enforcer.domain.deployment import Deployment
+from imds_enforcer.domain.settings import Settings
 from imds_enforcer.observability import (
     DEFERRED,
     EVENTS_IGNORED,
@@ -19,7 +19,7 @@ from imds_enforcer.observability import (
     metrics,
     record_findings,
 )
-from imds_enforcer.settings import Settings
+from imds_enforcer.workflows.usage_gate import run_gate
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.EVENT_BRIDGE, clear_state=True)

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from botocore.exceptions import ClientError
 
-from imds_enforcer import clients
+from imds_enforcer.aws import clients
 
 # The local webhook emulator answers on plain HTTP; anything else must be HTTPS.
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})

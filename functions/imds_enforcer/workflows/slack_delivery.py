@@ -28,10 +28,10 @@ from slack_sdk.http_retry.response import HttpResponse
 from slack_sdk.http_retry.state import RetryState
 from slack_sdk.webhook import WebhookClient
 
-from imds_enforcer import secrets
+from imds_enforcer.aws import secrets
+from imds_enforcer.domain.settings import Settings, SettingsError
+from imds_enforcer.domain.slack_message import SlackPayload, render_alarm, render_payload, reports_from_sns_event
 from imds_enforcer.observability import logger
-from imds_enforcer.settings import Settings, SettingsError
-from imds_enforcer.slack import SlackPayload, render_alarm, render_payload, reports_from_sns_event
 
 HTTP_TIMEOUT_SECONDS = 10
 RATE_LIMIT_RETRIES = 3

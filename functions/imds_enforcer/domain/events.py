@@ -126,7 +126,7 @@ class LaunchTrigger:
 
 
 class SourceKind(StrEnum):
-    """Where new instances come from: the launch-source checks (sources_sweep) take these."""
+    """Where new instances come from: the launch-source checks (launch_source_sweep) take these."""
 
     LAUNCH_TEMPLATE = "launch_template"
     LAUNCH_CONFIGURATION = "launch_configuration"

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from imds_enforcer import clients
+from imds_enforcer.aws import clients
+from imds_enforcer.domain.usage import DAY_SECONDS, HOUR_SECONDS, MetricSeries
 from imds_enforcer.observability import logger
-from imds_enforcer.usage import DAY_SECONDS, HOUR_SECONDS, MetricSeries
 
 if TYPE_CHECKING:
     from mypy_boto3_cloudwatch.type_defs import MetricDataQueryTypeDef

@@ -24,10 +24,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from imds_enforcer.instances import InstanceFacts
-from imds_enforcer.policy import ModifyPlan, exempt_finding, is_exempt, modify_plan
-from imds_enforcer.report import Action, Finding
-from imds_enforcer.settings import ENFORCED_AT_TAG, ENFORCED_BY_TAG, Settings
+from imds_enforcer.domain.instances import InstanceFacts
+from imds_enforcer.domain.policy import ModifyPlan, exempt_finding, is_exempt, modify_plan
+from imds_enforcer.domain.report import Action, Finding
+from imds_enforcer.domain.settings import ENFORCED_AT_TAG, ENFORCED_BY_TAG, Settings
 
 HOUR_SECONDS = 3600
 DAY_SECONDS = 86400

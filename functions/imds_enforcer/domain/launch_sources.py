@@ -17,9 +17,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from imds_enforcer.policy import CONTAINER_HOP_LIMIT, is_container_host
-from imds_enforcer.report import Action, Finding
-from imds_enforcer.settings import Settings
+from imds_enforcer.domain.policy import CONTAINER_HOP_LIMIT, is_container_host
+from imds_enforcer.domain.report import Action, Finding
+from imds_enforcer.domain.settings import Settings
 
 LAUNCH_TEMPLATE = "launch_template"
 LAUNCH_CONFIGURATION = "launch_configuration"

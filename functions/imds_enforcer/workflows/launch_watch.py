@@ -1,19 +1,27 @@
 """The launch watch: look at the instances an event names and flag, fix or exempt each one that accepts IMDSv1;
-and at the launch template, launch configuration or AMI a CloudTrail event created or changed (sources_sweep)."""
+and at the launch template, launch configuration or AMI a CloudTrail event created or changed (launch_source_sweep)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from imds_enforcer import ec2, sources_sweep
-from imds_enforcer.deployment import Deployment
-from imds_enforcer.enforcement import Pacer, UnexpectedAwsError, enforce
-from imds_enforcer.events import Ignored, LaunchTrigger, SourceKind, SourceTrigger, TriggerKind, read_launch_event
+from imds_enforcer.aws import ec2
+from imds_enforcer.aws.sns import publish_report
+from imds_enforcer.domain.deployment import Deployment
+from imds_enforcer.domain.events import (
+    Ignored,
+    LaunchTrigger,
+    SourceKind,
+    SourceTrigger,
+    TriggerKind,
+    read_launch_event,
+)
+from imds_enforcer.domain.policy import ModifyPlan, launch_decision
+from imds_enforcer.domain.report import Action, Finding, Report
+from imds_enforcer.domain.settings import Settings
 from imds_enforcer.observability import logger
-from imds_enforcer.policy import ModifyPlan, launch_decision
-from imds_enforcer.report import Action, Finding, Report
-from imds_enforcer.settings import Settings
-from imds_enforcer.sns import publish_report
+from imds_enforcer.workflows import launch_source_sweep
+from imds_enforcer.workflows.enforcement import Pacer, UnexpectedAwsError, enforce
 
 ENFORCED_BY = "launch_watch"
 TRIGGER = "launch"
@@ -125,10 +133,10 @@ def _watch_source(trigger: SourceTrigger, settings: Settings, deployment: Deploy
     )
     ids = list(trigger.resource_ids)
     if trigger.kind is SourceKind.LAUNCH_TEMPLATE:
-        outcome = sources_sweep.sweep_launch_templates(settings, template_ids=ids)
+        outcome = launch_source_sweep.sweep_launch_templates(settings, template_ids=ids)
     elif trigger.kind is SourceKind.LAUNCH_CONFIGURATION:
-        outcome = sources_sweep.sweep_launch_configurations(settings, names=ids)
+        outcome = launch_source_sweep.sweep_launch_configurations(settings, names=ids)
     else:
-        outcome = sources_sweep.sweep_images(settings, image_ids=ids)
+        outcome = launch_source_sweep.sweep_images(settings, image_ids=ids)
     totals = {"resources_in_event": len(ids)}
     return _finish(outcome.findings, outcome.unexpected_errors, totals, trigger.event_id, settings, deployment)

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.model import ListShape, Shape, StructureShape
 
-from imds_enforcer import clients
-from imds_enforcer.instances import InstanceFacts
+from imds_enforcer.aws import clients
+from imds_enforcer.domain.instances import InstanceFacts
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2.type_defs import FilterTypeDef

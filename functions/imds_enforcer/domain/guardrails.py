@@ -30,7 +30,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from imds_enforcer.settings import SERVICE_ROLE_PATH
+from imds_enforcer.domain.settings import SERVICE_ROLE_PATH
 
 POLICY_VERSION = "2012-10-17"
 # Organizations counts every character of an SCP, whitespace included; IAM counts a managed policy without it.

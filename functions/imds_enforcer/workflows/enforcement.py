@@ -13,12 +13,12 @@ from datetime import UTC, datetime
 
 from botocore.exceptions import ClientError
 
-from imds_enforcer import ec2
-from imds_enforcer.instances import InstanceFacts
+from imds_enforcer.aws import ec2
+from imds_enforcer.domain.instances import InstanceFacts
+from imds_enforcer.domain.policy import ModifyPlan
+from imds_enforcer.domain.report import Action, Finding, Report
+from imds_enforcer.domain.settings import ENFORCED_AT_TAG, ENFORCED_BY_TAG
 from imds_enforcer.observability import logger
-from imds_enforcer.policy import ModifyPlan
-from imds_enforcer.report import Action, Finding, Report
-from imds_enforcer.settings import ENFORCED_AT_TAG, ENFORCED_BY_TAG
 
 # Codes that describe the instance, not a fault of ours: report them, let the next event or run try again.
 EXPECTED_ERROR_CODES = frozenset(

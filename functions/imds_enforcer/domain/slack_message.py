@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from imds_enforcer.report import Finding, Report, Severity, sort_findings, subject_for
+from imds_enforcer.domain.report import Finding, Report, Severity, sort_findings, subject_for
 
 # Slack's documented limits (https://docs.slack.dev/reference/block-kit/blocks).
 MAX_BLOCKS = 50

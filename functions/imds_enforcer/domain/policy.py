@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from imds_enforcer.instances import InstanceFacts
-from imds_enforcer.report import Action, Finding
-from imds_enforcer.settings import Settings
+from imds_enforcer.domain.instances import InstanceFacts
+from imds_enforcer.domain.report import Action, Finding
+from imds_enforcer.domain.settings import Settings
 
 # Tag keys that mark a container host: pods/tasks reach IMDS through one more network hop.
 CONTAINER_HOST_TAG_KEYS = ("eks:cluster-name", "aws:eks:cluster-name", "eks:nodegroup-name", "AmazonECSManaged")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from imds_enforcer import clients
+from imds_enforcer.aws import clients
+from imds_enforcer.domain.report import Report, render_messages
 from imds_enforcer.observability import logger
-from imds_enforcer.report import Report, render_messages
 
 
 def publish_report(report: Report, *, topic_arn: str) -> list[str]:

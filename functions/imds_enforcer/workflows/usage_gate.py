@@ -9,7 +9,7 @@ A run, in order (the gate is stateless: the live API says what is left, so every
 4. decide every optional instance (usage.gate_decision) and enforce the ready ones in fix mode, paced, stopping
    when the Lambda's time budget runs low;
 5. when the region is clean, set the account default (opt-in);
-6. check where new instances come from (launch templates, launch configurations, own AMIs: sources_sweep), unless
+6. check where new instances come from (launch templates, launch configurations, own AMIs: launch_source_sweep), unless
    the time budget is already low (then the next run does it, and totals["source_checks_skipped"] says so);
 7. publish one report (trigger `gate`) in which every optional instance appears, with the run's totals.
 
@@ -27,25 +27,16 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from imds_enforcer import cloudwatch, ec2, sources_sweep
-from imds_enforcer.cloudwatch import MetricRequest
-from imds_enforcer.deployment import Deployment
-from imds_enforcer.enforcement import (
-    EXPECTED_ERROR_CODES,
-    Pacer,
-    UnexpectedAwsError,
-    enforce,
-    error_code,
-    failed_finding,
-)
-from imds_enforcer.events import Ignored
-from imds_enforcer.instances import InstanceFacts
-from imds_enforcer.observability import logger
-from imds_enforcer.policy import ModifyPlan, is_exempt
-from imds_enforcer.report import Action, Finding, Report
-from imds_enforcer.settings import ENFORCED_AT_TAG, Settings
-from imds_enforcer.sns import publish_report
-from imds_enforcer.usage import (
+from imds_enforcer.aws import cloudwatch, ec2
+from imds_enforcer.aws.cloudwatch import MetricRequest
+from imds_enforcer.aws.sns import publish_report
+from imds_enforcer.domain.deployment import Deployment
+from imds_enforcer.domain.events import Ignored
+from imds_enforcer.domain.instances import InstanceFacts
+from imds_enforcer.domain.policy import ModifyPlan, is_exempt
+from imds_enforcer.domain.report import Action, Finding, Report
+from imds_enforcer.domain.settings import ENFORCED_AT_TAG, Settings
+from imds_enforcer.domain.usage import (
     MetadataUsage,
     MetricSeries,
     UsageWindow,
@@ -57,6 +48,16 @@ from imds_enforcer.usage import (
     rollback_tag_value,
     under_watch,
     watch_window,
+)
+from imds_enforcer.observability import logger
+from imds_enforcer.workflows import launch_source_sweep
+from imds_enforcer.workflows.enforcement import (
+    EXPECTED_ERROR_CODES,
+    Pacer,
+    UnexpectedAwsError,
+    enforce,
+    error_code,
+    failed_finding,
 )
 
 if TYPE_CHECKING:
@@ -208,10 +209,10 @@ def run_gate(
     return GateOutcome(status="processed", findings=run.findings, totals=totals, message_ids=message_ids, report=report)
 
 
-SOURCE_CHECKS: tuple[tuple[str, Callable[[Settings], sources_sweep.SourceOutcome]], ...] = (
-    ("launch templates", sources_sweep.sweep_launch_templates),
-    ("launch configurations", sources_sweep.sweep_launch_configurations),
-    ("images", sources_sweep.sweep_images),
+SOURCE_CHECKS: tuple[tuple[str, Callable[[Settings], launch_source_sweep.SourceOutcome]], ...] = (
+    ("launch templates", launch_source_sweep.sweep_launch_templates),
+    ("launch configurations", launch_source_sweep.sweep_launch_configurations),
+    ("images", launch_source_sweep.sweep_images),
 )
 
 

@@ -18,9 +18,8 @@ from typing import Any, TypeVar
 
 from botocore.exceptions import ClientError
 
-from imds_enforcer import autoscaling, ec2
-from imds_enforcer.enforcement import EXPECTED_ERROR_CODES, error_code, failed_finding
-from imds_enforcer.launch_sources import (
+from imds_enforcer.aws import autoscaling, ec2
+from imds_enforcer.domain.launch_sources import (
     IMAGE,
     LAUNCH_CONFIGURATION,
     LAUNCH_TEMPLATE,
@@ -39,9 +38,10 @@ from imds_enforcer.launch_sources import (
     template_decision,
     template_users,
 )
+from imds_enforcer.domain.report import Action, Finding
+from imds_enforcer.domain.settings import Settings
 from imds_enforcer.observability import logger
-from imds_enforcer.report import Action, Finding
-from imds_enforcer.settings import Settings
+from imds_enforcer.workflows.enforcement import EXPECTED_ERROR_CODES, error_code, failed_finding
 
 # The resource id of a finding about a whole listing that failed (no single resource to name).
 ALL_RESOURCES = "*"

@@ -1,6 +1,6 @@
 # Two commands do all the setup on a fresh machine (Python 3.11, Node 20, pip, npm):
 #   make demo   - the local demo: moto server on 127.0.0.1, a seeded fleet, the real handlers, the reports
-#   make test   - the whole suite: lint, format, types, unit/integration/infra/e2e tests
+#   make test   - the whole suite: lint, format, layering, types, unit/integration/infra/e2e tests
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -24,6 +24,7 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 typecheck: setup
 	$(BIN)/mypy functions/imds_enforcer imds_enforcer_cli infra app.py emulator demo bench

@@ -31,7 +31,7 @@ def build_app(context: Mapping[str, Any] | None = None, outdir: str | None = Non
     Raises ConfigError (naming the context key) on a bad value. Tests call this, so they synthesize what deploys.
     """
     app = cdk.App(context={**cdk_json_context(), **(context or {})}, outdir=outdir)
-    names = DeployConfig.model_fields.keys()
+    names = DeployConfig.context_keys()
     config = DeployConfig.from_context({name: app.node.try_get_context(name) for name in names})
 
     for region in config.regions:

@@ -30,10 +30,10 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from emulator import ACCOUNT, REGION
+
 ROOT = Path(__file__).resolve().parent.parent
 
-ACCOUNT = "123456789012"
-REGION = "us-east-1"
 OPERATIONS = ("DescribeInstances", "GetMetricData", "ModifyInstanceMetadataOptions", "CreateTags", "Publish")
 
 

@@ -85,9 +85,10 @@ def count_launch_calls(size: int = LAUNCH_SIZE) -> tuple[Counter[str], float, in
     import boto3
 
     from demo.context import DemoLambdaContext
+    from emulator import ACCOUNT, REGION
     from emulator.events import run_instances_event
     from emulator.observe import CallCounter, Inbox
-    from emulator.server import ACCOUNT, REGION, start_server, use_endpoint
+    from emulator.server import start_server, use_endpoint
     from imds_enforcer.aws import clients
     from imds_enforcer.handlers import launch_watch
 

@@ -13,15 +13,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO, cast
 
+from emulator import ACCOUNT, REGION
+
 if TYPE_CHECKING:
     from demo.aws import SourceRow
     from demo.slack_view import Transcript
     from emulator.fleet import LaunchSources
     from emulator.observe import Inbox
 
-ACCOUNT = "123456789012"
 FOREIGN_ACCOUNT = "999988887777"
-REGION = "us-east-1"
 EXEMPT_TAG_KEY = "imdsv2-exempt"
 ENFORCED_BY_TAG = "imdsv2-enforcer:enforced-by"
 GATE_MODULE = "imds_enforcer.handlers.usage_gate"

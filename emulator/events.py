@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-ACCOUNT = "123456789012"
-REGION = "us-east-1"
+from emulator import ACCOUNT, GATE_RULE, REGION
+
 CLOUDTRAIL = "AWS API Call via CloudTrail"
 
 
@@ -203,7 +203,9 @@ def create_launch_configuration_event(name: str, **kwargs: Any) -> dict[str, Any
     )
 
 
-def scheduled_event(rule_name: str, *, account: str = ACCOUNT, region: str = REGION) -> dict[str, Any]:
+def scheduled_event(
+    rule_name: str = GATE_RULE, *, account: str = ACCOUNT, region: str = REGION, event_id: str | None = None
+) -> dict[str, Any]:
     """What an EventBridge schedule rule sends (the usage gate's trigger)."""
     return envelope(
         "Scheduled Event",
@@ -211,5 +213,6 @@ def scheduled_event(rule_name: str, *, account: str = ACCOUNT, region: str = REG
         {},
         account=account,
         region=region,
+        event_id=event_id,
         resources=[f"arn:aws:events:{region}:{account}:rule/{rule_name}"],
     )

@@ -15,11 +15,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from emulator import ACCOUNT, REGION
 from emulator.moto_ext import teach_moto
 
 HOST = "127.0.0.1"
-ACCOUNT = "123456789012"  # moto's default account
-REGION = "us-east-1"
 READY_TIMEOUT_SECONDS = 10.0
 
 

@@ -23,19 +23,16 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from botocore.exceptions import ClientError
-
 from imds_enforcer.aws import ec2
+from imds_enforcer.aws.errors import AwsError, UnexpectedAwsError
 from imds_enforcer.domain.deployment import Deployment
 from imds_enforcer.domain.report import SEVERITY, SEVERITY_RANK, Action, Finding, Report, Severity, sort_findings
 from imds_enforcer.domain.settings import Settings
-from imds_enforcer.workflows.enforcement import UnexpectedAwsError, error_code
-from imds_enforcer.workflows.usage_gate import LIVE_STATES, run_gate
+from imds_enforcer.workflows.usage_gate import run_gate
 from imds_enforcer_cli import aws
 
 if TYPE_CHECKING:
     import boto3
-    from mypy_boto3_ec2.type_defs import FilterTypeDef
 
 AUDIT_TRIGGER = "audit"
 ACCOUNT_RESOURCE = "account"
@@ -58,10 +55,6 @@ AUDIT_OVERRIDES = {
 UNSUPPORTED_CODES = frozenset({"InvalidAction", "UnsupportedOperation", "NotImplemented", "UnknownOperationException"})
 # Instance findings that mean "still accepts IMDSv1 and is not exempt".
 OPEN_ACTIONS = frozenset({Action.READY, Action.BLOCKED, Action.INSUFFICIENT_DATA, Action.FLAGGED, Action.FAILED})
-REQUIRED_FILTERS: list[FilterTypeDef] = [
-    {"Name": "metadata-options.http-tokens", "Values": ["required"]},
-    {"Name": "instance-state-name", "Values": LIVE_STATES},
-]
 
 StepHook = Callable[[int, int, str], None]
 """Called before each step with (steps done, steps in all, what comes next): drives a progress bar."""
@@ -237,7 +230,7 @@ def _audit_region(
     findings = list(outcome.findings)
 
     step(region, AUDIT_STEPS[1])
-    required = sum(1 for _ in ec2.iter_instances(REQUIRED_FILTERS))
+    required = sum(1 for _ in ec2.iter_instances_by_tokens("required"))
 
     step(region, AUDIT_STEPS[2])
     default, default_finding = _account_default(account)
@@ -270,9 +263,9 @@ def _audit_region(
 def _account_default(account: str) -> tuple[AccountDefault, Finding | None]:
     try:
         defaults = ec2.instance_metadata_defaults()
-    except ClientError as error:
-        if error_code(error) in UNSUPPORTED_CODES:
-            return AccountDefault(http_tokens=None, note=f"GetInstanceMetadataDefaults: {error_code(error)}"), None
+    except AwsError as error:
+        if error.code in UNSUPPORTED_CODES:
+            return AccountDefault(http_tokens=None, note=f"GetInstanceMetadataDefaults: {error.code}"), None
         raise
     tokens = str(defaults.get("HttpTokens", "no-preference"))
     managed_by = str(defaults.get("ManagedBy", "account"))

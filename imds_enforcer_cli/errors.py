@@ -16,9 +16,9 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
+from imds_enforcer.aws.errors import AwsError, UnexpectedAwsError
 from imds_enforcer.domain.guardrails import GuardrailsError
 from imds_enforcer.domain.settings import SettingsError
-from imds_enforcer.workflows.enforcement import UnexpectedAwsError
 
 
 class ExitCode(IntEnum):
@@ -81,6 +81,13 @@ def _where(error: BaseException) -> str:
 def describe(error: BaseException) -> tuple[str, ExitCode] | None:
     """The one-line message and exit code for an AWS or botocore failure; None for anything else (a bug)."""
     where = _where(error)
+    if isinstance(error, AwsError) and isinstance(error.__cause__, ClientError | BotoCoreError):
+        # The adapters' own exception: describe what botocore said, where the adapter said it.
+        cause = error.__cause__
+        for note in getattr(error, "__notes__", None) or []:
+            if note not in (getattr(cause, "__notes__", None) or []):
+                cause.add_note(note)
+        return describe(cause)
     if isinstance(error, CliError):
         return str(error), error.exit_code
     if isinstance(error, SettingsError | GuardrailsError):

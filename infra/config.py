@@ -1,29 +1,30 @@
 """Deploy-time configuration: one pydantic model read from the CDK context (cdk.json, overridable with ``-c``).
 
+It composes the Lambdas' ``Settings`` (the one declaration of every runtime setting, read from cdk.json under its
+lower-case name) with what only the deployment chooses (regions, schedule, sizes, subscriptions, guardrails).
 Values given with ``cdk synth -c key=value`` arrive as strings, so every field accepts its string form too:
 ``"true"``/``"false"``, numeric strings, and comma-separated (or JSON) lists.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Mapping
 from typing import Annotated, Literal
 
 import aws_cdk as cdk
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from imds_enforcer.domain.guardrails import (
     DEFAULT_MAX_HOP_LIMIT,
-    Guardrails,
+    GuardrailOptions,
     GuardrailsError,
     iam_policy_document,
     scp_document,
 )
 from imds_enforcer.domain.report import Severity
-from imds_enforcer.domain.settings import EnforcementMode, Settings, SettingsError
+from imds_enforcer.domain.settings import Settings, SettingsError, split_list
 from infra.constructs.guardrails import SCP_TARGET, GuardrailsMode
 
 # The values CloudWatch Logs accepts for a log group's retention (PutRetentionPolicy).
@@ -36,9 +37,6 @@ _EMAIL = re.compile(
     r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)+$"
 )
 _REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d$")
-# What Secrets Manager accepts as a secret name, and a secret's ARN (with or without the random 6-character suffix).
-_SECRET_NAME = re.compile(r"^[A-Za-z0-9/_+=.@-]{1,512}$")
-_SECRET_ARN = re.compile(r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:[A-Za-z0-9/_+=.@-]{1,512}$")
 # A key ARN, not an alias: an IAM policy grants kms:Decrypt on keys; an alias ARN there would match nothing.
 _KMS_KEY_ARN = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]{1,128}$")
 # Slack's ids: a workspace (team) is T..., a channel C... (or G..., older private channels). Upper case only.
@@ -56,19 +54,6 @@ class ConfigError(ValueError):
     """The deploy configuration is invalid; the message names the cdk.json context key."""
 
 
-def _split_list(value: object) -> object:
-    """Accept a list, a JSON list string or a comma-separated string (what ``-c key=a,b`` delivers)."""
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("["):
-            try:
-                return json.loads(text)
-            except json.JSONDecodeError:
-                return value  # let the list validator report it, with the key name
-        return [part.strip() for part in text.split(",") if part.strip()]
-    return value
-
-
 def partition_of(region: str) -> str:
     """The partition of a region, as a plain string for documents built in Python (``Aws.PARTITION`` is a token)."""
     if region.startswith("cn-"):
@@ -78,7 +63,13 @@ def partition_of(region: str) -> str:
     return "aws"
 
 
+# cdk.json key -> runtime setting name, for every setting a deployment may choose.
+RUNTIME_KEYS = {Settings.context_key(name): name for name in Settings.deploy_settable()}
+
+
 def _describe(location: tuple[int | str, ...], value: object, message: str) -> str:
+    if location and location[0] == "runtime" and len(location) > 1:
+        location = (Settings.context_key(str(location[1])), *location[2:])
     key, *rest = location
     where = f" (item {'.'.join(str(part) for part in rest)})" if rest else ""
     return f'cdk.json context "{key}"{where}: {value!r}: {message}'
@@ -89,25 +80,18 @@ class DeployConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="ignore", str_strip_whitespace=True)
 
-    enforcement_mode: EnforcementMode = EnforcementMode.FLAG
-    lookback_days: Annotated[int, Field(ge=1, le=455)] = 14
-    exempt_tag_key: Annotated[str, Field(min_length=1, max_length=128)] = "imdsv2-exempt"
+    # The Lambdas' runtime settings, declared once in their own model; cdk.json names each in lower case.
+    runtime: Settings = Field(default_factory=Settings)
     regions: Annotated[list[str], Field(min_length=1)] = ["us-east-1"]
     account: Annotated[str | None, Field(pattern=r"^\d{12}$")] = None
     notification_emails: list[str] = []
-    container_host_tag_keys: list[Annotated[str, Field(min_length=1, max_length=128)]] = []
     gate_schedule_hours: Annotated[int, Field(ge=1, le=168)] = 6
-    rollback_on_rejected: bool = False
-    set_account_default: bool = False
-    watch_days: Annotated[int, Field(ge=1, le=63)] = 14
-    coverage_min_ratio: Annotated[float, Field(gt=0, le=1)] = 0.9
     log_retention_days: LogRetentionDays = 90
     gate_memory_mb: Annotated[int, Field(ge=128, le=10240)] = 512
     # A Lambda runs for at most 15 minutes; under 2 leaves no time once the handler keeps its deadline margin.
     gate_timeout_minutes: Annotated[int, Field(ge=2, le=15)] = 15
-    # Name or ARN of the Secrets Manager secret holding the Slack webhook URL; empty deploys no Slack notifier.
-    slack_webhook_secret: str = ""
-    # Only when that secret is encrypted with a customer managed key: the notifier may then decrypt with it.
+    # Only when the Slack webhook secret (the runtime setting SLACK_WEBHOOK_SECRET) is encrypted with a customer
+    # managed key: the notifier may then decrypt with it.
     slack_webhook_secret_kms_key_arn: str = ""
     # The Slack channel AWS Chatbot posts the report topic to: both set, or neither (no chat channel). The
     # workspace must first be authorized in the Chatbot console. (The channel is validated even when absent, so a
@@ -116,10 +100,6 @@ class DeployConfig(BaseModel):
     slack_channel_id: Annotated[str, Field(validate_default=True)] = ""
     # E-mail subscribers receive reports whose most severe finding is at least this (alarms always).
     email_min_severity: Severity = Severity.INFO
-    # Launch sources, opt-in on top of fix mode: give a launch template a new default version requiring IMDSv2;
-    # set an AMI's ImdsSupport to v2.0 (irreversible). Off, they are only read and flagged.
-    fix_launch_templates: bool = False
-    fix_images: bool = False
     # IMDSv2 guardrails (Deny-only policies): "iam" deploys a customer managed policy to attach to principals,
     # "scp" a service control policy on scp_target_ids (deploy from the management account or a delegated
     # administrator). Created once, in the stack of the first region (see guardrails_region).
@@ -134,17 +114,20 @@ class DeployConfig(BaseModel):
     # (Validated even when absent: "scp" without targets must fail, not deploy an SCP attached to nothing.)
     scp_target_ids: Annotated[list[str], Field(validate_default=True)] = []
 
-    @field_validator(
-        "regions",
-        "notification_emails",
-        "container_host_tag_keys",
-        "break_glass_role_arns",
-        "scp_target_ids",
-        mode="before",
-    )
+    @model_validator(mode="before")
+    @classmethod
+    def _compose_runtime(cls, data: object) -> object:
+        """Lift the runtime settings' keys (``lookback_days``, ...) out of the flat context into ``runtime``."""
+        if not isinstance(data, Mapping) or "runtime" in data:
+            return data
+        values = dict(data)
+        values["runtime"] = {RUNTIME_KEYS[key]: values.pop(key) for key in list(values) if key in RUNTIME_KEYS}
+        return values
+
+    @field_validator("regions", "notification_emails", "break_glass_role_arns", "scp_target_ids", mode="before")
     @classmethod
     def _lists(cls, value: object) -> object:
-        return _split_list(value)
+        return split_list(value)
 
     @field_validator("log_retention_days", mode="before")
     @classmethod
@@ -178,20 +161,14 @@ class DeployConfig(BaseModel):
                 raise ValueError(f"{address!r} is not an e-mail address")
         return value
 
-    @field_validator("slack_webhook_secret")
-    @classmethod
-    def _secret(cls, value: str) -> str:
-        if value and not (_SECRET_ARN.match(value) or (_SECRET_NAME.match(value) and not value.startswith("arn:"))):
-            raise ValueError("is neither a Secrets Manager secret name nor a secret ARN")
-        return value
-
     @field_validator("slack_webhook_secret_kms_key_arn")
     @classmethod
     def _kms_key(cls, value: str, info: ValidationInfo) -> str:
         if value and not _KMS_KEY_ARN.match(value):
             raise ValueError("is not a KMS key ARN (arn:<partition>:kms:<region>:<account>:key/<id>; not an alias)")
-        # A field validator (not a model one) so the error names this key; the secret is declared (validated) first.
-        if value and not info.data.get("slack_webhook_secret"):
+        # A field validator (not a model one) so the error names this key; the runtime settings are validated first.
+        runtime = info.data.get("runtime")
+        if value and (runtime is None or not runtime.SLACK_WEBHOOK_SECRET):
             raise ValueError("is set, but slack_webhook_secret is empty: there is no Slack notifier to grant it to")
         return value
 
@@ -227,7 +204,7 @@ class DeployConfig(BaseModel):
         role_delivery: bool = info.data.get("guardrail_role_delivery", False)
         document = scp_document if info.data.get("guardrails") == "scp" else iam_policy_document
         try:
-            arns = Guardrails.of(exempt_principal_arns=value, partition=partition).exempt_principal_arns
+            arns = GuardrailOptions.of(exempt_principal_arns=value, partition=partition).exempt_principal_arns
             document(
                 max_hop_limit=max_hop_limit,
                 exempt_principal_arns=arns,
@@ -258,6 +235,11 @@ class DeployConfig(BaseModel):
             )
         return value
 
+    @classmethod
+    def context_keys(cls) -> list[str]:
+        """Every key cdk.json's context may hold: the deployment's own fields, then the runtime settings'."""
+        return [name for name in cls.model_fields if name != "runtime"] + list(RUNTIME_KEYS)
+
     @property
     def guardrails_mode(self) -> GuardrailsMode | None:
         """Where the guardrails go (``"iam"``/``"scp"``), or None when they are off."""
@@ -275,7 +257,7 @@ class DeployConfig(BaseModel):
 
     @property
     def slack_enabled(self) -> bool:
-        return self.slack_webhook_secret != ""
+        return self.runtime.SLACK_WEBHOOK_SECRET != ""
 
     @property
     def chat_channel_enabled(self) -> bool:
@@ -289,7 +271,8 @@ class DeployConfig(BaseModel):
         Raises ConfigError naming every bad key, e.g. ``cdk.json context "lookback_days": 0: ...``.
         """
         environ = os.environ if environ is None else environ
-        values = {name: context[name] for name in cls.model_fields if context.get(name) is not None}
+        keys = (*cls.model_fields, *RUNTIME_KEYS)
+        values = {name: context[name] for name in keys if context.get(name) is not None}
         if str(values.get("account", "")).strip() == "" and environ.get("CDK_DEFAULT_ACCOUNT"):
             values["account"] = environ["CDK_DEFAULT_ACCOUNT"]
         try:
@@ -299,41 +282,25 @@ class DeployConfig(BaseModel):
             raise ConfigError(f"invalid deploy configuration: {problems}") from None
 
     def lambda_settings(self, topic_arn: str) -> Settings:
-        """The runtime settings both Lambdas get, validated by the same model the handlers use.
+        """What the enforcing Lambdas read: the runtime settings but the Slack notifier's own, with the stack's
+        topic, checked by the same model the handlers use (through ``from_env``, exactly as a handler reads it).
 
         ``topic_arn`` may be an unresolved CDK token: the model then checks a placeholder ARN and the token is
-        put back afterwards (``model_copy`` does not re-validate), so every other value is still checked.
+        put back afterwards (``model_copy`` does not re-validate).
         """
         checked_arn = PLACEHOLDER_TOPIC_ARN if cdk.Token.is_unresolved(topic_arn) else topic_arn
-        env = {
-            "ENFORCEMENT_MODE": self.enforcement_mode.value,
-            "REPORT_TOPIC_ARN": checked_arn,
-            "LOOKBACK_DAYS": str(self.lookback_days),
-            "EXEMPT_TAG_KEY": self.exempt_tag_key,
-            "ROLLBACK_ON_REJECTED": str(self.rollback_on_rejected).lower(),
-            "CONTAINER_HOST_TAG_KEYS": ",".join(self.container_host_tag_keys),
-            "WATCH_DAYS": str(self.watch_days),
-            "COVERAGE_MIN_RATIO": str(self.coverage_min_ratio),
-            "SET_ACCOUNT_DEFAULT": str(self.set_account_default).lower(),
-            "FIX_LAUNCH_TEMPLATES": str(self.fix_launch_templates).lower(),
-            "FIX_IMAGES": str(self.fix_images).lower(),
-        }
+        env = {name: value for name, value in self.runtime.to_env().items() if name not in Settings.SLACK_NOTIFIER_ONLY}
         try:
-            # Through from_env, exactly as a handler reads it: proves the environment round-trips.
-            settings = Settings.from_env(env)
+            settings = Settings.from_env({**env, "REPORT_TOPIC_ARN": checked_arn})
         except SettingsError as error:
             raise ConfigError(f"the Lambda environment built from cdk.json context is invalid: {error}") from None
         return settings.model_copy(update={"REPORT_TOPIC_ARN": topic_arn})
 
     def lambda_environment(self, topic_arn: str) -> dict[str, str]:
-        """The Lambda environment variables (empty values dropped: the runtime reads them as defaults)."""
-        settings = self.lambda_settings(topic_arn)
-        return {name: value for name, value in settings.to_env().items() if value != ""}
+        """The enforcing Lambdas' environment (empty values dropped: the runtime reads them as defaults)."""
+        return {name: value for name, value in self.lambda_settings(topic_arn).to_env().items() if value != ""}
 
     def slack_environment(self) -> dict[str, str]:
-        """The Slack notifier's environment: the secret's name or ARN (never the URL), checked by the runtime model."""
-        try:
-            settings = Settings.from_env({"SLACK_WEBHOOK_SECRET": self.slack_webhook_secret})
-        except SettingsError as error:
-            raise ConfigError(f"the Slack notifier's environment is invalid: {error}") from None
-        return {"SLACK_WEBHOOK_SECRET": settings.SLACK_WEBHOOK_SECRET}
+        """The Slack notifier's environment: the secret's name or ARN (never the URL), and nothing else."""
+        env = self.runtime.to_env()
+        return {name: env[name] for name in sorted(Settings.SLACK_NOTIFIER_ONLY)}

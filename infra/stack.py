@@ -10,8 +10,13 @@ from constructs import Construct
 from infra import FUNCTIONS_DIR, REPO_ROOT
 from infra.config import DeployConfig, partition_of
 from infra.constructs.chat_channel import ChatChannel
-from infra.constructs.enforcer_function import DependenciesLayer, log_retention, runtime_python_version
-from infra.constructs.guardrails import Guardrails
+from infra.constructs.enforcer_function import (
+    DependenciesLayer,
+    FunctionWiring,
+    log_retention,
+    runtime_python_version,
+)
+from infra.constructs.guardrails import GuardrailPolicy
 from infra.constructs.launch_watch import LaunchWatch
 from infra.constructs.monitoring import Monitoring
 from infra.constructs.report_topic import ReportTopic
@@ -26,7 +31,7 @@ def stack_name(region: str) -> str:
     return f"ImdsEnforcer-{region}"
 
 
-def add_guardrails(scope: Construct, *, config: DeployConfig, region: str) -> Guardrails | None:
+def add_guardrails(scope: Construct, *, config: DeployConfig, region: str) -> GuardrailPolicy | None:
     """The guardrail policy, in the first region's stack only (``DeployConfig.guardrails_region``); else None.
 
     Policies are global, and an SCP's name must be unique in the organization: one copy per regional stack would
@@ -35,7 +40,7 @@ def add_guardrails(scope: Construct, *, config: DeployConfig, region: str) -> Gu
     mode = config.guardrails_mode
     if mode is None or region != config.guardrails_region:
         return None
-    return Guardrails(
+    return GuardrailPolicy(
         scope,
         "Guardrails",
         mode=mode,
@@ -70,8 +75,6 @@ class ImdsEnforcerStack(cdk.Stack):
             notification_emails=config.notification_emails,
             email_min_severity=config.email_min_severity,
         )
-        environment = config.lambda_environment(report.topic.topic_arn)
-
         layer = DependenciesLayer(
             self,
             "Dependencies",
@@ -81,32 +84,32 @@ class ImdsEnforcerStack(cdk.Stack):
                 python_version=runtime_python_version(),
             ),
         )
-        retention = log_retention(config.log_retention_days)
+        wiring = FunctionWiring.of(
+            code_dir=FUNCTIONS_DIR,
+            layers=[layer.layer],
+            environment=config.lambda_environment(report.topic.topic_arn),
+            log_retention=log_retention(config.log_retention_days),
+        )
+        runtime = config.runtime
 
         launch_watch = LaunchWatch(
             self,
             "LaunchWatch",
-            code_dir=FUNCTIONS_DIR,
-            layers=[layer.layer],
-            environment=environment,
-            log_retention=retention,
-            fix_launch_templates=config.fix_launch_templates,
-            fix_images=config.fix_images,
+            wiring=wiring,
+            fix_launch_templates=runtime.FIX_LAUNCH_TEMPLATES,
+            fix_images=runtime.FIX_IMAGES,
         )
         usage_gate = UsageGate(
             self,
             "UsageGate",
-            code_dir=FUNCTIONS_DIR,
-            layers=[layer.layer],
-            environment=environment,
-            log_retention=retention,
+            wiring=wiring,
             schedule_hours=config.gate_schedule_hours,
             memory_mb=config.gate_memory_mb,
             timeout_minutes=config.gate_timeout_minutes,
-            exempt_tag_key=config.exempt_tag_key,
-            set_account_default=config.set_account_default,
-            fix_launch_templates=config.fix_launch_templates,
-            fix_images=config.fix_images,
+            exempt_tag_key=runtime.EXEMPT_TAG_KEY,
+            set_account_default=runtime.SET_ACCOUNT_DEFAULT,
+            fix_launch_templates=runtime.FIX_LAUNCH_TEMPLATES,
+            fix_images=runtime.FIX_IMAGES,
         )
         # Only the two that report may publish; the Slack notifier only reads the topic.
         for enforcer in (launch_watch.enforcer, usage_gate.enforcer):
@@ -118,12 +121,9 @@ class ImdsEnforcerStack(cdk.Stack):
                 self,
                 "SlackNotifier",
                 topic=report.topic,
-                webhook_secret=config.slack_webhook_secret,
+                webhook_secret=runtime.SLACK_WEBHOOK_SECRET,
                 webhook_secret_kms_key_arn=config.slack_webhook_secret_kms_key_arn,
-                code_dir=FUNCTIONS_DIR,
-                layers=[layer.layer],
-                environment=config.slack_environment(),
-                log_retention=retention,
+                wiring=wiring.with_environment(config.slack_environment()),
             )
             functions["SlackNotifier"] = slack.enforcer
             cdk.CfnOutput(self, "SlackNotifierFunctionName", value=slack.enforcer.function.function_name)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from emulator import ACCOUNT, REGION
 from emulator.moto_ext import teach_moto
 from imds_enforcer.aws import clients, secrets
 from imds_enforcer.domain.settings import Settings
@@ -15,9 +16,6 @@ from tests.support.aws import ReportInbox, make_inbox
 from tests.support.context import FakeLambdaContext
 
 ROOT = Path(__file__).resolve().parent.parent
-
-ACCOUNT = "123456789012"
-REGION = "us-east-1"
 
 
 @pytest.fixture(autouse=True)

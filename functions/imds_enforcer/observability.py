@@ -1,6 +1,7 @@
 """The single Logger and Metrics of the service (Powertools); handlers decorate, modules log.
 
-Metric names live here, once: the handlers emit them and the CDK dashboard and alarms read them.
+Metric names live in ``imds_enforcer.domain.metric_names``, once: the handlers emit them and the CDK dashboard and
+alarms read them.
 """
 
 from __future__ import annotations
@@ -11,22 +12,11 @@ from collections.abc import Iterable
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
+from imds_enforcer.domain.metric_names import NAMESPACE, SERVICE, action_metric
 from imds_enforcer.domain.report import Action, Finding
-
-SERVICE = "imds-enforcer"
-NAMESPACE = "ImdsEnforcer"
-EVENTS_PROCESSED = "EventsProcessed"
-EVENTS_IGNORED = "EventsIgnored"
-OPTIONAL_REMAINING = "OptionalInstancesRemaining"
-DEFERRED = "DeferredInstances"
 
 logger = Logger(service=SERVICE)
 metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
-
-
-def action_metric(action: Action) -> str:
-    """`Enforced`, `Rejected`, `InsufficientData`, ...: one count per finding action."""
-    return "".join(part.capitalize() for part in action.value.split("_"))
 
 
 def record_findings(findings: Iterable[Finding]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import aws_cdk as cdk
@@ -14,7 +15,8 @@ from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from imds_enforcer.domain.settings import SERVICE_ROLE_PATH
-from infra.constructs.nag import acknowledge
+from infra.constructs.nag import acknowledge, nag_resource
+from infra.constructs.permissions import Permission
 
 # The newest Python in aws-cdk-lib (cdk-nag rule L1 flags anything older); the layer is built for the same one.
 RUNTIME = lambda_.Runtime.PYTHON_3_14
@@ -91,12 +93,44 @@ class DependenciesLayer(Construct):
         )
 
 
+@dataclass(frozen=True)
+class FunctionWiring:
+    """What every function of a stack shares: the code asset, the dependencies layer, the environment (validated
+    by the runtime settings model) and the log retention. Built once by the stack, passed to each construct."""
+
+    code: lambda_.Code
+    layers: Sequence[lambda_.ILayerVersion]
+    environment: Mapping[str, str]
+    log_retention: logs.RetentionDays
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        code_dir: Path,
+        layers: Sequence[lambda_.ILayerVersion],
+        environment: Mapping[str, str],
+        log_retention: logs.RetentionDays,
+    ) -> FunctionWiring:
+        return cls(
+            code=lambda_.Code.from_asset(str(code_dir), exclude=CODE_EXCLUDES),
+            layers=tuple(layers),
+            environment=dict(environment),
+            log_retention=log_retention,
+        )
+
+    def with_environment(self, environment: Mapping[str, str]) -> FunctionWiring:
+        """The same wiring with another environment (the Slack notifier reads only its own setting)."""
+        return replace(self, environment=dict(environment))
+
+
 class EnforcerFunction(Construct):
     """A Lambda with its own log group, least-privilege role and dead-letter queue.
 
     The role starts empty (no AWS managed policy): it can write to its own log group, send failed async
-    invocations to its own queue, and do what ``statements`` allow. Async invocations are retried twice, then
-    land in ``dead_letter_queue``; the EventBridge rules that invoke the function use the same queue.
+    invocations to its own queue, and do what ``permissions`` allow; each wildcard resource in them is acknowledged
+    to cdk-nag with the reason its permission gives. Async invocations are retried twice, then land in
+    ``dead_letter_queue``; the EventBridge rules that invoke the function use the same queue.
     """
 
     def __init__(
@@ -104,20 +138,17 @@ class EnforcerFunction(Construct):
         scope: Construct,
         construct_id: str,
         *,
+        wiring: FunctionWiring,
         handler: str,
         description: str,
-        code_dir: Path,
-        layers: Sequence[lambda_.ILayerVersion],
-        environment: Mapping[str, str],
-        statements: Sequence[iam.PolicyStatement],
+        permissions: Sequence[Permission],
         memory_size: int,
         timeout: cdk.Duration,
         reserved_concurrency: int | None,
-        log_retention: logs.RetentionDays,
     ) -> None:
         super().__init__(scope, construct_id)
 
-        self.log_group = logs.LogGroup(self, "Logs", retention=log_retention)
+        self.log_group = logs.LogGroup(self, "Logs", retention=wiring.log_retention)
 
         # Under the service's IAM path: CloudTrail records it, so the launch watch knows the service's own calls.
         self.role = iam.Role(
@@ -135,8 +166,7 @@ class EnforcerFunction(Construct):
                 resources=[self.log_group.log_group_arn],
             )
         )
-        for statement in statements:
-            self.role.add_to_principal_policy(statement)
+        self._grant(permissions)
 
         self.dead_letter_queue = sqs.Queue(
             self,
@@ -160,9 +190,9 @@ class EnforcerFunction(Construct):
             runtime=RUNTIME,
             architecture=ARCHITECTURE,
             handler=handler,
-            code=lambda_.Code.from_asset(str(code_dir), exclude=CODE_EXCLUDES),
-            layers=list(layers),
-            environment={**environment, **POWERTOOLS_ENVIRONMENT},
+            code=wiring.code,
+            layers=list(wiring.layers),
+            environment={**wiring.environment, **POWERTOOLS_ENVIRONMENT},
             memory_size=memory_size,
             timeout=timeout,
             reserved_concurrent_executions=reserved_concurrency,
@@ -171,3 +201,20 @@ class EnforcerFunction(Construct):
             retry_attempts=2,
             on_failure=destinations.SqsDestination(self.dead_letter_queue),
         )
+
+    def _grant(self, permissions: Sequence[Permission]) -> None:
+        """Add the statements; acknowledge cdk-nag's wildcard finding once per wildcard resource, with the reasons of
+        every statement that needs it."""
+        reasons: dict[str, list[str]] = {}
+        for permission in permissions:
+            self.role.add_to_principal_policy(permission.statement)
+            for resource in permission.statement.resources:
+                flat = nag_resource(self, resource)
+                if "*" in flat:
+                    if not permission.wildcard_reason:
+                        raise ValueError(f"{permission.statement.sid}: wildcard resource {flat} without a reason")
+                    reasons.setdefault(flat, []).append(permission.wildcard_reason)
+        policy = self.role.node.try_find_child("DefaultPolicy")
+        for resource, why in reasons.items():
+            assert policy is not None  # a statement was added, so the role has its default policy
+            acknowledge(policy, f"AwsSolutions-IAM5[Resource::{resource}]", " ".join(dict.fromkeys(why)))

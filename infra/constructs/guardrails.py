@@ -22,7 +22,7 @@ GuardrailsMode = Literal["iam", "scp"]
 SCP_TARGET = re.compile(r"^(r-[0-9a-z]{4,32}|ou-[0-9a-z]{4,32}-[a-z0-9]{8,32}|\d{12})$")
 
 
-class Guardrails(Construct):
+class GuardrailPolicy(Construct):
     """Deny-only IMDSv2 guardrails, exempting the service's own roles and the given break-glass roles.
 
     ``mode="iam"``: ``managed_policy``, to attach to the principals it should bind (only those).

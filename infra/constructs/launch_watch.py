@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from pathlib import Path
-
 import aws_cdk as cdk
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
-from aws_cdk import aws_lambda as lambda_
-from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from infra.constructs.enforcer_function import EnforcerFunction
-from infra.constructs.nag import acknowledge, nag_resource
-from infra.constructs.permissions import ResourceArns, launch_watch_statements
+from infra.constructs.enforcer_function import EnforcerFunction, FunctionWiring
+from infra.constructs.permissions import ResourceArns, launch_watch_permissions
 
 HANDLER = "imds_enforcer.handlers.launch_watch.handler"
 
@@ -61,10 +55,7 @@ class LaunchWatch(Construct):
         scope: Construct,
         construct_id: str,
         *,
-        code_dir: Path,
-        layers: Sequence[lambda_.ILayerVersion],
-        environment: Mapping[str, str],
-        log_retention: logs.RetentionDays,
+        wiring: FunctionWiring,
         fix_launch_templates: bool,
         fix_images: bool,
     ) -> None:
@@ -73,12 +64,10 @@ class LaunchWatch(Construct):
         self.enforcer = EnforcerFunction(
             self,
             "Enforcer",
+            wiring=wiring,
             handler=HANDLER,
             description="IMDSv2 Enforcer launch watch: flags or fixes instances launched with IMDSv1 allowed",
-            code_dir=code_dir,
-            layers=layers,
-            environment=environment,
-            statements=launch_watch_statements(
+            permissions=launch_watch_permissions(
                 instance_arn=arns.instance,
                 launch_template_arn=arns.launch_template,
                 image_arn=arns.image,
@@ -91,38 +80,7 @@ class LaunchWatch(Construct):
             # No reservation: on a new account (concurrency quota 10) reserving would fail the deploy; the modifies
             # are paced and retried, and EventBridge retries a throttled invoke.
             reserved_concurrency=None,
-            log_retention=log_retention,
         )
-        policy = self.enforcer.role.node.find_child("DefaultPolicy")
-        acknowledge(
-            policy,
-            "AwsSolutions-IAM5[Resource::*]",
-            "ec2:DescribeInstances, DescribeLaunchTemplates, DescribeLaunchTemplateVersions, DescribeImages and "
-            "autoscaling:DescribeAutoScalingGroups, DescribeLaunchConfigurations support no resource-level "
-            "permissions; IAM only accepts Resource '*' for them.",
-        )
-        acknowledge(
-            policy,
-            f"AwsSolutions-IAM5[Resource::{nag_resource(self, arns.instance)}]",
-            "The watched instance can be any instance of this account and region, so ModifyInstanceMetadataOptions "
-            "and CreateTags are scoped to instance/* here (not to other resource types); CreateTags is further "
-            "limited by aws:TagKeys to the service's own two tags.",
-        )
-        if fix_launch_templates:
-            acknowledge(
-                policy,
-                f"AwsSolutions-IAM5[Resource::{nag_resource(self, arns.launch_template)}]",
-                "Opt-in (fix_launch_templates): the template just created can be any of this account and region, so "
-                "CreateLaunchTemplateVersion and ModifyLaunchTemplate are scoped to launch-template/* here only.",
-            )
-        if fix_images:
-            acknowledge(
-                policy,
-                f"AwsSolutions-IAM5[Resource::{nag_resource(self, arns.image)}]",
-                "Opt-in (fix_images): the AMI just registered can be any of this region's, so ModifyImageAttribute "
-                "is scoped to image/* of this region (AMI ARNs carry no account; only the owner may modify one).",
-            )
-
         # Invoking the function is asynchronous: EventBridge only retries when the invoke call itself fails.
         target = targets.LambdaFunction(
             self.enforcer.function,

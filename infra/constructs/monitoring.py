@@ -14,10 +14,16 @@ from aws_cdk import aws_cloudwatch_actions as actions
 from aws_cdk import aws_sns as sns
 from constructs import Construct
 
-from imds_enforcer.aws.cloudwatch import NAMESPACE as EC2_NAMESPACE
-from imds_enforcer.aws.cloudwatch import NO_TOKEN, NO_TOKEN_REJECTED
+from imds_enforcer.domain.metric_names import (
+    EC2_NAMESPACE,
+    NAMESPACE,
+    NO_TOKEN,
+    NO_TOKEN_REJECTED,
+    OPTIONAL_REMAINING,
+    SERVICE,
+    action_metric,
+)
 from imds_enforcer.domain.report import Action
-from imds_enforcer.observability import NAMESPACE, OPTIONAL_REMAINING, SERVICE, action_metric
 from infra.constructs.enforcer_function import EnforcerFunction
 
 HOUR = cdk.Duration.hours(1)

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from pathlib import Path
-
 import aws_cdk as cdk
-from aws_cdk import aws_lambda as lambda_
-from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subscriptions
 from constructs import Construct
 
-from infra.constructs.enforcer_function import EnforcerFunction
-from infra.constructs.permissions import slack_notifier_statements
+from infra.constructs.enforcer_function import EnforcerFunction, FunctionWiring
+from infra.constructs.permissions import slack_notifier_permissions
 
 HANDLER = "imds_enforcer.handlers.slack_notify.handler"
 
@@ -49,32 +44,26 @@ class SlackNotifier(Construct):
         topic: sns.ITopic,
         webhook_secret: str,
         webhook_secret_kms_key_arn: str,
-        code_dir: Path,
-        layers: Sequence[lambda_.ILayerVersion],
-        environment: Mapping[str, str],
-        log_retention: logs.RetentionDays,
+        wiring: FunctionWiring,
     ) -> None:
         super().__init__(scope, construct_id)
         secret_arn = webhook_secret_arn(self, webhook_secret)
         self.enforcer = EnforcerFunction(
             self,
             "Enforcer",
+            wiring=wiring,
             handler=HANDLER,
             description="IMDSv2 Enforcer Slack notifier: posts each report to the Slack incoming webhook",
-            code_dir=code_dir,
-            layers=layers,
-            environment=environment,
-            statements=slack_notifier_statements(
+            permissions=slack_notifier_permissions(
                 secret_arn=secret_arn,
                 kms_key_arn=webhook_secret_kms_key_arn,
                 secret_region=_secret_region(self, webhook_secret),
             ),
             memory_size=256,
-            # Up to 3 posts x 10 s HTTP timeout, back-off, and a Retry-After of up to 20 s (slack_delivery.py).
+            # Up to 3 posts x 10 s HTTP timeout, back-off, and a Retry-After of up to 20 s (aws/slack_webhook.py).
             timeout=cdk.Duration.seconds(90),
             # Reports arrive a few per run; Slack's webhook rate limit (1/s) is the real cap, handled by the client.
             reserved_concurrency=None,
-            log_retention=log_retention,
         )
 
         # SNS retries a failed delivery to Lambda, then parks the message in the same queue as failed invocations

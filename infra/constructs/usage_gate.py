@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from pathlib import Path
-
 import aws_cdk as cdk
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
-from aws_cdk import aws_lambda as lambda_
-from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from infra.constructs.enforcer_function import EnforcerFunction
-from infra.constructs.nag import acknowledge, nag_resource
-from infra.constructs.permissions import ResourceArns, usage_gate_statements
+from infra.constructs.enforcer_function import EnforcerFunction, FunctionWiring
+from infra.constructs.permissions import ResourceArns, usage_gate_permissions
 
 HANDLER = "imds_enforcer.handlers.usage_gate.handler"
 
@@ -30,10 +24,7 @@ class UsageGate(Construct):
         scope: Construct,
         construct_id: str,
         *,
-        code_dir: Path,
-        layers: Sequence[lambda_.ILayerVersion],
-        environment: Mapping[str, str],
-        log_retention: logs.RetentionDays,
+        wiring: FunctionWiring,
         schedule_hours: int,
         memory_mb: int,
         timeout_minutes: int,
@@ -47,12 +38,10 @@ class UsageGate(Construct):
         self.enforcer = EnforcerFunction(
             self,
             "Enforcer",
+            wiring=wiring,
             handler=HANDLER,
             description="IMDSv2 Enforcer usage gate: requires IMDSv2 where MetadataNoToken stayed at zero",
-            code_dir=code_dir,
-            layers=layers,
-            environment=environment,
-            statements=usage_gate_statements(
+            permissions=usage_gate_permissions(
                 instance_arn=arns.instance,
                 exempt_tag_key=exempt_tag_key,
                 set_account_default=set_account_default,
@@ -65,39 +54,7 @@ class UsageGate(Construct):
             timeout=cdk.Duration.minutes(timeout_minutes),
             # Never two sweeps at once: they would race to switch (and report) the same instances.
             reserved_concurrency=1,
-            log_retention=log_retention,
         )
-        policy = self.enforcer.role.node.find_child("DefaultPolicy")
-        acknowledge(
-            policy,
-            "AwsSolutions-IAM5[Resource::*]",
-            "ec2:DescribeInstances, cloudwatch:GetMetricData, (when enabled) ec2:Get/ModifyInstanceMetadataDefaults, "
-            "the launch-source reads ec2:DescribeLaunchTemplates/-Versions, DescribeImages and "
-            "autoscaling:DescribeAutoScalingGroups, DescribeLaunchConfigurations support no resource-level "
-            "permissions; IAM only accepts Resource '*' for them.",
-        )
-        acknowledge(
-            policy,
-            f"AwsSolutions-IAM5[Resource::{nag_resource(self, arns.instance)}]",
-            "The gate sweeps every instance of this account and region, so ModifyInstanceMetadataOptions and "
-            "CreateTags are scoped to instance/* (not to other resource types); CreateTags is further limited by "
-            "aws:TagKeys to the service's two tags and the exemption tag.",
-        )
-        if fix_launch_templates:
-            acknowledge(
-                policy,
-                f"AwsSolutions-IAM5[Resource::{nag_resource(self, arns.launch_template)}]",
-                "Opt-in (fix_launch_templates): the gate sweeps every launch template of this account and region, so "
-                "CreateLaunchTemplateVersion and ModifyLaunchTemplate are scoped to launch-template/* here only.",
-            )
-        if fix_images:
-            acknowledge(
-                policy,
-                f"AwsSolutions-IAM5[Resource::{nag_resource(self, arns.image)}]",
-                "Opt-in (fix_images): the gate sweeps every AMI in use in this region, so ModifyImageAttribute is "
-                "scoped to image/* of this region (AMI ARNs carry no account; only the owner may modify one).",
-            )
-
         self.schedule_rule = events.Rule(
             self,
             "Schedule",

@@ -22,6 +22,7 @@ import pytest
 from botocore.awsrequest import AWSResponse
 from rich.console import Console
 
+from emulator import ACCOUNT
 from emulator.fleet import backdate_launch
 from imds_enforcer.aws import clients
 from imds_enforcer.domain.guardrails import iam_policy_document, scp_document
@@ -36,7 +37,6 @@ from tests.support.metrics import aged, put_daily
 from tests.support.schema import assert_valid_report
 
 ROOT = Path(__file__).resolve().parents[2]
-ACCOUNT = "123456789012"
 CLEAN = [0.0] * 14
 # Environment that asks for every change the service can make: the audit and the dry run must ignore all of it.
 EVERY_CHANGE = {

@@ -14,9 +14,9 @@ os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 
 from aws_cdk.assertions import Template
 
+from emulator import ACCOUNT
 from infra.config import DeployConfig
 
-ACCOUNT = "123456789012"
 REGIONS = ("us-east-1", "eu-west-1")
 SLACK_SECRET_NAME = "imds-enforcer/slack-webhook"
 SLACK_SECRET_KEY_ARN = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"

@@ -21,3 +21,13 @@ def render(value: Any) -> str:
         separator, parts = value["Fn::Join"]
         return str(separator).join(render(part) for part in parts)
     return json.dumps(value)
+
+
+# The launch-source reads both enforcers hold (Describe calls: no resource-level permissions).
+LAUNCH_SOURCE_READS = {
+    "ec2:DescribeLaunchTemplates",
+    "ec2:DescribeLaunchTemplateVersions",
+    "ec2:DescribeImages",
+    "autoscaling:DescribeAutoScalingGroups",
+    "autoscaling:DescribeLaunchConfigurations",
+}

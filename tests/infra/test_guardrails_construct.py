@@ -1,4 +1,4 @@
-"""The optional Guardrails construct, synthesized on its own (no Lambda assets, so cheap) with cdk-nag on."""
+"""The optional GuardrailPolicy construct, synthesized on its own (no Lambda assets, so cheap) with cdk-nag on."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from aws_cdk.assertions import Match, Template
 from cdk_nag import AwsSolutionsChecks
 
 from imds_enforcer.domain.guardrails import iam_policy_document, scp_document
-from infra.constructs.guardrails import Guardrails
+from infra.constructs.guardrails import GuardrailPolicy
 
 BREAK_GLASS = (
     "arn:aws:iam::123456789012:role/BreakGlass",
@@ -23,7 +23,7 @@ def _synthesize(**props: Any) -> Template:
     """One throwaway stack holding only the construct; synth runs cdk-nag, so any finding raises here."""
     app = cdk.App()
     stack = cdk.Stack(app, "GuardrailsTest", env=cdk.Environment(account="123456789012", region="us-east-1"))
-    Guardrails(stack, "Guardrails", **props)
+    GuardrailPolicy(stack, "Guardrails", **props)
     cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
     return Template.from_json(app.synth().get_stack_by_name("GuardrailsTest").template)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, get_args
 
 import aws_cdk as cdk
@@ -17,11 +18,51 @@ from infra.constructs.enforcer_function import log_retention
 TOPIC_ARN = "arn:aws:sns:eu-west-1:123456789012:reports"
 
 
-def test_cdk_json_context_holds_every_key_with_the_model_defaults() -> None:
-    context = json.loads((REPO_ROOT / "cdk.json").read_text())["context"]
+def _readme_configuration_rows() -> list[tuple[list[str], list[str], str]]:
+    """(cdk.json keys, Lambda variables, default) of each row of the README's configuration table."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    table = readme.split("| `cdk.json` key | Lambda variable | default | meaning |", 1)[1].split("\n\n", 1)[0]
+    rows = []
+    for line in table.strip().splitlines()[1:]:  # the first line is the |---| separator
+        key_cell, variable_cell, default_cell = (cell.strip() for cell in line.strip("|").split("|")[:3])
+        rows.append(
+            (re.findall(r"`([a-z0-9_]+)`", key_cell), re.findall(r"`([A-Z0-9_]+)`", variable_cell), default_cell)
+        )
+    return rows
 
-    assert set(DeployConfig.model_fields) <= set(context)
+
+def test_cdk_json_the_models_and_the_readme_table_name_the_same_settings() -> None:
+    context = json.loads((REPO_ROOT / "cdk.json").read_text())["context"]
+    rows = _readme_configuration_rows()
+    readme_keys = [key for keys, _, _ in rows for key in keys]
+    readme_variables = [variable for _, variables, _ in rows for variable in variables]
+
+    # Every deploy setting is a cdk.json key, once, and the README lists each once.
+    assert sorted(context) == sorted(DeployConfig.context_keys())
+    assert sorted(readme_keys) == sorted(context)
+    # Every runtime setting is in the table once, next to its cdk.json key (its name in lower case) unless the
+    # stack sets it itself.
+    assert sorted(readme_variables) == sorted(Settings.model_fields)
+    for keys, variables, _ in rows:
+        for variable in variables:
+            if variable in Settings.SET_BY_STACK:
+                assert keys == [], variable
+            else:
+                assert keys == [Settings.context_key(variable)], variable
+    # cdk.json holds the defaults, and the README says them (one key a row).
     assert DeployConfig.from_context(context, environ={}) == DeployConfig()
+    for keys, _, default in rows:
+        assert len(keys) <= 1, keys
+        if keys:
+            assert _readme_value(default) == context[keys[0]], keys[0]
+
+
+def _readme_value(cell: str) -> Any:
+    text = cell.strip().strip("`")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
 def test_cdk_json_app_command_is_portable() -> None:

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from aws_cdk.assertions import Template
 
+from imds_enforcer.domain.metric_names import NAMESPACE, OPTIONAL_REMAINING, SERVICE, action_metric
 from imds_enforcer.domain.report import Action
-from imds_enforcer.observability import NAMESPACE, OPTIONAL_REMAINING, SERVICE, action_metric
 
 HANDLERS = (
     "imds_enforcer.handlers.launch_watch.handler",

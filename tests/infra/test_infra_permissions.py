@@ -8,23 +8,16 @@ import pytest
 
 from infra.constructs.permissions import (
     UNSCOPABLE_ACTIONS,
-    launch_watch_statements,
-    slack_notifier_statements,
-    usage_gate_statements,
+    launch_watch_permissions,
+    slack_notifier_permissions,
+    usage_gate_permissions,
 )
-from tests.infra.template_helpers import as_list
+from tests.infra.template_helpers import LAUNCH_SOURCE_READS, as_list
 
 INSTANCE_ARN = "arn:aws:ec2:us-east-1:123456789012:instance/*"
 LAUNCH_TEMPLATE_ARN = "arn:aws:ec2:us-east-1:123456789012:launch-template/*"
 IMAGE_ARN = "arn:aws:ec2:us-east-1::image/*"
 METADATA_DEFAULTS = {"ec2:GetInstanceMetadataDefaults", "ec2:ModifyInstanceMetadataDefaults"}
-LAUNCH_SOURCE_READS = {
-    "ec2:DescribeLaunchTemplates",
-    "ec2:DescribeLaunchTemplateVersions",
-    "ec2:DescribeImages",
-    "autoscaling:DescribeAutoScalingGroups",
-    "autoscaling:DescribeLaunchConfigurations",
-}
 LAUNCH_TEMPLATE_WRITES = {"ec2:CreateLaunchTemplateVersion", "ec2:ModifyLaunchTemplate"}
 IMAGE_WRITES = {"ec2:ModifyImageAttribute"}
 # Every combination of the opt-ins: the least-privilege rules must hold in each.
@@ -39,14 +32,14 @@ OPT_INS = [
 def _statements(
     set_account_default: bool = False, fix_launch_templates: bool = False, fix_images: bool = False
 ) -> dict[str, list[dict[str, Any]]]:
-    launch_watch = launch_watch_statements(
+    launch_watch = launch_watch_permissions(
         instance_arn=INSTANCE_ARN,
         launch_template_arn=LAUNCH_TEMPLATE_ARN,
         image_arn=IMAGE_ARN,
         fix_launch_templates=fix_launch_templates,
         fix_images=fix_images,
     )
-    usage_gate = usage_gate_statements(
+    usage_gate = usage_gate_permissions(
         instance_arn=INSTANCE_ARN,
         exempt_tag_key="imdsv2-exempt",
         set_account_default=set_account_default,
@@ -56,8 +49,8 @@ def _statements(
         fix_images=fix_images,
     )
     return {
-        "launch_watch": [s.to_statement_json() for s in launch_watch],
-        "usage_gate": [s.to_statement_json() for s in usage_gate],
+        "launch_watch": [p.statement.to_statement_json() for p in launch_watch],
+        "usage_gate": [p.statement.to_statement_json() for p in usage_gate],
     }
 
 
@@ -145,12 +138,12 @@ KEY_ARN = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab"
 
 def test_the_slack_notifier_reads_one_secret_and_decrypts_only_with_a_configured_key() -> None:
     without_key = [
-        s.to_statement_json()
-        for s in slack_notifier_statements(secret_arn=SECRET_ARN, kms_key_arn="", secret_region="x")
+        p.statement.to_statement_json()
+        for p in slack_notifier_permissions(secret_arn=SECRET_ARN, kms_key_arn="", secret_region="x")
     ]
     with_key = [
-        s.to_statement_json()
-        for s in slack_notifier_statements(secret_arn=SECRET_ARN, kms_key_arn=KEY_ARN, secret_region="us-east-1")
+        p.statement.to_statement_json()
+        for p in slack_notifier_permissions(secret_arn=SECRET_ARN, kms_key_arn=KEY_ARN, secret_region="us-east-1")
     ]
 
     assert without_key == [

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from aws_cdk.assertions import Capture, Match, Matcher, Template
 
+from emulator import ACCOUNT
 from imds_enforcer.domain.settings import EnforcementMode, Settings
 from infra.config import PLACEHOLDER_TOPIC_ARN
-from tests.infra.template_helpers import as_list, render
+from tests.infra.template_helpers import LAUNCH_SOURCE_READS, as_list, render
 
-ACCOUNT = "123456789012"
 REGIONS = ("us-east-1", "eu-west-1")
 HANDLERS = {
     "launch_watch": "imds_enforcer.handlers.launch_watch.handler",
@@ -460,15 +460,6 @@ def test_functions_may_publish_to_the_report_topic_and_use_its_key(template: Tem
         "Effect": "Allow",
         "Resource": {"Fn::GetAtt": [key_id, "Arn"]},
     } in statements
-
-
-LAUNCH_SOURCE_READS = {
-    "ec2:DescribeLaunchTemplates",
-    "ec2:DescribeLaunchTemplateVersions",
-    "ec2:DescribeImages",
-    "autoscaling:DescribeAutoScalingGroups",
-    "autoscaling:DescribeLaunchConfigurations",
-}
 
 
 @pytest.mark.parametrize("name", sorted(HANDLERS))

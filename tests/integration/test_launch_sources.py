@@ -16,13 +16,13 @@ from emulator.events import (
     register_image_event,
 )
 from imds_enforcer.aws import clients
+from imds_enforcer.aws.errors import UnexpectedAwsError
 from imds_enforcer.domain.report import Action, Finding
 from imds_enforcer.domain.settings import EnforcementMode, Settings
 from imds_enforcer.handlers.launch_watch import handler as launch_watch
 from imds_enforcer.handlers.usage_gate import handler as usage_gate
 from imds_enforcer.workflows import launch_source_sweep
-from imds_enforcer.workflows.enforcement import UnexpectedAwsError
-from tests.support.aws import ReportInbox, launch
+from tests.support.aws import SCHEDULED, ReportInbox, launch
 from tests.support.context import FakeLambdaContext
 from tests.support.faults import Fault, ec2_error, inject
 
@@ -31,17 +31,6 @@ pytestmark = pytest.mark.usefixtures("aws")
 FLAG = Settings()
 FIX_ALL = Settings(ENFORCEMENT_MODE=EnforcementMode.FIX, FIX_LAUNCH_TEMPLATES=True, FIX_IMAGES=True)
 OPEN_OPTIONS = {"HttpTokens": "optional", "HttpPutResponseHopLimit": 1, "HttpEndpoint": "enabled"}
-SCHEDULED = {
-    "version": "0",
-    "id": "5d0c5f7a-0000-4000-8000-00000000cafe",
-    "detail-type": "Scheduled Event",
-    "source": "aws.events",
-    "account": "123456789012",
-    "time": "2026-11-20T12:00:00Z",
-    "region": "us-east-1",
-    "resources": ["arn:aws:events:us-east-1:123456789012:rule/imds-enforcer-usage-gate"],
-    "detail": {},
-}
 
 
 # --- building the account with real calls ----------------------------------------------------------------------

@@ -10,13 +10,12 @@ from typing import Any
 
 import boto3
 import pytest
-from botocore.exceptions import ClientError
 from botocore.retries.standard import ExponentialBackoff
 
 from imds_enforcer.aws import clients
+from imds_enforcer.aws.errors import AwsError, UnexpectedAwsError
 from imds_enforcer.domain.settings import ENFORCED_AT_TAG, ENFORCED_BY_TAG, SettingsError
 from imds_enforcer.handlers.launch_watch import handler
-from imds_enforcer.workflows.enforcement import UnexpectedAwsError
 from tests.support.aws import (
     ReportInbox,
     launch,
@@ -374,7 +373,7 @@ def test_describe_failure_raises_and_changes_nothing(
     [instance_id] = launch()
     inject(clients.ec2(), "DescribeInstances", Fault(ec2_error("InternalError", status=500)))
 
-    with pytest.raises(ClientError, match="InternalError"):
+    with pytest.raises(AwsError, match="InternalError"):
         handler(state_change_event(instance_id), lambda_context)
 
     assert metadata_options(instance_id)["HttpTokens"] == "optional"

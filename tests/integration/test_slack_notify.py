@@ -15,22 +15,20 @@ import boto3
 import pytest
 from slack_sdk.http_retry.builtin_interval_calculators import FixedValueRetryIntervalCalculator
 
+from emulator import ACCOUNT, REGION
 from emulator.webhook import WebhookReceiver, start_webhook
-from imds_enforcer.aws import clients, secrets
+from imds_enforcer.aws import clients, secrets, slack_webhook
 from imds_enforcer.aws.secrets import WebhookSecretError
+from imds_enforcer.aws.slack_webhook import SlackDeliveryError
 from imds_enforcer.domain.report import Action, Finding, OutgoingMessage, Report, render_messages
 from imds_enforcer.domain.settings import SettingsError
 from imds_enforcer.domain.slack_message import render_payload
 from imds_enforcer.handlers.slack_notify import handler
 from imds_enforcer.observability import logger
-from imds_enforcer.workflows import slack_delivery
-from imds_enforcer.workflows.slack_delivery import SlackDeliveryError
 from tests.support.context import FakeLambdaContext
 
 pytestmark = pytest.mark.usefixtures("aws")
 
-ACCOUNT = "123456789012"
-REGION = "us-east-1"
 SECRET_NAME = "imds-enforcer/slack-webhook"
 TOPIC_ARN = f"arn:aws:sns:{REGION}:{ACCOUNT}:imds-enforcer-reports"
 
@@ -46,7 +44,7 @@ def fresh_secret_cache() -> Iterator[None]:
 @pytest.fixture
 def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     """Real 5xx retries, with a 10 ms pause instead of the production back-off."""
-    monkeypatch.setattr(slack_delivery, "SERVER_ERROR_BACKOFF", FixedValueRetryIntervalCalculator(0.01))
+    monkeypatch.setattr(slack_webhook, "SERVER_ERROR_BACKOFF", FixedValueRetryIntervalCalculator(0.01))
 
 
 @pytest.fixture
@@ -269,7 +267,7 @@ def test_rate_limiting_is_retried_after_retry_after(
 def test_a_retry_after_longer_than_a_lambda_should_sleep_is_left_to_lambdas_retry(
     slack: WebhookReceiver, lambda_context: FakeLambdaContext
 ) -> None:
-    slack.rate_limit(1, retry_after=slack_delivery.MAX_RETRY_AFTER_SECONDS + 1)
+    slack.rate_limit(1, retry_after=slack_webhook.MAX_RETRY_AFTER_SECONDS + 1)
 
     with pytest.raises(SlackDeliveryError, match="HTTP 429"):
         handler(sns_event(sns_record(published(sample_report())[0])), lambda_context)
@@ -292,7 +290,7 @@ def test_a_server_error_that_persists_raises_for_lambdas_retry_without_the_url(
         handler(sns_event(sns_record(published(sample_report())[0])), lambda_context)
 
     # Then the post was retried, then the handler raised (so Lambda retries and the DLQ keeps the report)
-    assert [attempt.status for attempt in slack.attempts] == [500] * (1 + slack_delivery.SERVER_ERROR_RETRIES)
+    assert [attempt.status for attempt in slack.attempts] == [500] * (1 + slack_webhook.SERVER_ERROR_RETRIES)
     assert slack.received() == []
     assert "HTTP 500" in str(raised.value)
     # And neither the exception nor any log line carries the URL
@@ -312,7 +310,7 @@ def test_502_from_slacks_edge_is_retried_too(slack: WebhookReceiver, lambda_cont
     with pytest.raises(SlackDeliveryError, match="HTTP 502"):
         handler(sns_event(sns_record(published(sample_report())[0])), lambda_context)
 
-    assert len(slack.attempts) == 1 + slack_delivery.SERVER_ERROR_RETRIES
+    assert len(slack.attempts) == 1 + slack_webhook.SERVER_ERROR_RETRIES
 
 
 def test_an_unreachable_webhook_raises_without_the_url(

@@ -18,22 +18,11 @@ from emulator.moto_ext import metadata_defaults_of
 from imds_enforcer.aws import clients
 from imds_enforcer.domain.settings import ENFORCED_AT_TAG, ENFORCED_BY_TAG
 from imds_enforcer.handlers.usage_gate import handler
-from tests.support.aws import ReportInbox, launch, metadata_options, tags_of
+from tests.support.aws import SCHEDULED, ReportInbox, launch, metadata_options, tags_of
 from tests.support.context import FakeLambdaContext
 from tests.support.faults import count_calls, throttle_first
 from tests.support.metrics import aged, put_daily, put_points
 
-SCHEDULED = {
-    "version": "0",
-    "id": "5d0c5f7a-0000-4000-8000-00000000beef",
-    "detail-type": "Scheduled Event",
-    "source": "aws.events",
-    "account": "123456789012",
-    "time": "2026-11-20T12:00:00Z",
-    "region": "us-east-1",
-    "resources": ["arn:aws:events:us-east-1:123456789012:rule/imds-enforcer-usage-gate"],
-    "detail": {},
-}
 CLEAN = [0.0] * 14
 
 

@@ -7,10 +7,18 @@ from typing import Any
 
 import boto3
 
-from emulator.events import modify_options_event, run_instances_event, state_change_event  # noqa: F401 (re-exported)
+from emulator.events import (  # noqa: F401 (re-exported)
+    modify_options_event,
+    run_instances_event,
+    scheduled_event,
+    state_change_event,
+)
 from emulator.observe import Inbox as ReportInbox
 from emulator.observe import Received  # noqa: F401 (re-exported)
 from tests.support.schema import assert_valid_report
+
+# The gate's schedule, with a fixed id so a test can find it in the report's source_event_id.
+SCHEDULED = scheduled_event(event_id="5d0c5f7a-0000-4000-8000-00000000beef")
 
 
 def make_inbox(name: str = "imds-enforcer-reports") -> ReportInbox:

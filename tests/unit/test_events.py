@@ -9,11 +9,9 @@ from typing import Any
 
 import pytest
 
+from emulator import ACCOUNT, REGION
 from imds_enforcer.domain.events import Ignored, LaunchTrigger, TriggerKind, read_launch_event
 from tests.support.aws import modify_options_event, run_instances_event, state_change_event
-
-ACCOUNT = "123456789012"
-REGION = "us-east-1"
 
 # What each real payload asks of the launch watch, read in its own account and region.
 SAMPLE_EXPECTATIONS: dict[str, tuple[str, Any]] = {

@@ -10,7 +10,7 @@ from parliament import analyze_policy_string, enhance_finding  # type: ignore[im
 
 from imds_enforcer.domain.guardrails import (
     SCP_MAX_CHARACTERS,
-    Guardrails,
+    GuardrailOptions,
     GuardrailsError,
     guardrail_statements,
     iam_policy_document,
@@ -141,7 +141,7 @@ def test_statements_share_no_mutable_parts() -> None:
 
 
 def test_duplicate_break_glass_arns_are_listed_once() -> None:
-    options = Guardrails.of(exempt_principal_arns=[BREAK_GLASS, BREAK_GLASS])
+    options = GuardrailOptions.of(exempt_principal_arns=[BREAK_GLASS, BREAK_GLASS])
 
     assert options.exempt_principal_arns == (BREAK_GLASS,)
 
@@ -222,7 +222,7 @@ def test_a_pattern_that_exempts_every_role_is_refused(arn: str) -> None:
 
 
 def test_a_single_string_is_read_as_one_arn_not_as_characters() -> None:
-    assert Guardrails.of(exempt_principal_arns=BREAK_GLASS).exempt_principal_arns == (BREAK_GLASS,)
+    assert GuardrailOptions.of(exempt_principal_arns=BREAK_GLASS).exempt_principal_arns == (BREAK_GLASS,)
 
 
 def test_an_unknown_partition_names_the_field() -> None:

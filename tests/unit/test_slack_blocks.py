@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from emulator import ACCOUNT
 from imds_enforcer.domain.report import Action, Finding, Report, render_messages
 from imds_enforcer.domain.slack_message import (
     MAX_BLOCKS,
@@ -20,7 +21,6 @@ from imds_enforcer.domain.slack_message import (
     reports_from_sns_event,
 )
 
-ACCOUNT = "123456789012"
 REGION = "eu-west-2"
 HIGH = {"rejected", "rolled_back", "failed"}
 WARNING = {"blocked", "flagged", "insufficient_data"}

@@ -6,6 +6,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from imds_enforcer.aws import clients
+from imds_enforcer.aws.errors import translated
 
 if TYPE_CHECKING:
     from mypy_boto3_autoscaling.type_defs import AutoScalingGroupTypeDef, LaunchConfigurationTypeDef
@@ -17,8 +18,9 @@ NAMES_LIMIT = 50
 
 def iter_groups() -> Iterator[AutoScalingGroupTypeDef]:
     paginator = clients.autoscaling().get_paginator("describe_auto_scaling_groups")
-    for page in paginator.paginate(PaginationConfig={"PageSize": PAGE_SIZE}):
-        yield from page.get("AutoScalingGroups", [])
+    with translated("DescribeAutoScalingGroups"):
+        for page in paginator.paginate(PaginationConfig={"PageSize": PAGE_SIZE}):
+            yield from page.get("AutoScalingGroups", [])
 
 
 def iter_launch_configurations(names: Sequence[str] | None = None) -> Iterator[LaunchConfigurationTypeDef]:
@@ -29,7 +31,8 @@ def iter_launch_configurations(names: Sequence[str] | None = None) -> Iterator[L
         if names is None
         else [list(names[start : start + NAMES_LIMIT]) for start in range(0, len(names), NAMES_LIMIT)]
     )
-    for batch in batches:
-        kwargs = {} if batch is None else {"LaunchConfigurationNames": batch}
-        for page in paginator.paginate(**kwargs, PaginationConfig={"PageSize": PAGE_SIZE}):
-            yield from page.get("LaunchConfigurations", [])
+    with translated("DescribeLaunchConfigurations"):
+        for batch in batches:
+            kwargs = {} if batch is None else {"LaunchConfigurationNames": batch}
+            for page in paginator.paginate(**kwargs, PaginationConfig={"PageSize": PAGE_SIZE}):
+                yield from page.get("LaunchConfigurations", [])

@@ -15,21 +15,20 @@ each). NextToken pages are followed all the same: AWS may page earlier than the 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 from imds_enforcer.aws import clients
+from imds_enforcer.aws.errors import translated
+from imds_enforcer.domain.metric_names import EC2_NAMESPACE
 from imds_enforcer.domain.usage import DAY_SECONDS, HOUR_SECONDS, MetricSeries
 from imds_enforcer.observability import logger
 
 if TYPE_CHECKING:
-    from mypy_boto3_cloudwatch.type_defs import MetricDataQueryTypeDef
+    from mypy_boto3_cloudwatch.type_defs import GetMetricDataOutputTypeDef, MetricDataQueryTypeDef
 
-NAMESPACE = "AWS/EC2"
-NO_TOKEN = "MetadataNoToken"  # noqa: S105 - a metric name, not a secret
-NO_TOKEN_REJECTED = "MetadataNoTokenRejected"  # noqa: S105
 MAX_QUERIES_PER_CALL = 500
 MAX_DATAPOINTS_PER_CALL = 100_800
 # Hour multiples that divide a day, finest first.
@@ -59,7 +58,7 @@ def plan_batches(window_seconds: int) -> BatchPlan:
 @dataclass(frozen=True, slots=True)
 class MetricRequest:
     instance_id: str
-    metric_name: str  # NO_TOKEN or NO_TOKEN_REJECTED
+    metric_name: str  # metric_names.NO_TOKEN or NO_TOKEN_REJECTED
 
 
 def fetch_series(
@@ -78,24 +77,31 @@ def fetch_series(
             EndTime=end,
             ScanBy="TimestampAscending",
         )
-        for page in pages:
-            for message in page.get("Messages", []):
-                logger.warning("GetMetricData says", extra={"code": message.get("Code"), "value": message.get("Value")})
-            for result in page.get("MetricDataResults", []):
-                request = by_id.get(result.get("Id", ""))
-                if request is None:
-                    continue
-                status = result.get("StatusCode", "Complete")
-                if status not in ("Complete", "PartialData"):
-                    # InternalError / Forbidden: whatever came back stays, the rest is missing evidence.
-                    logger.warning(
-                        "metric data incomplete",
-                        extra={"instance_id": request.instance_id, "metric": request.metric_name, "status": status},
-                    )
-                series = found[request]
-                for timestamp, value in zip(result.get("Timestamps", []), result.get("Values", []), strict=False):
-                    series.append(timestamp, value)
+        with translated("GetMetricData"):
+            for page in pages:
+                _collect(page, by_id, found)
     return found
+
+
+def _collect(
+    page: GetMetricDataOutputTypeDef, by_id: Mapping[str, MetricRequest], found: dict[MetricRequest, MetricSeries]
+) -> None:
+    for message in page.get("Messages", []):
+        logger.warning("GetMetricData says", extra={"code": message.get("Code"), "value": message.get("Value")})
+    for result in page.get("MetricDataResults", []):
+        request = by_id.get(result.get("Id", ""))
+        if request is None:
+            continue
+        status = result.get("StatusCode", "Complete")
+        if status not in ("Complete", "PartialData"):
+            # InternalError / Forbidden: whatever came back stays, the rest is missing evidence.
+            logger.warning(
+                "metric data incomplete",
+                extra={"instance_id": request.instance_id, "metric": request.metric_name, "status": status},
+            )
+        series = found[request]
+        for timestamp, value in zip(result.get("Timestamps", []), result.get("Values", []), strict=False):
+            series.append(timestamp, value)
 
 
 def _query(query_id: str, request: MetricRequest, period: int) -> MetricDataQueryTypeDef:
@@ -103,7 +109,7 @@ def _query(query_id: str, request: MetricRequest, period: int) -> MetricDataQuer
         "Id": query_id,
         "MetricStat": {
             "Metric": {
-                "Namespace": NAMESPACE,
+                "Namespace": EC2_NAMESPACE,
                 "MetricName": request.metric_name,
                 "Dimensions": [{"Name": "InstanceId", "Value": request.instance_id}],
             },

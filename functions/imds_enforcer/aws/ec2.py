@@ -8,15 +8,24 @@ from typing import TYPE_CHECKING, Any
 from botocore.model import ListShape, Shape, StructureShape
 
 from imds_enforcer.aws import clients
+from imds_enforcer.aws.errors import translated
 from imds_enforcer.domain.instances import InstanceFacts
 
 if TYPE_CHECKING:
-    from mypy_boto3_ec2.type_defs import FilterTypeDef
+    from mypy_boto3_ec2.type_defs import (
+        FilterTypeDef,
+        ImageTypeDef,
+        InstanceMetadataDefaultsResponseTypeDef,
+        LaunchTemplateTypeDef,
+        LaunchTemplateVersionTypeDef,
+    )
 
 # EC2 accepts at most 200 values in one filter, and CreateTags at most 1000 resources per call.
 FILTER_VALUES_LIMIT = 200
 TAG_RESOURCES_LIMIT = 1000
 PAGE_SIZE = 1000
+# The states in which an instance's metadata options still matter (and can be changed).
+LIVE_STATES = ("pending", "running", "stopped")
 
 
 def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
@@ -34,56 +43,72 @@ def describe_by_ids(instance_ids: Sequence[str]) -> list[InstanceFacts]:
 
 def iter_instances(filters: Sequence[FilterTypeDef], *, page_size: int = PAGE_SIZE) -> Iterator[InstanceFacts]:
     paginator = clients.ec2().get_paginator("describe_instances")
-    pages = paginator.paginate(Filters=list(filters), PaginationConfig={"PageSize": page_size})
-    for page in pages:
-        for reservation in page.get("Reservations", []):
-            for item in reservation.get("Instances", []):
-                yield InstanceFacts.from_api(item)
+    with translated("DescribeInstances"):
+        for page in paginator.paginate(Filters=list(filters), PaginationConfig={"PageSize": page_size}):
+            for reservation in page.get("Reservations", []):
+                for item in reservation.get("Instances", []):
+                    yield InstanceFacts.from_api(item)
+
+
+def iter_instances_by_tokens(http_tokens: str) -> Iterator[InstanceFacts]:
+    """Live instances whose HttpTokens is `http_tokens` (`optional` or `required`), filtered by EC2."""
+    return iter_instances(
+        [
+            {"Name": "metadata-options.http-tokens", "Values": [http_tokens]},
+            {"Name": "instance-state-name", "Values": list(LIVE_STATES)},
+        ]
+    )
+
+
+def iter_instances_tagged(tag_key: str) -> Iterator[InstanceFacts]:
+    """Live instances carrying the tag key `tag_key` (any value)."""
+    return iter_instances(
+        [{"Name": "tag-key", "Values": [tag_key]}, {"Name": "instance-state-name", "Values": list(LIVE_STATES)}]
+    )
 
 
 def require_tokens(instance_id: str, *, hop_limit: int | None) -> None:
     """HttpTokens=required. Only the fields we change are sent: AWS keeps the endpoint and the rest as they are."""
-    if hop_limit is None:
-        clients.ec2().modify_instance_metadata_options(InstanceId=instance_id, HttpTokens="required")
-    else:
-        clients.ec2().modify_instance_metadata_options(
-            InstanceId=instance_id, HttpTokens="required", HttpPutResponseHopLimit=hop_limit
-        )
+    with translated("ModifyInstanceMetadataOptions"):
+        if hop_limit is None:
+            clients.ec2().modify_instance_metadata_options(InstanceId=instance_id, HttpTokens="required")
+        else:
+            clients.ec2().modify_instance_metadata_options(
+                InstanceId=instance_id, HttpTokens="required", HttpPutResponseHopLimit=hop_limit
+            )
 
 
 def allow_tokens_optional(instance_id: str) -> None:
-    clients.ec2().modify_instance_metadata_options(InstanceId=instance_id, HttpTokens="optional")
+    with translated("ModifyInstanceMetadataOptions"):
+        clients.ec2().modify_instance_metadata_options(InstanceId=instance_id, HttpTokens="optional")
 
 
 def tag_instances(instance_ids: Iterable[str], tags: Mapping[str, str]) -> None:
     ids = list(instance_ids)
     tag_list = [{"Key": key, "Value": value} for key, value in tags.items()]
-    for chunk in _chunks(ids, TAG_RESOURCES_LIMIT):
-        clients.ec2().create_tags(Resources=list(chunk), Tags=tag_list)  # type: ignore[arg-type]
+    with translated("CreateTags"):
+        for chunk in _chunks(ids, TAG_RESOURCES_LIMIT):
+            clients.ec2().create_tags(Resources=list(chunk), Tags=tag_list)  # type: ignore[arg-type]
 
 
-# The account default (the usage gate's last step). Added after the launch watch's functions, unchanged above.
-
-if TYPE_CHECKING:
-    from mypy_boto3_ec2.type_defs import InstanceMetadataDefaultsResponseTypeDef
+# --- the account default (the usage gate's last step) -----------------------------------------------------------
 
 
 def instance_metadata_defaults() -> InstanceMetadataDefaultsResponseTypeDef:
     """The account-level IMDS defaults of this region (an empty mapping when none were ever set)."""
-    return clients.ec2().get_instance_metadata_defaults().get("AccountLevel", {})
+    with translated("GetInstanceMetadataDefaults"):
+        return clients.ec2().get_instance_metadata_defaults().get("AccountLevel", {})
 
 
 def require_tokens_by_default() -> None:
     """HttpTokens=required for instances launched without an explicit choice. Only that field is sent: the hop
     limit, endpoint and tags settings keep their values, and `HttpTokensEnforced` (which makes a launch that asks
     for optional fail) is left to the guardrails step: exempt workloads may still launch that way."""
-    clients.ec2().modify_instance_metadata_defaults(HttpTokens="required")
+    with translated("ModifyInstanceMetadataDefaults"):
+        clients.ec2().modify_instance_metadata_defaults(HttpTokens="required")
 
 
-# Where new instances come from (launch templates, AMIs): added for the launch-source checks, unchanged above.
-
-if TYPE_CHECKING:
-    from mypy_boto3_ec2.type_defs import ImageTypeDef, LaunchTemplateTypeDef, LaunchTemplateVersionTypeDef
+# --- where new instances come from (launch templates, AMIs) ------------------------------------------------------
 
 # DescribeLaunchTemplates and DescribeLaunchTemplateVersions return at most 200 items a page.
 TEMPLATE_PAGE_SIZE = 200
@@ -93,14 +118,16 @@ DEFAULT_AND_LATEST = ["$Default", "$Latest"]
 
 def iter_launch_templates() -> Iterator[LaunchTemplateTypeDef]:
     paginator = clients.ec2().get_paginator("describe_launch_templates")
-    for page in paginator.paginate(PaginationConfig={"PageSize": TEMPLATE_PAGE_SIZE}):
-        yield from page.get("LaunchTemplates", [])
+    with translated("DescribeLaunchTemplates"):
+        for page in paginator.paginate(PaginationConfig={"PageSize": TEMPLATE_PAGE_SIZE}):
+            yield from page.get("LaunchTemplates", [])
 
 
 def describe_launch_template(template_id: str) -> LaunchTemplateTypeDef | None:
     """One template by id (None if it is not listed). AWS fails the whole call for an unknown id
     (InvalidLaunchTemplateId.NotFound), so one id a call keeps one deleted template from hiding the others."""
-    found = clients.ec2().describe_launch_templates(LaunchTemplateIds=[template_id]).get("LaunchTemplates", [])
+    with translated("DescribeLaunchTemplates"):
+        found = clients.ec2().describe_launch_templates(LaunchTemplateIds=[template_id]).get("LaunchTemplates", [])
     return found[0] if found else None
 
 
@@ -116,12 +143,13 @@ def default_and_latest_versions(template_id: str | None = None) -> list[LaunchTe
         )
     seen: set[tuple[str, int]] = set()
     versions: list[LaunchTemplateVersionTypeDef] = []
-    for page in pages:
-        for item in page.get("LaunchTemplateVersions", []):
-            key = (item.get("LaunchTemplateId", ""), item.get("VersionNumber", 0))
-            if key not in seen:
-                seen.add(key)
-                versions.append(item)
+    with translated("DescribeLaunchTemplateVersions"):
+        for page in pages:
+            for item in page.get("LaunchTemplateVersions", []):
+                key = (item.get("LaunchTemplateId", ""), item.get("VersionNumber", 0))
+                if key not in seen:
+                    seen.add(key)
+                    versions.append(item)
     return versions
 
 
@@ -141,18 +169,20 @@ def create_launch_template_version(
         member = request_shape.members.get(key) if isinstance(request_shape, StructureShape) else None
         if member is not None and _fit_to_shape(value, member) == value:
             sendable[key] = value
-    response = clients.ec2().create_launch_template_version(
-        LaunchTemplateId=template_id,
-        SourceVersion=str(source_version),
-        LaunchTemplateData=sendable,  # type: ignore[arg-type]
-        VersionDescription=description[:255],
-        ClientToken=client_token[:64],
-    )
+    with translated("CreateLaunchTemplateVersion"):
+        response = clients.ec2().create_launch_template_version(
+            LaunchTemplateId=template_id,
+            SourceVersion=str(source_version),
+            LaunchTemplateData=sendable,  # type: ignore[arg-type]
+            VersionDescription=description[:255],
+            ClientToken=client_token[:64],
+        )
     return int(response["LaunchTemplateVersion"]["VersionNumber"])
 
 
 def set_default_launch_template_version(template_id: str, version: int) -> None:
-    clients.ec2().modify_launch_template(LaunchTemplateId=template_id, DefaultVersion=str(version))
+    with translated("ModifyLaunchTemplate"):
+        clients.ec2().modify_launch_template(LaunchTemplateId=template_id, DefaultVersion=str(version))
 
 
 def _fit_to_shape(value: Any, shape: Shape) -> Any:
@@ -174,12 +204,14 @@ def iter_own_images(image_ids: Sequence[str] | None = None) -> Iterator[ImageTyp
         if image_ids is None
         else [[{"Name": "image-id", "Values": list(chunk)}] for chunk in _chunks(image_ids, FILTER_VALUES_LIMIT)]
     )
-    for filters in batches:
-        pages = paginator.paginate(Owners=["self"], Filters=filters, PaginationConfig={"PageSize": IMAGE_PAGE_SIZE})
-        for page in pages:
-            yield from page.get("Images", [])
+    with translated("DescribeImages"):
+        for filters in batches:
+            pages = paginator.paginate(Owners=["self"], Filters=filters, PaginationConfig={"PageSize": IMAGE_PAGE_SIZE})
+            for page in pages:
+                yield from page.get("Images", [])
 
 
 def require_imds_v2_image(image_id: str) -> None:
     """ImdsSupport=v2.0. AWS cannot undo this on the AMI."""
-    clients.ec2().modify_image_attribute(ImageId=image_id, ImdsSupport={"Value": "v2.0"})
+    with translated("ModifyImageAttribute"):
+        clients.ec2().modify_image_attribute(ImageId=image_id, ImdsSupport={"Value": "v2.0"})

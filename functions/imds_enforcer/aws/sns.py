@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from imds_enforcer.aws import clients
+from imds_enforcer.aws.errors import translated
 from imds_enforcer.domain.report import Report, render_messages
 from imds_enforcer.observability import logger
 
@@ -18,14 +19,15 @@ def publish_report(report: Report, *, topic_arn: str) -> list[str]:
         return []
     message_ids = []
     for message in messages:
-        response = clients.sns().publish(
-            TopicArn=topic_arn,
-            Subject=message.subject,
-            Message=message.body,
-            MessageAttributes={
-                name: {"DataType": "String", "StringValue": value} for name, value in message.attributes.items()
-            },
-        )
+        with translated("Publish"):
+            response = clients.sns().publish(
+                TopicArn=topic_arn,
+                Subject=message.subject,
+                Message=message.body,
+                MessageAttributes={
+                    name: {"DataType": "String", "StringValue": value} for name, value in message.attributes.items()
+                },
+            )
         message_ids.append(response["MessageId"])
     if messages:
         logger.info("report published", extra={"parts": len(messages), "counts": report.counts})

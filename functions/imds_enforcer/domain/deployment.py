@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,10 +12,10 @@ class Deployment:
     region: str
 
     @classmethod
-    def from_context(cls, context: Any) -> Deployment:
-        # arn:aws:lambda:<region>:<account>:function:<name>
+    def from_context(cls, context: Any, *, default_region: str = "") -> Deployment:
+        """From the invoked function's ARN (``arn:aws:lambda:<region>:<account>:function:<name>``); the region
+        falls back to ``default_region`` (the handler passes the runtime's AWS_REGION) where the ARN has none."""
         parts = str(getattr(context, "invoked_function_arn", "")).split(":")
         if len(parts) < 6 or parts[2] != "lambda":
             raise ValueError(f"cannot read account and region from the Lambda context ARN {':'.join(parts)!r}")
-        region = parts[3] or os.environ.get("AWS_REGION", "")
-        return cls(account=parts[4], region=region)
+        return cls(account=parts[4], region=parts[3] or default_region)

@@ -25,6 +25,7 @@ EVENT_SOURCES = {"aws.ec2": "ec2.amazonaws.com", "aws.autoscaling": "autoscaling
 CLOUDTRAIL_CALL = "AWS API Call via CloudTrail"
 STATE_CHANGE = "EC2 Instance State-change Notification"
 ACTIONABLE_STATES = frozenset({"pending", "running"})
+SCHEDULED_EVENT = "Scheduled Event"
 
 
 class EnforcerEvent(BaseModel):
@@ -323,3 +324,31 @@ def _describe(error: ValidationError) -> str:
 def _raw_id(raw: Mapping[Any, Any]) -> str | None:
     value = raw.get("id")
     return value if isinstance(value, str) else None
+
+
+# --- the usage gate's trigger ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GateTrigger:
+    kind: str  # "schedule" or "manual"
+    event_id: str | None = None
+
+
+def read_gate_event(raw: object, *, account: str) -> GateTrigger | Ignored:
+    """A scheduled event of this account, or an empty manual invoke (`{}`), runs the sweep; anything else is
+    logged and changes nothing (a foreign event must not make the gate modify instances)."""
+    if raw is None or (isinstance(raw, Mapping) and not raw):
+        return GateTrigger(kind="manual")
+    if not isinstance(raw, Mapping):
+        return Ignored(f"event is a {type(raw).__name__}, not a JSON object")
+    event_id = raw.get("id") if isinstance(raw.get("id"), str) else None
+    if raw.get("source") != "aws.events" or raw.get("detail-type") != SCHEDULED_EVENT:
+        return Ignored(
+            f"source {raw.get('source')!r} / detail-type {raw.get('detail-type')!r} is not an EventBridge "
+            "schedule (and not an empty manual invoke)",
+            event_id,
+        )
+    if raw.get("account") not in (None, account):
+        return Ignored(f"scheduled event from account {raw.get('account')}; this deployment serves {account}", event_id)
+    return GateTrigger(kind="schedule", event_id=event_id)

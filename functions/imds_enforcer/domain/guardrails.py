@@ -49,7 +49,7 @@ class GuardrailsError(ValueError):
     """An option is invalid or the document does not fit; the message names the option or the limit."""
 
 
-class Guardrails(BaseModel):
+class GuardrailOptions(BaseModel):
     """The options of the guardrail documents, validated."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -96,7 +96,7 @@ class Guardrails(BaseModel):
         exempt_principal_arns: Sequence[str] = (),
         include_role_delivery: bool = True,
         partition: str = "aws",
-    ) -> Guardrails:
+    ) -> GuardrailOptions:
         """Validate the options; raises GuardrailsError naming the option (and the bad ARN) on a bad value."""
         try:
             return cls.model_validate(
@@ -202,8 +202,8 @@ def guardrail_statements(
     include_role_delivery: bool = True,
     partition: str = "aws",
 ) -> list[dict[str, Any]]:
-    """The guardrail Deny statements (see ``Guardrails.statements``); raises GuardrailsError on a bad option."""
-    return Guardrails.of(
+    """The guardrail Deny statements (see ``GuardrailOptions.statements``); raises GuardrailsError on a bad option."""
+    return GuardrailOptions.of(
         max_hop_limit=max_hop_limit,
         exempt_principal_arns=exempt_principal_arns,
         include_role_delivery=include_role_delivery,

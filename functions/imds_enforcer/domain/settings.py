@@ -1,14 +1,18 @@
 """Runtime settings: one pydantic model whose field names are the environment variable names.
 
-Read when a handler is called (never at import), and used by the CDK app at synth time to validate the
-environment it gives each Lambda, so a bad value fails early with the variable's name in the message.
+This model is the one declaration of every runtime setting: its name, default and bounds. Handlers read it from the
+environment when they are called (never at import); the CDK app's ``DeployConfig`` composes it, reading each
+setting from cdk.json under its lower-case name (``LOOKBACK_DAYS`` is ``lookback_days``), and builds each Lambda's
+environment from it, so a bad value fails synth with the key's name, and the Lambda reads exactly what was checked.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -25,9 +29,23 @@ class EnforcementMode(StrEnum):
     FIX = "fix"
 
 
-def _split_csv(value: object) -> object:
+# What Secrets Manager accepts as a secret name, and a secret's ARN (with or without the random 6-character suffix).
+_SECRET_NAME = re.compile(r"^[A-Za-z0-9/_+=.@-]{1,512}$")
+_SECRET_ARN = re.compile(r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:[A-Za-z0-9/_+=.@-]{1,512}$")
+
+TagKey = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+def split_list(value: object) -> object:
+    """A list as a list, a JSON list string (``-c key='["a","b"]'``) or a comma-separated string (``a,b``)."""
     if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError:
+                return value  # the list validator reports it, naming the setting
+        return [part.strip() for part in text.split(",") if part.strip()]
     return value
 
 
@@ -40,6 +58,11 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="ignore", str_strip_whitespace=True)
 
+    # Set by the stack itself (the topic it creates, the path of the roles it creates): not a cdk.json key.
+    SET_BY_STACK: ClassVar[frozenset[str]] = frozenset({"REPORT_TOPIC_ARN", "SERVICE_ROLE_PATH"})
+    # Read by the Slack notifier only; the enforcing functions get every other setting.
+    SLACK_NOTIFIER_ONLY: ClassVar[frozenset[str]] = frozenset({"SLACK_WEBHOOK_SECRET"})
+
     ENFORCEMENT_MODE: EnforcementMode = EnforcementMode.FLAG
     REPORT_TOPIC_ARN: Annotated[
         str, Field(pattern=r"^(arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256})?$")
@@ -47,9 +70,10 @@ class Settings(BaseModel):
     LOOKBACK_DAYS: Annotated[int, Field(ge=1, le=455)] = 14
     EXEMPT_TAG_KEY: Annotated[str, Field(min_length=1, max_length=128)] = "imdsv2-exempt"
     ROLLBACK_ON_REJECTED: bool = False
+    # Name or ARN of the Secrets Manager secret holding the Slack webhook URL (never the URL itself); empty: no Slack.
     SLACK_WEBHOOK_SECRET: str = ""
     # Extra tag keys (beyond the built-in EKS/ECS/Kubernetes ones) that mark a container host.
-    CONTAINER_HOST_TAG_KEYS: tuple[str, ...] = ()
+    CONTAINER_HOST_TAG_KEYS: tuple[TagKey, ...] = ()
     # Calls made by a role under this IAM path are the service's own (rollbacks), not regressions.
     SERVICE_ROLE_PATH: Annotated[str, Field(pattern=r"^/([A-Za-z0-9+=,.@_-]+/)*$")] = SERVICE_ROLE_PATH
     # The usage gate.
@@ -66,8 +90,25 @@ class Settings(BaseModel):
 
     @field_validator("CONTAINER_HOST_TAG_KEYS", mode="before")
     @classmethod
-    def _csv(cls, value: object) -> object:
-        return _split_csv(value)
+    def _list(cls, value: object) -> object:
+        return split_list(value)
+
+    @field_validator("SLACK_WEBHOOK_SECRET")
+    @classmethod
+    def _secret(cls, value: str) -> str:
+        if value and not (_SECRET_ARN.match(value) or (_SECRET_NAME.match(value) and not value.startswith("arn:"))):
+            raise ValueError("is neither a Secrets Manager secret name nor a secret ARN")
+        return value
+
+    @classmethod
+    def context_key(cls, name: str) -> str:
+        """The cdk.json context key of a setting: its name in lower case."""
+        return name.lower()
+
+    @classmethod
+    def deploy_settable(cls) -> list[str]:
+        """The settings a deployment chooses in cdk.json (all but the ones the stack sets itself)."""
+        return [name for name in cls.model_fields if name not in cls.SET_BY_STACK]
 
     @property
     def fix(self) -> bool:

@@ -11,8 +11,9 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 
 from imds_enforcer.domain.deployment import Deployment
+from imds_enforcer.domain.metric_names import EVENTS_IGNORED, EVENTS_PROCESSED
 from imds_enforcer.domain.settings import Settings
-from imds_enforcer.observability import EVENTS_IGNORED, EVENTS_PROCESSED, logger, metrics, record_findings
+from imds_enforcer.observability import logger, metrics, record_findings
 from imds_enforcer.workflows.launch_watch import watch_launch
 
 
@@ -20,7 +21,8 @@ from imds_enforcer.workflows.launch_watch import watch_launch
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: Any) -> dict[str, object]:
     settings = Settings.from_env(os.environ)
-    outcome = watch_launch(event, settings=settings, deployment=Deployment.from_context(context))
+    deployment = Deployment.from_context(context, default_region=os.environ.get("AWS_REGION", ""))
+    outcome = watch_launch(event, settings=settings, deployment=deployment)
     name = EVENTS_IGNORED if outcome.status == "ignored" else EVENTS_PROCESSED
     metrics.add_metric(name=name, unit=MetricUnit.Count, value=1)
     record_findings(outcome.findings)

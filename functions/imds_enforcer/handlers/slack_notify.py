@@ -7,6 +7,7 @@ from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 
+from imds_enforcer.domain.metric_names import SLACK_POSTS, SLACK_POSTS_FAILED, SLACK_RECORDS_SKIPPED
 from imds_enforcer.domain.settings import Settings
 from imds_enforcer.observability import logger, metrics
 from imds_enforcer.workflows.slack_delivery import notify_slack
@@ -20,8 +21,8 @@ SNS_CORRELATION_PATH = "Records[0].Sns.MessageId"
 def handler(event: dict[str, Any], context: Any) -> dict[str, int]:
     settings = Settings.from_env(os.environ)
     outcome = notify_slack(event, settings=settings)
-    metrics.add_metric(name="SlackPosts", unit=MetricUnit.Count, value=outcome.posted)
-    metrics.add_metric(name="SlackRecordsSkipped", unit=MetricUnit.Count, value=outcome.skipped)
-    metrics.add_metric(name="SlackPostsFailed", unit=MetricUnit.Count, value=len(outcome.failures))
+    metrics.add_metric(name=SLACK_POSTS, unit=MetricUnit.Count, value=outcome.posted)
+    metrics.add_metric(name=SLACK_RECORDS_SKIPPED, unit=MetricUnit.Count, value=outcome.skipped)
+    metrics.add_metric(name=SLACK_POSTS_FAILED, unit=MetricUnit.Count, value=len(outcome.failures))
     outcome.raise_for_failures()
     return outcome.summary()

@@ -9,16 +9,9 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 
 from imds_enforcer.domain.deployment import Deployment
+from imds_enforcer.domain.metric_names import DEFERRED, EVENTS_IGNORED, EVENTS_PROCESSED, OPTIONAL_REMAINING
 from imds_enforcer.domain.settings import Settings
-from imds_enforcer.observability import (
-    DEFERRED,
-    EVENTS_IGNORED,
-    EVENTS_PROCESSED,
-    OPTIONAL_REMAINING,
-    logger,
-    metrics,
-    record_findings,
-)
+from imds_enforcer.observability import logger, metrics, record_findings
 from imds_enforcer.workflows.usage_gate import run_gate
 
 
@@ -29,7 +22,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, object]:
     outcome = run_gate(
         event,
         settings=settings,
-        deployment=Deployment.from_context(context),
+        deployment=Deployment.from_context(context, default_region=os.environ.get("AWS_REGION", "")),
         remaining_ms=context.get_remaining_time_in_millis,
     )
     if outcome.status == "ignored":

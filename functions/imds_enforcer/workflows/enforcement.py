@@ -11,42 +11,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from botocore.exceptions import ClientError
-
 from imds_enforcer.aws import ec2
+from imds_enforcer.aws.errors import AwsError
 from imds_enforcer.domain.instances import InstanceFacts
 from imds_enforcer.domain.policy import ModifyPlan
-from imds_enforcer.domain.report import Action, Finding, Report
+from imds_enforcer.domain.report import Action, Finding
 from imds_enforcer.domain.settings import ENFORCED_AT_TAG, ENFORCED_BY_TAG
 from imds_enforcer.observability import logger
-
-# Codes that describe the instance, not a fault of ours: report them, let the next event or run try again.
-EXPECTED_ERROR_CODES = frozenset(
-    {
-        "IncorrectInstanceState",
-        "IncorrectState",
-        "InvalidInstanceID.NotFound",
-        "InvalidInstanceID.Malformed",
-        "RequestLimitExceeded",
-        "Throttling",
-        "ThrottlingException",
-        "UnsupportedOperation",
-    }
-)
-
-
-class UnexpectedAwsError(RuntimeError):
-    """Raised after the report is out, so Lambda's retry and the failure destination see the fault.
-
-    Carries the run's report, so a caller that does not publish (the CLI) can still show what happened."""
-
-    def __init__(self, message: str, *, report: Report | None = None) -> None:
-        super().__init__(message)
-        self.report = report
-
-
-def error_code(error: ClientError) -> str:
-    return str(error.response.get("Error", {}).get("Code", "Unknown"))
 
 
 class Pacer:
@@ -109,29 +80,27 @@ def enforce(
         pacer.acquire()
         try:
             ec2.require_tokens(plan.instance_id, hop_limit=plan.hop_limit)
-        except ClientError as error:
-            outcome.findings.append(failed_finding(plan.instance_id, error, "ModifyInstanceMetadataOptions"))
-            _note_unexpected(outcome, plan.instance_id, error, "ModifyInstanceMetadataOptions")
+        except AwsError as error:
+            outcome.findings.append(error.finding(plan.instance_id))
+            _note_unexpected(outcome, plan.instance_id, error)
             continue
         changed.append(plan)
 
     stamp = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    tag_error: ClientError | None = None
+    tag_error: AwsError | None = None
     if changed:
         try:
             ec2.tag_instances(
                 [plan.instance_id for plan in changed], {ENFORCED_AT_TAG: stamp, ENFORCED_BY_TAG: enforced_by}
             )
-        except ClientError as error:
+        except AwsError as error:
             tag_error = error
-            _note_unexpected(outcome, "(tagging)", error, "CreateTags", always=True)
+            _note_unexpected(outcome, "(tagging)", error, always=True)
     for plan in changed:
         outcome.enforced.append(plan.instance_id)
         outcome.findings.append(_enforced(plan, stamp, reason_prefix))
         if tag_error is not None:
-            outcome.findings.append(
-                failed_finding(plan.instance_id, tag_error, "CreateTags (enforced, but not tagged)")
-            )
+            outcome.findings.append(tag_error.finding(plan.instance_id, "CreateTags (enforced, but not tagged)"))
     return outcome
 
 
@@ -144,25 +113,10 @@ def _enforced(plan: ModifyPlan, stamp: str, reason_prefix: str) -> Finding:
     return Finding(resource_id=plan.instance_id, action=Action.ENFORCED, reason=reason, details=details)
 
 
-def failed_finding(resource_id: str, error: ClientError, operation: str, resource_type: str = "instance") -> Finding:
-    """A `failed` finding that says which call failed, with which code and message, after how many retries."""
-    code = error_code(error)
-    message = error.response.get("Error", {}).get("Message", "")
-    attempts = error.response.get("ResponseMetadata", {}).get("RetryAttempts", 0)
-    reason = f"{operation} failed: {code}" + (f" ({message})" if message else "")
-    if attempts:
-        reason += f" after {attempts} retries"
-    return Finding(
-        resource_type=resource_type, resource_id=resource_id, action=Action.FAILED, reason=reason, error_code=code
-    )
-
-
-def _note_unexpected(
-    outcome: EnforcementOutcome, instance_id: str, error: ClientError, operation: str, *, always: bool = False
-) -> None:
-    code = error_code(error)
-    if always or code not in EXPECTED_ERROR_CODES:
-        logger.error("unexpected AWS error", extra={"operation": operation, "instance_id": instance_id, "code": code})
-        outcome.unexpected_errors.append(f"{operation} {instance_id}: {code}")
+def _note_unexpected(outcome: EnforcementOutcome, instance_id: str, error: AwsError, *, always: bool = False) -> None:
+    context = {"operation": error.operation, "instance_id": instance_id, "code": error.code}
+    if always or not error.expected:
+        logger.error("unexpected AWS error", extra=context)
+        outcome.unexpected_errors.append(f"{error.operation} {instance_id}: {error.code}")
     else:
-        logger.warning("AWS call failed", extra={"operation": operation, "instance_id": instance_id, "code": code})
+        logger.warning("AWS call failed", extra=context)

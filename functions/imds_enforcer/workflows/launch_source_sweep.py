@@ -16,9 +16,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from botocore.exceptions import ClientError
-
 from imds_enforcer.aws import autoscaling, ec2
+from imds_enforcer.aws.errors import AwsError
 from imds_enforcer.domain.launch_sources import (
     IMAGE,
     LAUNCH_CONFIGURATION,
@@ -41,23 +40,10 @@ from imds_enforcer.domain.launch_sources import (
 from imds_enforcer.domain.report import Action, Finding
 from imds_enforcer.domain.settings import Settings
 from imds_enforcer.observability import logger
-from imds_enforcer.workflows.enforcement import EXPECTED_ERROR_CODES, error_code, failed_finding
 
 # The resource id of a finding about a whole listing that failed (no single resource to name).
 ALL_RESOURCES = "*"
 AUTO_SCALING_GROUP = "auto_scaling_group"
-# Codes that describe the resource, not a fault of ours: reported, and the next event or run looks again.
-EXPECTED_SOURCE_ERROR_CODES = EXPECTED_ERROR_CODES | {
-    "InvalidLaunchTemplateId.NotFound",
-    "InvalidLaunchTemplateId.Malformed",
-    "InvalidLaunchTemplateId.VersionNotFound",
-    "InvalidLaunchTemplateName.NotFoundException",
-    "LaunchTemplateVersionLimitExceeded",
-    "IdempotentParameterMismatch",
-    "InvalidAMIID.NotFound",
-    "InvalidAMIID.Malformed",
-    "InvalidAMIID.Unavailable",
-}
 VERSION_DESCRIPTION = "imds-enforcer: HttpTokens required (copied from version {source})"
 
 T = TypeVar("T")
@@ -68,15 +54,14 @@ class SourceOutcome:
     findings: list[Finding] = field(default_factory=list)
     unexpected_errors: list[str] = field(default_factory=list)
 
-    def fail(self, resource_id: str, error: ClientError, operation: str, resource_type: str) -> None:
-        self.findings.append(failed_finding(resource_id, error, operation, resource_type=resource_type))
-        code = error_code(error)
-        context = {"operation": operation, "resource_id": resource_id, "code": code}
-        if code in EXPECTED_SOURCE_ERROR_CODES:
+    def fail(self, resource_id: str, error: AwsError, operation: str, resource_type: str) -> None:
+        self.findings.append(error.finding(resource_id, operation, resource_type=resource_type))
+        context = {"operation": operation, "resource_id": resource_id, "code": error.code}
+        if error.expected_for_sources:
             logger.warning("AWS call failed", extra=context)
         else:
             logger.error("unexpected AWS error", extra=context)
-            self.unexpected_errors.append(f"{operation} {resource_id}: {code}")
+            self.unexpected_errors.append(f"{operation} {resource_id}: {error.code}")
 
     def extend(self, other: SourceOutcome) -> None:
         self.findings.extend(other.findings)
@@ -145,7 +130,7 @@ def _templates_with_versions(
                 continue
             operation = "DescribeLaunchTemplateVersions"
             described = [TemplateVersion.from_api(version) for version in ec2.default_and_latest_versions(template_id)]
-        except ClientError as error:
+        except AwsError as error:
             outcome.fail(template_id, error, operation, LAUNCH_TEMPLATE)
             continue
         listed.append((LaunchTemplateFacts.from_api(found), described))
@@ -181,7 +166,7 @@ def _fix_template(plan: TemplatePlan, outcome: SourceOutcome) -> None:
         defaults = [number for new, number in zip(plan.new_versions, created, strict=True) if new.make_default]
         if defaults:
             ec2.set_default_launch_template_version(template_id, defaults[0])
-    except ClientError as error:
+    except AwsError as error:
         operation = "CreateLaunchTemplateVersion" if len(created) < len(plan.new_versions) else "ModifyLaunchTemplate"
         if created:
             operation += f" (created version(s) {', '.join(map(str, created))}, default unchanged)"
@@ -227,7 +212,7 @@ def sweep_images(settings: Settings, *, image_ids: Sequence[str] | None = None) 
     outcome = SourceOutcome()
     try:
         items = list(ec2.iter_own_images(None if image_ids is None else list(dict.fromkeys(image_ids))))
-    except ClientError as error:
+    except AwsError as error:
         for resource_id in [ALL_RESOURCES] if image_ids is None else list(dict.fromkeys(image_ids)):
             outcome.fail(resource_id, error, "DescribeImages", IMAGE)
         return outcome
@@ -242,7 +227,7 @@ def sweep_images(settings: Settings, *, image_ids: Sequence[str] | None = None) 
         elif isinstance(decision, ImagePlan):
             try:
                 ec2.require_imds_v2_image(facts.image_id)
-            except ClientError as error:
+            except AwsError as error:
                 outcome.fail(facts.image_id, error, "ModifyImageAttribute", IMAGE)
                 continue
             outcome.findings.append(enforced_image_finding(facts))
@@ -266,6 +251,6 @@ def _listing(
 ) -> list[T] | None:
     try:
         return list(call())
-    except ClientError as error:
+    except AwsError as error:
         outcome.fail(ALL_RESOURCES, error, operation, resource_type)
         return None

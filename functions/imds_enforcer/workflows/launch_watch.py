@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from imds_enforcer.aws import ec2
+from imds_enforcer.aws.errors import UnexpectedAwsError
 from imds_enforcer.aws.sns import publish_report
 from imds_enforcer.domain.deployment import Deployment
 from imds_enforcer.domain.events import (
@@ -21,7 +22,7 @@ from imds_enforcer.domain.report import Action, Finding, Report
 from imds_enforcer.domain.settings import Settings
 from imds_enforcer.observability import logger
 from imds_enforcer.workflows import launch_source_sweep
-from imds_enforcer.workflows.enforcement import Pacer, UnexpectedAwsError, enforce
+from imds_enforcer.workflows.enforcement import Pacer, enforce
 
 ENFORCED_BY = "launch_watch"
 TRIGGER = "launch"

@@ -23,16 +23,16 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
-
-from botocore.exceptions import ClientError
+from typing import Any
 
 from imds_enforcer.aws import cloudwatch, ec2
 from imds_enforcer.aws.cloudwatch import MetricRequest
+from imds_enforcer.aws.errors import AwsError, UnexpectedAwsError
 from imds_enforcer.aws.sns import publish_report
 from imds_enforcer.domain.deployment import Deployment
-from imds_enforcer.domain.events import Ignored
+from imds_enforcer.domain.events import Ignored, read_gate_event
 from imds_enforcer.domain.instances import InstanceFacts
+from imds_enforcer.domain.metric_names import NO_TOKEN, NO_TOKEN_REJECTED
 from imds_enforcer.domain.policy import ModifyPlan, is_exempt
 from imds_enforcer.domain.report import Action, Finding, Report
 from imds_enforcer.domain.settings import ENFORCED_AT_TAG, Settings
@@ -51,56 +51,11 @@ from imds_enforcer.domain.usage import (
 )
 from imds_enforcer.observability import logger
 from imds_enforcer.workflows import launch_source_sweep
-from imds_enforcer.workflows.enforcement import (
-    EXPECTED_ERROR_CODES,
-    Pacer,
-    UnexpectedAwsError,
-    enforce,
-    error_code,
-    failed_finding,
-)
-
-if TYPE_CHECKING:
-    from mypy_boto3_ec2.type_defs import FilterTypeDef
+from imds_enforcer.workflows.enforcement import Pacer, enforce
 
 ENFORCED_BY = "usage_gate"
 TRIGGER = "gate"
-SCHEDULED_EVENT = "Scheduled Event"
-LIVE_STATES = ["pending", "running", "stopped"]
-OPTIONAL_FILTERS: list[FilterTypeDef] = [
-    {"Name": "metadata-options.http-tokens", "Values": ["optional"]},
-    {"Name": "instance-state-name", "Values": LIVE_STATES},
-]
-WATCH_FILTERS: list[FilterTypeDef] = [
-    {"Name": "tag-key", "Values": [ENFORCED_AT_TAG]},
-    {"Name": "instance-state-name", "Values": LIVE_STATES},
-]
 ACCOUNT_RESOURCE = "account"
-
-
-@dataclass(frozen=True, slots=True)
-class GateTrigger:
-    kind: str  # "schedule" or "manual"
-    event_id: str | None = None
-
-
-def read_gate_event(raw: object, *, account: str) -> GateTrigger | Ignored:
-    """A scheduled event of this account, or an empty manual invoke (`{}`), runs the sweep; anything else is
-    logged and changes nothing (a foreign event must not make the gate modify instances)."""
-    if raw is None or (isinstance(raw, Mapping) and not raw):
-        return GateTrigger(kind="manual")
-    if not isinstance(raw, Mapping):
-        return Ignored(f"event is a {type(raw).__name__}, not a JSON object")
-    event_id = raw.get("id") if isinstance(raw.get("id"), str) else None
-    if raw.get("source") != "aws.events" or raw.get("detail-type") != SCHEDULED_EVENT:
-        return Ignored(
-            f"source {raw.get('source')!r} / detail-type {raw.get('detail-type')!r} is not an EventBridge "
-            "schedule (and not an empty manual invoke)",
-            event_id,
-        )
-    if raw.get("account") not in (None, account):
-        return Ignored(f"scheduled event from account {raw.get('account')}; this deployment serves {account}", event_id)
-    return GateTrigger(kind="schedule", event_id=event_id)
 
 
 @dataclass
@@ -162,8 +117,10 @@ def run_gate(
     def should_stop() -> bool:
         return remaining_ms is not None and remaining_ms() < margin_ms
 
-    optional = list(ec2.iter_instances(OPTIONAL_FILTERS))
-    watched = [facts for facts in ec2.iter_instances(WATCH_FILTERS) if under_watch(facts, settings, now=run.now)]
+    optional = list(ec2.iter_instances_by_tokens("optional"))
+    watched = [
+        facts for facts in ec2.iter_instances_tagged(ENFORCED_AT_TAG) if under_watch(facts, settings, now=run.now)
+    ]
     usage = _fetch_usage(optional, watched, run)
 
     rejected, rolled_back = _watch(watched, usage, run)
@@ -233,8 +190,8 @@ def _check_sources(run: _Run, should_stop: Callable[[], bool]) -> int:
 
 def _fetch_usage(optional: list[InstanceFacts], watched: list[InstanceFacts], run: _Run) -> dict[str, MetadataUsage]:
     """Both metrics in one query list, so that the calls stay at ceil(queries / 500)."""
-    requests = [MetricRequest(facts.instance_id, cloudwatch.NO_TOKEN) for facts in optional]
-    requests += [MetricRequest(facts.instance_id, cloudwatch.NO_TOKEN_REJECTED) for facts in watched]
+    requests = [MetricRequest(facts.instance_id, NO_TOKEN) for facts in optional]
+    requests += [MetricRequest(facts.instance_id, NO_TOKEN_REJECTED) for facts in watched]
     lookback = UsageWindow.ending_at(run.now, run.settings.LOOKBACK_DAYS)
     start = min(lookback.start, watch_window(run.now, run.settings).start)
     series = cloudwatch.fetch_series(requests, start=start, end=lookback.end) if requests else {}
@@ -244,8 +201,8 @@ def _fetch_usage(optional: list[InstanceFacts], watched: list[InstanceFacts], ru
             continue
         usage[facts.instance_id] = MetadataUsage(
             instance_id=facts.instance_id,
-            no_token=_series(series, facts.instance_id, cloudwatch.NO_TOKEN),
-            no_token_rejected=_series(series, facts.instance_id, cloudwatch.NO_TOKEN_REJECTED),
+            no_token=_series(series, facts.instance_id, NO_TOKEN),
+            no_token_rejected=_series(series, facts.instance_id, NO_TOKEN_REJECTED),
         )
     return usage
 
@@ -287,10 +244,10 @@ def _roll_back(facts: InstanceFacts, calls: float, finding: Finding, run: _Run) 
         operation = "ModifyInstanceMetadataOptions"
         run.pacer.acquire()
         ec2.allow_tokens_optional(facts.instance_id)
-    except ClientError as error:
-        run.findings.append(failed_finding(facts.instance_id, error, f"rollback: {operation}"))
-        if error_code(error) not in EXPECTED_ERROR_CODES:
-            run.unexpected.append(f"rollback {operation} {facts.instance_id}: {error_code(error)}")
+    except AwsError as error:
+        run.findings.append(error.finding(facts.instance_id, f"rollback: {operation}"))
+        if not error.expected:
+            run.unexpected.append(f"rollback {operation} {facts.instance_id}: {error.code}")
         return False
     run.findings.append(
         finding.model_copy(
@@ -329,8 +286,8 @@ def _account_default(run: _Run, deployment: Deployment, *, left_open: int, rejec
         return
     try:
         defaults: Mapping[str, Any] = ec2.instance_metadata_defaults()
-    except ClientError as error:
-        run.findings.append(failed_finding(deployment.account, error, "GetInstanceMetadataDefaults", ACCOUNT_RESOURCE))
+    except AwsError as error:
+        run.findings.append(error.finding(deployment.account, resource_type=ACCOUNT_RESOURCE))
         return
     tokens = defaults.get("HttpTokens", "no-preference")
     details = {
@@ -366,10 +323,8 @@ def _account_default(run: _Run, deployment: Deployment, *, left_open: int, rejec
         return
     try:
         ec2.require_tokens_by_default()
-    except ClientError as error:
-        run.findings.append(
-            failed_finding(deployment.account, error, "ModifyInstanceMetadataDefaults", ACCOUNT_RESOURCE)
-        )
+    except AwsError as error:
+        run.findings.append(error.finding(deployment.account, resource_type=ACCOUNT_RESOURCE))
         return
     run.findings.append(
         Finding(

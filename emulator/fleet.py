@@ -22,6 +22,10 @@ IMAGE_ID = "ami-12c6146b"  # an AMI moto ships with
 EXEMPT_TAG_KEY = "imdsv2-exempt"
 METRIC_NAMESPACE = "AWS/EC2"
 METRIC_NAME = "MetadataNoToken"
+# EC2 publishes CPUUtilization for every running instance (every 5 minutes); the gate reads it as "it ran that day".
+# Seeded every 6 hours: the gate only asks whether a day has any datapoint.
+REFERENCE_METRIC = "CPUUtilization"
+REFERENCE_EVERY_HOURS = 6
 # PutMetricData takes at most 1000 datums per call.
 PUT_METRIC_LIMIT = 1000
 
@@ -212,22 +216,40 @@ def seed_usage(
     now: datetime | None = None,
     calls: Mapping[int, float] | None = None,
     missing_days: Iterable[int] = (),
+    stopped_days: Iterable[int] = (),
 ) -> int:
-    """Hourly `AWS/EC2 MetadataNoToken` datapoints for the last ``days`` days: zero, except ``calls`` (hours ago ->
-    IMDSv1 calls in that hour); no datapoint at all on the ``missing_days`` (days ago, 0 = today), because missing
-    data is not zero. Returns the number of datapoints written."""
+    """What EC2 would have published for the last ``days`` days: hourly `AWS/EC2 MetadataNoToken` datapoints, zero
+    except ``calls`` (hours ago -> IMDSv1 calls in that hour), and the `CPUUtilization` reference of a running
+    instance. On the ``missing_days`` (days ago, 0 = today) the instance ran but MetadataNoToken has no datapoint
+    (missing evidence, not zero); on the ``stopped_days`` it did not run, so neither metric has one. Returns the number
+    of datapoints written."""
     end = (now or datetime.now(UTC)).replace(minute=0, second=0, microsecond=0)
     missing = set(missing_days)
+    stopped = set(stopped_days)
     datums: list[MetricDatumTypeDef] = []
     for instance_id in instance_ids:
+        dimensions = [{"Name": "InstanceId", "Value": instance_id}]
         for hours_ago in range(days * 24):
             timestamp = end - timedelta(hours=hours_ago)
-            if hours_ago // 24 in missing:
+            day = hours_ago // 24
+            if day in stopped:
+                continue
+            if hours_ago % REFERENCE_EVERY_HOURS == 0:
+                datums.append(
+                    {
+                        "MetricName": REFERENCE_METRIC,
+                        "Dimensions": dimensions,  # type: ignore[typeddict-item]
+                        "Timestamp": timestamp,
+                        "Value": 7.5,
+                        "Unit": "Percent",
+                    }
+                )
+            if day in missing:
                 continue
             datums.append(
                 {
                     "MetricName": METRIC_NAME,
-                    "Dimensions": [{"Name": "InstanceId", "Value": instance_id}],
+                    "Dimensions": dimensions,  # type: ignore[typeddict-item]
                     "Timestamp": timestamp,
                     "Value": (calls or {}).get(hours_ago, 0.0),
                     "Unit": "Count",
@@ -239,18 +261,33 @@ def seed_usage(
     return len(datums)
 
 
-def backdate_launch(instance_ids: Sequence[str], days: float, *, account: str = ACCOUNT, region: str = REGION) -> None:
-    """Move the instances' LaunchTime ``days`` back, as if they had run that long.
+def backdate_launch(
+    instance_ids: Sequence[str],
+    days: float,
+    *,
+    account: str = ACCOUNT,
+    region: str = REGION,
+    last_start_days: float | None = None,
+) -> None:
+    """Move the instances' first launch ``days`` back, as if they had run that long: the attach time of their
+    network interfaces and root volume (which EC2 keeps from the first launch) and their LaunchTime (the last start,
+    moved to ``last_start_days`` ago when given: a restart since).
 
-    moto stamps LaunchTime = now and the API cannot change it, so this edits moto's in-memory model (a naive UTC
-    datetime in `Instance.launch_time`): it works only in the process that runs the moto server or `mock_aws`.
+    moto stamps these at RunInstances and the API cannot change them, so this edits moto's in-memory model (naive
+    UTC datetimes): it works only in the process that runs the moto server or `mock_aws`.
     """
     from moto.backends import get_backend
 
     backend = get_backend("ec2")[account][region]
     for instance_id in instance_ids:
         instance = backend.get_instance(instance_id)
-        instance.launch_time = instance.launch_time - timedelta(days=days)
+        first = instance.launch_time - timedelta(days=days)
+        for nic in instance.nics.values():
+            nic.attach_time = first
+        for device in instance.block_device_mapping.values():
+            device.attach_time = first
+        now = instance.launch_time
+        instance.launch_time = first if last_start_days is None else now - timedelta(days=last_start_days)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -392,7 +393,7 @@ def test_bad_setting_fails_loudly_naming_the_variable(
 
 
 @pytest.mark.usefixtures("fix_mode")
-def test_fifty_instances_take_one_describe_one_tag_call_and_one_publish(
+def test_fifty_new_instances_take_one_describe_one_image_lookup_one_tag_call_and_one_publish(
     inbox: ReportInbox, lambda_context: FakeLambdaContext
 ) -> None:
     ids = launch(count=50)
@@ -402,6 +403,7 @@ def test_fifty_instances_take_one_describe_one_tag_call_and_one_publish(
 
     assert counter.counts == {
         "DescribeInstances": 1,
+        "DescribeImages": 1,  # their AMIs' names: a container host is recognised by its AMI family too
         "ModifyInstanceMetadataOptions": 50,
         "CreateTags": 1,
         "Publish": 1,
@@ -456,7 +458,9 @@ def test_real_console_launch_of_two_instances_is_enforced(
     )
     ids = launch(count=2)
     event = copy.deepcopy(sample)
-    event.update(account=lambda_context.account, region=lambda_context.region)
+    # (our copy: the instances stand in for the recorded ones, so the event is about their launch, now)
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    event.update(account=lambda_context.account, region=lambda_context.region, time=now)
     event["detail"].update(recipientAccountId=lambda_context.account, awsRegion=lambda_context.region)
     for item, instance_id in zip(event["detail"]["responseElements"]["instancesSet"]["items"], ids, strict=True):
         item["instanceId"] = instance_id

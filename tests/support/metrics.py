@@ -18,14 +18,23 @@ def put_daily(
     metric: str = "MetadataNoToken",
     now: datetime | None = None,
     hour_offset: float = 3.0,
+    running: Sequence[bool] | None = None,
 ) -> None:
     """One datapoint a day, values[0] for the day before `now`, values[1] for two days before, ...;
-    None leaves that day without data (missing evidence, not zero)."""
+    None leaves that day without data (missing evidence, not zero).
+
+    For MetadataNoToken, the reference metric EC2 publishes for a running instance (CPUUtilization) is written too:
+    by default on every one of those days (the instance ran each day, whatever MetadataNoToken says), or on the days
+    `running` says (False: stopped that day)."""
     now = now or datetime.now(UTC)
     points = [
         (now - timedelta(days=day, hours=hour_offset), value) for day, value in enumerate(values) if value is not None
     ]
     put_points(instance_id, points, metric=metric)
+    if metric == "MetadataNoToken":
+        days = running if running is not None else [True] * len(values)
+        reference = [(now - timedelta(days=day, hours=hour_offset + 1), 5.0) for day, up in enumerate(days) if up]
+        put_points(instance_id, reference, metric="CPUUtilization")
 
 
 def put_points(instance_id: str, points: Iterable[tuple[datetime, float]], *, metric: str = "MetadataNoToken") -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +106,14 @@ def test_run_instances_from_the_wrong_region_is_ignored(samples_dir: Path) -> No
 def test_state_change_pending_or_running_names_the_instance(id_key: str, state: str) -> None:
     event = state_change_event("i-0abc1234def567890", state, id_key=id_key)
     result = read_launch_event(event, account=ACCOUNT, region=REGION)
-    assert result == LaunchTrigger(TriggerKind.STATE_CHANGE, ("i-0abc1234def567890",), event["id"])
+    assert isinstance(result, LaunchTrigger)
+    assert (result.kind, result.instance_ids, result.event_id) == (
+        TriggerKind.STATE_CHANGE,
+        ("i-0abc1234def567890",),
+        event["id"],
+    )
+    # the envelope's time: the launch watch compares it with the instance's first launch
+    assert result.event_time == datetime.fromisoformat(event["time"].replace("Z", "+00:00"))
 
 
 @pytest.mark.parametrize("state", ["terminated", "stopping", "stopped", "shutting-down"])

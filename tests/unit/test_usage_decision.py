@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -11,9 +10,9 @@ from hypothesis import strategies as st
 
 from imds_enforcer.aws.cloudwatch import plan_batches
 from imds_enforcer.domain.instances import InstanceFacts
-from imds_enforcer.domain.policy import ModifyPlan
+from imds_enforcer.domain.policy import ModifyPlan, PreparePlan
 from imds_enforcer.domain.report import Action, Finding
-from imds_enforcer.domain.settings import ENFORCED_AT_TAG, Settings
+from imds_enforcer.domain.settings import ENFORCED_AT_TAG, ENFORCED_BY_TAG, Settings
 from imds_enforcer.domain.usage import (
     MetadataUsage,
     MetricSeries,
@@ -30,63 +29,103 @@ FLAG = Settings()
 
 
 def instance(
-    *, tags: dict[str, str] | None = None, launched: datetime | None = NOW - timedelta(days=60), state: str = "running"
+    *,
+    tags: dict[str, str] | None = None,
+    launched: datetime | None = NOW - timedelta(days=60),
+    last_start: datetime | None = None,
+    state: str = "running",
+    hop_limit: int = 1,
+    image_name: str = "",
 ) -> InstanceFacts:
+    """`launched` is the first launch (primary interface attach time); `last_start` the LaunchTime (a restart)."""
     return InstanceFacts(
         instance_id="i-0123456789abcdef0",
         state=state,
         http_tokens="optional",
-        hop_limit=1,
+        hop_limit=hop_limit,
         http_endpoint="enabled",
         tags=tags or {},
-        launch_time=launched,
+        launch_time=last_start or launched,
+        first_launch_time=launched,
+        image_name=image_name,
     )
 
 
-def daily(values: list[float | None], *, now: datetime = NOW, days: int = 14) -> MetadataUsage:
-    """values[i] is the Sum in the 2-hour bucket at the start of day slice i of the window; None: no data."""
+def daily(
+    values: list[float | None], *, running: list[bool] | None = None, now: datetime = NOW, days: int = 14
+) -> MetadataUsage:
+    """values[i] is the MetadataNoToken Sum in the 2-hour bucket at the start of day slice i of the window (None: no
+    data); running[i] whether the reference metric (CPUUtilization) has data that day (default: no reference data,
+    so the running days are the days with MetadataNoToken data)."""
     window = UsageWindow.ending_at(now, days)
     points = [(window.start + timedelta(days=i), v) for i, v in enumerate(values) if v is not None]
-    return MetadataUsage(instance_id="i-0123456789abcdef0", no_token=MetricSeries.of(points, period=7200))
+    reference = [(window.start + timedelta(days=i, hours=1), 1.0) for i, ran in enumerate(running or []) if ran]
+    return MetadataUsage(
+        instance_id="i-0123456789abcdef0",
+        no_token=MetricSeries.of(points, period=7200),
+        running=MetricSeries.of(reference, period=7200),
+    )
 
 
 # Strategies: a day is either missing (None) or a Sum; a share of zero sums keeps interesting cases frequent.
 day_value = st.one_of(st.none(), st.just(0.0), st.floats(min_value=0, max_value=1e6, allow_nan=False))
 day_values = st.lists(day_value, min_size=14, max_size=14)
+running_days = st.lists(st.booleans(), min_size=14, max_size=14)
 launch_offsets = st.floats(min_value=-30, max_value=90)  # days before NOW; negative: in the future (clock skew)
 extra_tags = st.dictionaries(
     st.sampled_from(["Name", "team", "eks:cluster-name", "imdsv2-exempt"]), st.text(max_size=8)
 )
 ratios = st.sampled_from([0.5, 0.9, 1.0])
 modes = st.sampled_from(["flag", "fix"])
+min_running = st.sampled_from([1, 7, 14])
 
 
 def covered(values: list[float | None]) -> int:
     return sum(value is not None for value in values)
 
 
+def ran(values: list[float | None], running: list[bool]) -> int:
+    return sum(value is not None or up for value, up in zip(values, running, strict=True))
+
+
 @settings(max_examples=400, deadline=None)
-@given(values=day_values, launched_days_ago=launch_offsets, tags=extra_tags, ratio=ratios, mode=modes)
+@given(
+    values=day_values,
+    running=running_days,
+    launched_days_ago=launch_offsets,
+    tags=extra_tags,
+    ratio=ratios,
+    mode=modes,
+    minimum=min_running,
+)
 def test_enforces_only_with_full_proof(
-    values: list[float | None], launched_days_ago: float, tags: dict[str, str], ratio: float, mode: str
+    values: list[float | None],
+    running: list[bool],
+    launched_days_ago: float,
+    tags: dict[str, str],
+    ratio: float,
+    mode: str,
+    minimum: int,
 ) -> None:
-    # Given any usage series, launch time, tags and coverage ratio
-    config = Settings(ENFORCEMENT_MODE=mode, COVERAGE_MIN_RATIO=ratio)
-    facts = instance(tags=tags, launched=NOW - timedelta(days=launched_days_ago))
+    # Given any usage series, running days, first launch, tags, coverage ratio and minimum of running days
+    config = Settings(ENFORCEMENT_MODE=mode, COVERAGE_MIN_RATIO=ratio, MIN_RUNNING_DAYS=minimum)
+    facts = instance(tags=tags, launched=NOW - timedelta(days=launched_days_ago), last_start=NOW - timedelta(hours=2))
     # When the gate decides
-    decision = gate_decision(facts, daily(values), config, now=NOW)
-    # Then a modify is planned only when every safety rule holds
+    decision = gate_decision(facts, daily(values, running=running), config, now=NOW)
+    # Then a modify is planned only when every safety rule holds, however recently it was (re)started
     window = UsageWindow.ending_at(NOW, 14)
     if isinstance(decision, ModifyPlan):
         assert mode == "fix"
         assert "imdsv2-exempt" not in tags
         assert all(not value for value in values if value is not None)
-        assert covered(values) >= math.ceil(ratio * 14 - 1e-9)
-        assert facts.launch_time is not None
-        assert facts.launch_time < window.start
+        assert ran(values, running) >= minimum
+        assert covered(values) >= required_days(ran(values, running), ratio)
+        assert facts.first_launch_time is not None
+        assert facts.first_launch_time < window.start
+        assert decision.hop_limit is None  # a proven-quiet container host keeps its hop limit
     else:
-        # And otherwise there is always a finding that says why (the gate only sees optional instances)
-        assert isinstance(decision, Finding)
+        # And otherwise there is always a finding (or, for a container host in fix mode, a preparation) that says why
+        assert isinstance(decision, Finding | PreparePlan)
 
 
 @settings(max_examples=200, deadline=None)
@@ -96,41 +135,83 @@ def test_any_call_blocks_unless_exempt(values: list[float | None], tags: dict[st
     values = [*values[:-1], 1.0]
     # When the gate decides in fix mode
     decision = gate_decision(instance(tags=tags), daily(values), FIX, now=NOW)
-    # Then it is blocked with the window's sum, or exempt
+    # Then it is exempt, or it is never enforced: blocked with the window's sum (a container host at hop limit 1 is
+    # prepared instead, carrying the same sum)
+    if isinstance(decision, PreparePlan):
+        assert "eks:cluster-name" in tags
+        decision = decision.finding
     assert isinstance(decision, Finding)
     if "imdsv2-exempt" in tags:
         assert decision.action is Action.EXEMPT
     else:
-        assert decision.action is Action.BLOCKED
+        assert decision.action in (Action.BLOCKED, Action.PREPARED)
         assert decision.metadata_no_token == pytest.approx(sum(v for v in values if v))
 
 
 @settings(max_examples=200, deadline=None)
 @given(missing=st.sets(st.integers(min_value=0, max_value=13), min_size=2), ratio=ratios)
-def test_missing_days_are_never_zero(missing: set[int], ratio: float) -> None:
-    # Given zero use on some days and no data at all on the others
+def test_missing_days_of_a_running_instance_are_never_zero(missing: set[int], ratio: float) -> None:
+    # Given an instance that ran every day, with zero use on some days and no MetadataNoToken data on the others
     values: list[float | None] = [None if day in missing else 0.0 for day in range(14)]
     # When the gate decides in fix mode
     decision = gate_decision(
-        instance(), daily(values), Settings(ENFORCEMENT_MODE="fix", COVERAGE_MIN_RATIO=ratio), now=NOW
+        instance(),
+        daily(values, running=[True] * 14),
+        Settings(ENFORCEMENT_MODE="fix", COVERAGE_MIN_RATIO=ratio),
+        now=NOW,
     )
-    # Then it enforces only when the covered days reach the ratio, and otherwise says how many days have data
+    # Then it enforces only when the covered days reach the ratio of the days it ran, and otherwise says how many
     if 14 - len(missing) >= required_days(14, ratio):
         assert isinstance(decision, ModifyPlan)
     else:
         assert isinstance(decision, Finding)
         assert decision.action is Action.INSUFFICIENT_DATA
-        assert f"data on {14 - len(missing)} of 14 days" in decision.reason
+        assert f"MetadataNoToken has data on {14 - len(missing)} of the 14 days it ran" in decision.reason
+
+
+def test_a_weekday_only_instance_qualifies_on_the_days_it_ran() -> None:
+    # Given an instance first launched months ago that runs on weekdays only (10 of 14 days), zero use on each of them,
+    # restarted this morning (so its LaunchTime is an hour old)
+    weekdays = [day % 7 not in (5, 6) for day in range(14)]
+    values: list[float | None] = [0.0 if up else None for up in weekdays]
+    facts = instance(launched=NOW - timedelta(days=120), last_start=NOW - timedelta(hours=1))
+    # When the gate decides in fix mode
+    decision = gate_decision(facts, daily(values, running=weekdays), FIX, now=NOW)
+    # Then the weekends are not missing evidence and the last start does not count as a launch: it is enforced
+    assert isinstance(decision, ModifyPlan)
+
+
+def test_an_instance_stopped_most_of_the_window_is_insufficient_in_words() -> None:
+    # Given an old instance that ran on 3 days only, quiet on each
+    running = [day in (0, 5, 9) for day in range(14)]
+    values: list[float | None] = [0.0 if up else None for up in running]
+    # When the gate decides
+    decision = gate_decision(instance(), daily(values, running=running), FIX, now=NOW)
+    # Then it is insufficient data and the reason says it ran on 3 of 14 days
+    assert isinstance(decision, Finding)
+    assert decision.action is Action.INSUFFICIENT_DATA
+    assert "ran on 3 of 14 days (needs 7): stopped most of the window" in decision.reason
+    assert decision.details["running_days"] == "3"
+
+
+def test_a_running_instance_without_metadata_no_token_data_is_missing_evidence_not_zero() -> None:
+    # Given an instance the reference metric shows running every day, but MetadataNoToken with no data at all (as it
+    # would read if EC2 published it only when IMDS is called)
+    decision = gate_decision(instance(), daily([None] * 14, running=[True] * 14), FIX, now=NOW)
+    # Then it is insufficient data, and the reason says what is missing
+    assert isinstance(decision, Finding)
+    assert decision.action is Action.INSUFFICIENT_DATA
+    assert "MetadataNoToken has data on 0 of the 14 days it ran (needs 13)" in decision.reason
 
 
 @settings(max_examples=100, deadline=None)
 @given(launched_days_ago=st.floats(min_value=-5, max_value=13.9), mode=modes)
-def test_launched_inside_the_window_is_never_enforced(launched_days_ago: float, mode: str) -> None:
-    # Given a perfect zero series, but an instance launched after the window began
+def test_first_launched_inside_the_window_is_never_enforced(launched_days_ago: float, mode: str) -> None:
+    # Given a perfect zero series, but an instance first launched after the window began
     facts = instance(launched=NOW - timedelta(days=launched_days_ago))
     # When the gate decides
     decision = gate_decision(facts, daily([0.0] * 14), Settings(ENFORCEMENT_MODE=mode), now=NOW)
-    # Then it is insufficient data, naming the launch
+    # Then it is insufficient data, naming the first launch
     assert isinstance(decision, Finding)
     assert decision.action is Action.INSUFFICIENT_DATA
     assert "after the 14-day window began" in decision.reason
@@ -195,38 +276,95 @@ def test_datapoints_outside_the_window_do_not_count() -> None:
 
 
 def test_insufficient_data_names_everything_missing() -> None:
-    # Given a stopped instance launched 3 days ago with data on 2 days
+    # Given a stopped instance first launched 3 days ago that ran on 3 days, with MetadataNoToken data on 2
     facts = instance(launched=NOW - timedelta(days=3), state="stopped")
+    usage = daily([0.0, 0.0] + [None] * 12, running=[True] * 3 + [False] * 11)
     # When the gate decides
-    decision = gate_decision(facts, daily([0.0, 0.0] + [None] * 12), FIX, now=NOW)
-    # Then the reason names the launch, the coverage and why a stopped instance has none
+    decision = gate_decision(facts, usage, FIX, now=NOW)
+    # Then the reason names the first launch, the running days, the coverage and why a stopped instance has none
     assert isinstance(decision, Finding)
     assert decision.action is Action.INSUFFICIENT_DATA
-    assert "launched 2026-11-17T12:34:56Z, after the 14-day window began (2026-11-06T13:00:00Z)" in decision.reason
-    assert "data on 2 of 14 days (needs 13)" in decision.reason
-    assert "stopped instance sends no metrics" in decision.reason
+    assert (
+        "first launched 2026-11-17T12:34:56Z, after the 14-day window began (2026-11-06T13:00:00Z)" in decision.reason
+    )
+    assert "ran on 3 of 14 days (needs 7); it is stopped, and a stopped instance sends no metrics" in decision.reason
+    assert "MetadataNoToken has data on 2 of the 3 days it ran (needs 3)" in decision.reason
     assert decision.details["days_with_data"] == "2"
 
 
-def test_unknown_launch_time_is_insufficient() -> None:
+def test_unknown_first_launch_is_insufficient() -> None:
     decision = gate_decision(instance(launched=None), daily([0.0] * 14), FIX, now=NOW)
     assert isinstance(decision, Finding)
     assert decision.action is Action.INSUFFICIENT_DATA
-    assert "launch time unknown" in decision.reason
+    assert "first launch unknown" in decision.reason
 
 
 def test_required_or_gone_instances_need_nothing() -> None:
-    required = InstanceFacts("i-1", "running", "required", 2, "enabled", launch_time=NOW - timedelta(days=60))
-    gone = InstanceFacts("i-2", "terminated", "optional", 1, "enabled", launch_time=NOW - timedelta(days=60))
+    long_ago = NOW - timedelta(days=60)
+    required = InstanceFacts("i-1", "running", "required", 2, "enabled", first_launch_time=long_ago)
+    gone = InstanceFacts("i-2", "terminated", "optional", 1, "enabled", first_launch_time=long_ago)
     assert gate_decision(required, daily([0.0] * 14), FIX, now=NOW) is None
     assert gate_decision(gone, daily([1.0] * 14), FIX, now=NOW) is None
 
 
-def test_container_host_gets_hop_limit_two() -> None:
-    facts = instance(tags={"eks:cluster-name": "prod"})
+@pytest.mark.parametrize(
+    ("tags", "image_name"),
+    [
+        ({"eks:cluster-name": "prod"}, ""),
+        ({}, "amazon-eks-node-al2023-x86_64-standard-1.31-v20250123"),
+        ({}, "bottlerocket-aws-k8s-1.30-x86_64-v1.20.5-1234abcd"),
+        ({}, "al2023-ami-ecs-hvm-2023.0.20241115-kernel-6.1-x86_64"),
+    ],
+)
+def test_a_quiet_container_host_is_enforced_keeping_its_hop_limit(tags: dict[str, str], image_name: str) -> None:
+    # Given a container host (by tag or by AMI family) at hop limit 1 with no IMDSv1 call in the window
+    facts = instance(tags=tags, image_name=image_name)
+    # When the gate decides in fix mode
     decision = gate_decision(facts, daily([0.0] * 14), FIX, now=NOW)
+    # Then tokens are required and the hop limit stays 1: nothing reached IMDS through the extra hop
     assert isinstance(decision, ModifyPlan)
-    assert decision.hop_limit == 2
+    assert decision.hop_limit is None
+
+
+@pytest.mark.parametrize(
+    ("tags", "image_name"),
+    [({"kubernetes.io/cluster/prod": "owned"}, ""), ({}, "amzn2-ami-ecs-hvm-2.0.20240611-x86_64-ebs")],
+)
+def test_a_container_host_calling_imdsv1_at_hop_limit_one_is_prepared_in_fix_mode(
+    tags: dict[str, str], image_name: str
+) -> None:
+    # Given a container host at hop limit 1 that made IMDSv1 calls (its pods' SDKs fall back: no token across the hop)
+    facts = instance(tags=tags, image_name=image_name)
+    usage = daily([0.0] * 13 + [6.0])
+    # When the gate decides
+    fixed = gate_decision(facts, usage, FIX, now=NOW)
+    flagged = gate_decision(facts, usage, FLAG, now=NOW)
+    not_prepared = gate_decision(facts, usage, Settings(ENFORCEMENT_MODE="fix", PREPARE_CONTAINER_HOSTS=False), now=NOW)
+    at_two = gate_decision(instance(tags=tags, image_name=image_name, hop_limit=2), usage, FIX, now=NOW)
+    # Then fix mode prepares it (hop limit 2, tokens optional), carrying the evidence; otherwise it is blocked
+    assert isinstance(fixed, PreparePlan)
+    assert fixed.finding.action is Action.PREPARED
+    assert fixed.finding.metadata_no_token == 6.0
+    assert "hop limit raised to 2, HttpTokens left optional" in fixed.finding.reason
+    for other in (flagged, not_prepared, at_two):
+        assert isinstance(other, Finding)
+        assert other.action is Action.BLOCKED
+
+
+def test_set_back_after_rejections_is_not_re_enforced() -> None:
+    # Given an instance the service enforced, whose IMDSv1 calls were then rejected, set back to optional since
+    facts = instance(tags={ENFORCED_AT_TAG: "2026-11-15T08:00:00Z", ENFORCED_BY_TAG: "usage_gate"})
+    usage = daily([0.0] * 14)
+    rejected = MetricSeries.of([(datetime(2026, 11, 15, 10, tzinfo=UTC), 12.0)], period=7200)
+    usage = MetadataUsage(usage.instance_id, no_token=usage.no_token, no_token_rejected=rejected)
+    # When the gate decides in fix mode (its MetadataNoToken reads zero: the calls were rejected, not answered)
+    decision = gate_decision(facts, usage, FIX, now=NOW)
+    # Then it is reported, with the count and the way out, and not enforced again
+    assert isinstance(decision, Finding)
+    assert decision.action is Action.FLAGGED
+    assert decision.metadata_no_token_rejected == 12.0
+    assert "not re-enforced" in decision.reason
+    assert "tag the instance with the exemption tag" in decision.reason
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from botocore.config import Config
 if TYPE_CHECKING:
     from mypy_boto3_autoscaling import AutoScalingClient
     from mypy_boto3_cloudwatch import CloudWatchClient
+    from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_ec2 import EC2Client
     from mypy_boto3_secretsmanager import SecretsManagerClient
     from mypy_boto3_sns import SNSClient
@@ -51,6 +52,11 @@ def autoscaling() -> AutoScalingClient:
 
 def cloudwatch() -> CloudWatchClient:
     client: CloudWatchClient = _client("cloudwatch")
+    return client
+
+
+def dynamodb() -> DynamoDBClient:
+    client: DynamoDBClient = _client("dynamodb")
     return client
 
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from imds_enforcer.aws import clients
 from imds_enforcer.aws.errors import translated
-from imds_enforcer.domain.metric_names import EC2_NAMESPACE
+from imds_enforcer.domain.metric_names import EC2_NAMESPACE, NO_TOKEN_REJECTED, RUNNING_REFERENCE
 from imds_enforcer.domain.usage import DAY_SECONDS, HOUR_SECONDS, MetricSeries
 from imds_enforcer.observability import logger
 
@@ -58,7 +58,12 @@ def plan_batches(window_seconds: int) -> BatchPlan:
 @dataclass(frozen=True, slots=True)
 class MetricRequest:
     instance_id: str
-    metric_name: str  # metric_names.NO_TOKEN or NO_TOKEN_REJECTED
+    metric_name: str  # metric_names.NO_TOKEN, NO_TOKEN_REJECTED or RUNNING_REFERENCE
+
+    @property
+    def stat(self) -> str:
+        # The reference metric only says whether the instance ran: the count of its datapoints is enough.
+        return "SampleCount" if self.metric_name == RUNNING_REFERENCE else "Sum"
 
 
 def fetch_series(
@@ -114,7 +119,7 @@ def _query(query_id: str, request: MetricRequest, period: int) -> MetricDataQuer
                 "Dimensions": [{"Name": "InstanceId", "Value": request.instance_id}],
             },
             "Period": period,
-            "Stat": "Sum",
+            "Stat": request.stat,
         },
         "ReturnData": True,
     }
@@ -123,3 +128,35 @@ def _query(query_id: str, request: MetricRequest, period: int) -> MetricDataQuer
 def _chunks(items: Sequence[MetricRequest], size: int) -> Iterator[Sequence[MetricRequest]]:
     for begin in range(0, len(items), size):
         yield items[begin : begin + size]
+
+
+# A Metrics Insights query over every instance of the account and region: one call, whatever the fleet size. Metrics
+# Insights reads only the most recent 3 hours, which is what a rejection alarm needs. GROUP BY returns one series per
+# instance, labelled with the instance id; at most 500 series (the ones with the most rejections first).
+REJECTING_INSTANCES_QUERY = (  # constants only: nothing from outside reaches the query
+    f'SELECT SUM({NO_TOKEN_REJECTED}) FROM SCHEMA("{EC2_NAMESPACE}", InstanceId) '  # noqa: S608
+    "GROUP BY InstanceId ORDER BY SUM() DESC LIMIT 500"
+)
+INSIGHTS_MAX_LOOKBACK_SECONDS = 3 * HOUR_SECONDS
+
+
+def rejecting_instances(*, start: datetime, end: datetime, period: int = 300) -> dict[str, float]:
+    """Instance id -> IMDSv1 calls rejected in [start, end) (at most the last 3 hours), for every instance with any."""
+    found: dict[str, float] = {}
+    paginator = clients.cloudwatch().get_paginator("get_metric_data")
+    pages = paginator.paginate(
+        MetricDataQueries=[
+            {"Id": "rejected", "Expression": REJECTING_INSTANCES_QUERY, "Period": period, "ReturnData": True}
+        ],
+        StartTime=start,
+        EndTime=end,
+        ScanBy="TimestampAscending",
+    )
+    with translated("GetMetricData"):
+        for page in pages:
+            for result in page.get("MetricDataResults", []):
+                instance_id = str(result.get("Label", ""))
+                total = sum(value for value in result.get("Values", []) if value == value)  # NaN is not a count
+                if instance_id.startswith("i-") and total > 0:
+                    found[instance_id] = found.get(instance_id, 0.0) + total
+    return found

@@ -78,6 +78,40 @@ def require_tokens(instance_id: str, *, hop_limit: int | None) -> None:
             )
 
 
+def raise_hop_limit(instance_id: str, hop_limit: int) -> None:
+    """Only the hop limit: the tokens (and everything else) stay as they are."""
+    with translated("ModifyInstanceMetadataOptions"):
+        clients.ec2().modify_instance_metadata_options(InstanceId=instance_id, HttpPutResponseHopLimit=hop_limit)
+
+
+def image_names(image_ids: Sequence[str]) -> dict[str, str]:
+    """Image id -> AMI name for the ones DescribeImages still lists (public, shared and own AMIs, deprecated ones
+    too when named by id). An `image-id` filter, not ImageIds: a deregistered AMI is simply not listed instead of
+    failing the whole call."""
+    names: dict[str, str] = {}
+    unique = list(dict.fromkeys(image_id for image_id in image_ids if image_id))
+    with translated("DescribeImages"):
+        for chunk in _chunks(unique, FILTER_VALUES_LIMIT):
+            response = clients.ec2().describe_images(Filters=[{"Name": "image-id", "Values": list(chunk)}])
+            for image in response.get("Images", []):
+                names[image["ImageId"]] = image.get("Name", "")
+    return names
+
+
+def any_instance_tagged(tag_keys: Sequence[str]) -> bool:
+    """Whether a live instance carries any of these tag keys (`*` wildcards allowed): one page, at most 5 items."""
+    paginator = clients.ec2().get_paginator("describe_instances")
+    pages = paginator.paginate(
+        Filters=[
+            {"Name": "tag-key", "Values": list(tag_keys)},
+            {"Name": "instance-state-name", "Values": list(LIVE_STATES)},
+        ],
+        PaginationConfig={"PageSize": 5, "MaxItems": 5},
+    )
+    with translated("DescribeInstances"):
+        return any(reservation.get("Instances") for page in pages for reservation in page.get("Reservations", []))
+
+
 def allow_tokens_optional(instance_id: str) -> None:
     with translated("ModifyInstanceMetadataOptions"):
         clients.ec2().modify_instance_metadata_options(InstanceId=instance_id, HttpTokens="optional")
@@ -100,12 +134,15 @@ def instance_metadata_defaults() -> InstanceMetadataDefaultsResponseTypeDef:
         return clients.ec2().get_instance_metadata_defaults().get("AccountLevel", {})
 
 
-def require_tokens_by_default() -> None:
-    """HttpTokens=required for instances launched without an explicit choice. Only that field is sent: the hop
-    limit, endpoint and tags settings keep their values, and `HttpTokensEnforced` (which makes a launch that asks
-    for optional fail) is left to the guardrails step: exempt workloads may still launch that way."""
+def require_tokens_by_default(*, hop_limit: int | None = None) -> None:
+    """HttpTokens=required for instances launched without an explicit choice, and the hop limit when given. Only
+    those fields are sent: the endpoint and tags settings keep their values, and `HttpTokensEnforced` (which makes a
+    launch that asks for optional fail) is left to the guardrails step: exempt workloads may still launch that way."""
     with translated("ModifyInstanceMetadataDefaults"):
-        clients.ec2().modify_instance_metadata_defaults(HttpTokens="required")
+        if hop_limit is None:
+            clients.ec2().modify_instance_metadata_defaults(HttpTokens="required")
+        else:
+            clients.ec2().modify_instance_metadata_defaults(HttpTokens="required", HttpPutResponseHopLimit=hop_limit)
 
 
 # --- where new instances come from (launch templates, AMIs) ------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -124,6 +124,10 @@ class LaunchTrigger:
     instance_ids: tuple[str, ...]
     event_id: str
     rejected_ids: tuple[str, ...] = ()  # ids in the event that are not instance ids
+    # When it happened (the EventBridge envelope's time): a launch this close to an instance's first launch is new.
+    event_time: datetime | None = None
+    # Who made the call (CloudTrail's userIdentity.arn), for a regression: the person who set it back.
+    caller: str | None = None
 
 
 class SourceKind(StrEnum):
@@ -190,7 +194,7 @@ def _read_state_change(event: EnforcerEvent) -> LaunchTrigger | Ignored:
         return Ignored(f"malformed state-change detail: {_describe(error)}", event.id)
     if change.state not in ACTIONABLE_STATES:
         return Ignored(f"instance {change.instance_id} is {change.state}: nothing to enforce", event.id)
-    return _trigger(TriggerKind.STATE_CHANGE, [change.instance_id], event.id)
+    return _trigger(TriggerKind.STATE_CHANGE, [change.instance_id], event)
 
 
 def _read_cloudtrail(
@@ -209,15 +213,16 @@ def _read_cloudtrail(
     if call.errorCode:
         return Ignored(f"{name} failed with {call.errorCode}: it changed nothing", event.id)
     if name == "RunInstances":
-        return _read_run_instances(call, event.id)
+        return _read_run_instances(call, event)
     if name == "ModifyInstanceMetadataOptions":
-        return _read_modify(call, event.id, service_role_path)
+        return _read_modify(call, event, service_role_path)
     if name in SOURCE_EVENTS:
         return _read_source_event(call, event.id, service_role_path)
     return Ignored(f"CloudTrail event {name} is not one the launch watch handles", event.id)
 
 
-def _read_run_instances(call: CloudTrailCall, event_id: str) -> LaunchTrigger | Ignored:
+def _read_run_instances(call: CloudTrailCall, event: EnforcerEvent) -> LaunchTrigger | Ignored:
+    event_id = event.id
     if call.responseElements is None:
         return Ignored("RunInstances has no responseElements (dry run or failed call): no instance launched", event_id)
     try:
@@ -227,10 +232,11 @@ def _read_run_instances(call: CloudTrailCall, event_id: str) -> LaunchTrigger | 
     items = response.instancesSet.items if response.instancesSet else []
     if not items:
         return Ignored("RunInstances responseElements lists no instances", event_id)
-    return _trigger(TriggerKind.RUN_INSTANCES, [item.instanceId for item in items], event_id)
+    return _trigger(TriggerKind.RUN_INSTANCES, [item.instanceId for item in items], event)
 
 
-def _read_modify(call: CloudTrailCall, event_id: str, service_role_path: str) -> LaunchTrigger | Ignored:
+def _read_modify(call: CloudTrailCall, event: EnforcerEvent, service_role_path: str) -> LaunchTrigger | Ignored:
+    event_id = event.id
     parameters = call.requestParameters or {}
     body = parameters.get("ModifyInstanceMetadataOptionsRequest", parameters)
     try:
@@ -244,7 +250,8 @@ def _read_modify(call: CloudTrailCall, event_id: str, service_role_path: str) ->
     caller = _caller_role_arn(call.userIdentity)
     if service_role_path and caller and f":role{service_role_path}" in caller:
         return Ignored(f"{request.instance_id} was set to optional by this service ({caller}): a rollback", event_id)
-    return _trigger(TriggerKind.REGRESSION, [request.instance_id], event_id)
+    who = (call.userIdentity.arn if call.userIdentity else None) or caller
+    return _trigger(TriggerKind.REGRESSION, [request.instance_id], event, caller=who)
 
 
 def _read_source_event(call: CloudTrailCall, event_id: str, service_role_path: str) -> SourceTrigger | Ignored:
@@ -306,13 +313,18 @@ def _caller_role_arn(identity: UserIdentity | None) -> str | None:
     return identity.sessionContext.sessionIssuer.arn
 
 
-def _trigger(kind: TriggerKind, ids: list[str], event_id: str) -> LaunchTrigger | Ignored:
+def _trigger(
+    kind: TriggerKind, ids: list[str], event: EnforcerEvent, *, caller: str | None = None
+) -> LaunchTrigger | Ignored:
     unique = list(dict.fromkeys(ids))
     good = tuple(instance_id for instance_id in unique if INSTANCE_ID.match(instance_id))
     bad = tuple(instance_id for instance_id in unique if not INSTANCE_ID.match(instance_id))
     if not good:
-        return Ignored(f"no valid instance id in the event (got {', '.join(map(repr, bad))})", event_id)
-    return LaunchTrigger(kind=kind, instance_ids=good, event_id=event_id, rejected_ids=bad)
+        return Ignored(f"no valid instance id in the event (got {', '.join(map(repr, bad))})", event.id)
+    moment = event.time if event.time.tzinfo else event.time.replace(tzinfo=UTC)
+    return LaunchTrigger(
+        kind=kind, instance_ids=good, event_id=event.id, rejected_ids=bad, event_time=moment, caller=caller
+    )
 
 
 def _describe(error: ValidationError) -> str:
@@ -352,3 +364,44 @@ def read_gate_event(raw: object, *, account: str) -> GateTrigger | Ignored:
     if raw.get("account") not in (None, account):
         return Ignored(f"scheduled event from account {raw.get('account')}; this deployment serves {account}", event_id)
     return GateTrigger(kind="schedule", event_id=event_id)
+
+
+# --- the rejection alarm's trigger --------------------------------------------------------------------------------
+
+ALARM_STATE_CHANGE = "CloudWatch Alarm State Change"
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmTrigger:
+    kind: str  # "alarm" or "manual"
+    event_id: str | None = None
+    alarm_name: str | None = None
+
+
+def read_alarm_event(raw: object, *, account: str, region: str) -> AlarmTrigger | Ignored:
+    """A CloudWatch alarm of this account and region going into ALARM (EventBridge), or an empty manual invoke,
+    runs the rejection watch; an alarm going back to OK, or anything else, is logged and changes nothing."""
+    if raw is None or (isinstance(raw, Mapping) and not raw):
+        return AlarmTrigger(kind="manual")
+    if not isinstance(raw, Mapping):
+        return Ignored(f"event is a {type(raw).__name__}, not a JSON object")
+    event_id = raw.get("id") if isinstance(raw.get("id"), str) else None
+    if raw.get("source") != "aws.cloudwatch" or raw.get("detail-type") != ALARM_STATE_CHANGE:
+        return Ignored(
+            f"source {raw.get('source')!r} / detail-type {raw.get('detail-type')!r} is not a CloudWatch alarm state "
+            "change (and not an empty manual invoke)",
+            event_id,
+        )
+    if raw.get("account") != account or raw.get("region") != region:
+        return Ignored(
+            f"alarm event from {raw.get('account')}/{raw.get('region')}; this deployment serves {account}/{region}",
+            event_id,
+        )
+    detail = raw.get("detail")
+    detail = detail if isinstance(detail, Mapping) else {}
+    state = detail.get("state")
+    state = state if isinstance(state, Mapping) else {}
+    name = detail.get("alarmName") if isinstance(detail.get("alarmName"), str) else None
+    if state.get("value") != "ALARM":
+        return Ignored(f"alarm {name!r} is {state.get('value')!r}, not ALARM: nothing to watch", event_id)
+    return AlarmTrigger(kind="alarm", event_id=event_id, alarm_name=name)

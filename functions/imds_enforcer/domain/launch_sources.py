@@ -140,7 +140,8 @@ class GroupUse:
 def template_users(
     groups: Iterable[Mapping[str, Any]], template_ids_by_name: Mapping[str, str]
 ) -> dict[str, list[GroupUse]]:
-    """Template id -> the groups that launch from it, directly or through a MixedInstancesPolicy.
+    """Template id -> the groups that launch from it, directly or through a MixedInstancesPolicy (its template, and
+    the templates of its overrides).
 
     A group may name its template by id or by name; without a version it uses `$Default` (the Auto Scaling default).
     """
@@ -148,14 +149,17 @@ def template_users(
     for group in groups:
         name = str(group.get("AutoScalingGroupName", ""))
         mixed = (group.get("MixedInstancesPolicy") or {}).get("LaunchTemplate") or {}
-        for spec in (group.get("LaunchTemplate"), mixed.get("LaunchTemplateSpecification")):
+        # An override may launch some instance types from another template: that template is used by the group too.
+        overrides = [override.get("LaunchTemplateSpecification") for override in mixed.get("Overrides") or []]
+        seen: set[tuple[str, str]] = set()
+        for spec in (group.get("LaunchTemplate"), mixed.get("LaunchTemplateSpecification"), *overrides):
             if not spec:
                 continue
             template_id = spec.get("LaunchTemplateId") or template_ids_by_name.get(str(spec.get("LaunchTemplateName")))
-            if template_id:
-                users.setdefault(str(template_id), []).append(
-                    GroupUse(group=name, version=str(spec.get("Version") or DEFAULT_VERSION))
-                )
+            version = str(spec.get("Version") or DEFAULT_VERSION)
+            if template_id and (str(template_id), version) not in seen:
+                seen.add((str(template_id), version))
+                users.setdefault(str(template_id), []).append(GroupUse(group=name, version=version))
     return users
 
 

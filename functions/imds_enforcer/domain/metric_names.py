@@ -9,6 +9,8 @@ from imds_enforcer.domain.report import Action
 EC2_NAMESPACE = "AWS/EC2"
 NO_TOKEN = "MetadataNoToken"  # noqa: S105 - a metric name, not a secret
 NO_TOKEN_REJECTED = "MetadataNoTokenRejected"  # noqa: S105
+# The reference for "the instance ran that day": EC2 publishes it for every running instance (basic monitoring, 5 min).
+RUNNING_REFERENCE = "CPUUtilization"
 
 # The service's own metrics (Powertools EMF; every one carries the dimension service=SERVICE).
 SERVICE = "imds-enforcer"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -12,12 +13,38 @@ from imds_enforcer.domain.settings import Settings
 # Tag keys that mark a container host: pods/tasks reach IMDS through one more network hop.
 CONTAINER_HOST_TAG_KEYS = ("eks:cluster-name", "aws:eks:cluster-name", "eks:nodegroup-name", "AmazonECSManaged")
 CONTAINER_HOST_TAG_PREFIXES = ("kubernetes.io/cluster/",)
+# The AMI families AWS publishes for container hosts (the names behind the SSM parameters
+# /aws/service/eks/optimized-ami/..., /aws/service/bottlerocket/aws-k8s-*/..., /aws/service/bottlerocket/aws-ecs-*/...
+# and /aws/service/ecs/optimized-ami/...). An instance launched from one of them is a container host whatever its tags.
+CONTAINER_HOST_IMAGES: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("EKS-optimized", re.compile(r"^amazon-eks-(?:(?:arm64|gpu)-)?node-")),
+    ("Bottlerocket for EKS", re.compile(r"^bottlerocket-aws-k8s-")),
+    ("Bottlerocket for ECS", re.compile(r"^bottlerocket-aws-ecs-")),
+    ("ECS-optimized", re.compile(r"^(?:al2023-ami-ecs-|amzn2-ami-ecs-|amzn-ami-.*-amazon-ecs-optimized)")),
+    ("ECS-optimized Windows", re.compile(r"^Windows_Server-.*-ECS_Optimized")),
+    ("EKS-optimized Windows", re.compile(r"^Windows_Server-.*-EKS_Optimized")),
+)
 CONTAINER_HOP_LIMIT = 2
 
 
-def is_container_host(tags: Mapping[str, str], extra_keys: Iterable[str] = ()) -> bool:
+def container_host_reason(tags: Mapping[str, str], extra_keys: Iterable[str] = (), image_name: str = "") -> str | None:
+    """Why this is a container host (a tag, or the AMI family it runs), or None when it is not one we recognise."""
     keys = set(CONTAINER_HOST_TAG_KEYS) | set(extra_keys)
-    return any(key in keys or key.startswith(CONTAINER_HOST_TAG_PREFIXES) for key in tags)
+    for key in sorted(tags):
+        if key in keys or key.startswith(CONTAINER_HOST_TAG_PREFIXES):
+            return f"tag {key}"
+    for family, pattern in CONTAINER_HOST_IMAGES:
+        if image_name and pattern.match(image_name):
+            return f"{family} AMI {image_name}"
+    return None
+
+
+def is_container_host(tags: Mapping[str, str], extra_keys: Iterable[str] = (), image_name: str = "") -> bool:
+    return container_host_reason(tags, extra_keys, image_name) is not None
+
+
+def instance_container_reason(instance: InstanceFacts, settings: Settings) -> str | None:
+    return container_host_reason(instance.tags, settings.CONTAINER_HOST_TAG_KEYS, instance.image_name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,16 +53,33 @@ class ModifyPlan:
 
     instance: InstanceFacts
     hop_limit: int | None  # None: leave the hop limit as it is
+    container_reason: str | None = None  # why the hop limit is raised
 
     @property
     def instance_id(self) -> str:
         return self.instance.instance_id
 
 
-def modify_plan(instance: InstanceFacts, settings: Settings) -> ModifyPlan:
-    needs_hop = is_container_host(instance.tags, settings.CONTAINER_HOST_TAG_KEYS)
-    raise_to = CONTAINER_HOP_LIMIT if needs_hop and instance.hop_limit < CONTAINER_HOP_LIMIT else None
-    return ModifyPlan(instance=instance, hop_limit=raise_to)
+@dataclass(frozen=True, slots=True)
+class PreparePlan:
+    """A container host that still makes IMDSv1 calls at hop limit 1: raise the hop limit to 2 and leave the tokens
+    optional, so the SDKs in its containers can get IMDSv2 tokens (one hop further) instead of falling back."""
+
+    instance: InstanceFacts
+    finding: Finding  # the `prepared` finding, with the evidence that blocks enforcement
+
+    @property
+    def instance_id(self) -> str:
+        return self.instance.instance_id
+
+
+def modify_plan(instance: InstanceFacts, settings: Settings, *, raise_container_hop: bool = True) -> ModifyPlan:
+    """Tokens required. A new container host (no evidence yet) also gets hop limit 2: its pods' SDKs would otherwise
+    fall back to IMDSv1 and break. A container host proven quiet keeps its hop limit (`raise_container_hop=False`):
+    nothing reached IMDS through the extra hop, and raising it would hand pods the node's credentials."""
+    reason = instance_container_reason(instance, settings) if raise_container_hop else None
+    raise_to = CONTAINER_HOP_LIMIT if reason and instance.hop_limit < CONTAINER_HOP_LIMIT else None
+    return ModifyPlan(instance=instance, hop_limit=raise_to, container_reason=reason if raise_to else None)
 
 
 def is_exempt(instance: InstanceFacts, settings: Settings) -> bool:
@@ -49,7 +93,7 @@ def exempt_finding(instance: InstanceFacts, settings: Settings) -> Finding:
 
 
 def launch_decision(instance: InstanceFacts, settings: Settings) -> Finding | ModifyPlan | None:
-    """What the launch watch does with one instance it saw launch (or regress): nothing, a finding, or a modify.
+    """What the launch watch does with a new instance (or one set back to optional): nothing, a finding, or a modify.
 
     A new instance has no usage history, so it may be enforced only in fix mode; it is reported either way.
     A pending instance is left to its `running` state-change event: EC2 refuses the modify while it is pending

@@ -20,6 +20,9 @@ SUBJECT_LIMIT = 100
 
 class Action(StrEnum):
     ENFORCED = "enforced"
+    # A container host that still makes IMDSv1 calls at hop limit 1 got hop limit 2 (tokens left optional), so the
+    # SDKs in its containers can reach IMDSv2; the gate enforces it once its evidence is quiet.
+    PREPARED = "prepared"
     FLAGGED = "flagged"
     READY = "ready"
     BLOCKED = "blocked"
@@ -44,6 +47,7 @@ SEVERITY: dict[Action, Severity] = {
     Action.FLAGGED: Severity.WARNING,
     Action.INSUFFICIENT_DATA: Severity.WARNING,
     Action.ENFORCED: Severity.INFO,
+    Action.PREPARED: Severity.INFO,
     Action.READY: Severity.INFO,
     Action.EXEMPT: Severity.INFO,
 }
@@ -56,6 +60,7 @@ ACTION_ORDER: tuple[Action, ...] = (
     Action.FLAGGED,
     Action.INSUFFICIENT_DATA,
     Action.ENFORCED,
+    Action.PREPARED,
     Action.READY,
     Action.EXEMPT,
 )

@@ -14,11 +14,13 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 SERVICE_TAG_PREFIX = "imdsv2-enforcer:"
 ENFORCED_AT_TAG = "imdsv2-enforcer:enforced-at"
 ENFORCED_BY_TAG = "imdsv2-enforcer:enforced-by"
+# When the gate raised a container host's hop limit to 2 (tokens left optional): who changed it, and when.
+PREPARED_AT_TAG = "imdsv2-enforcer:prepared-at"
 # The IAM path of the service's own roles: CloudTrail's sessionIssuer.arn carries it, so the launch watch can tell
 # the service's own calls (a rollback) from a person's, whatever name CloudFormation generated for the role.
 SERVICE_ROLE_PATH = "/imds-enforcer/"
@@ -59,7 +61,7 @@ class Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore", str_strip_whitespace=True)
 
     # Set by the stack itself (the topic it creates, the path of the roles it creates): not a cdk.json key.
-    SET_BY_STACK: ClassVar[frozenset[str]] = frozenset({"REPORT_TOPIC_ARN", "SERVICE_ROLE_PATH"})
+    SET_BY_STACK: ClassVar[frozenset[str]] = frozenset({"REPORT_TOPIC_ARN", "SERVICE_ROLE_PATH", "LEDGER_TABLE_NAME"})
     # Read by the Slack notifier only; the enforcing functions get every other setting.
     SLACK_NOTIFIER_ONLY: ClassVar[frozenset[str]] = frozenset({"SLACK_WEBHOOK_SECRET"})
 
@@ -79,6 +81,12 @@ class Settings(BaseModel):
     # The usage gate.
     WATCH_DAYS: Annotated[int, Field(ge=1, le=63)] = 14
     COVERAGE_MIN_RATIO: Annotated[float, Field(gt=0, le=1)] = 0.9
+    # An instance must have run on at least this many days of the window (a weekday-only or nightly-stopped
+    # instance qualifies on the days it ran; one stopped most of the window does not).
+    MIN_RUNNING_DAYS: Annotated[int, Field(ge=1, le=455, validate_default=True)] = 7
+    # A container host still making IMDSv1 calls at hop limit 1 gets hop limit 2 (tokens left optional), so the
+    # SDKs in its containers can use IMDSv2. Fix mode only.
+    PREPARE_CONTAINER_HOSTS: bool = True
     SET_ACCOUNT_DEFAULT: bool = False
     MODIFY_BURST: Annotated[int, Field(ge=1, le=100)] = 100
     MODIFY_RATE_PER_SECOND: Annotated[float, Field(gt=0, le=100)] = 5.0
@@ -87,6 +95,9 @@ class Settings(BaseModel):
     # an AMI's ImdsSupport=v2.0. Launch configurations cannot be changed: they are only ever flagged.
     FIX_LAUNCH_TEMPLATES: bool = False
     FIX_IMAGES: bool = False
+    # The stack's state table (what was last reported about each instance, so a restart is reported only when its
+    # verdict changed). Empty: no table, every verdict is reported.
+    LEDGER_TABLE_NAME: Annotated[str, Field(pattern=r"^([A-Za-z0-9_.-]{3,255})?$")] = ""
 
     @field_validator("CONTAINER_HOST_TAG_KEYS", mode="before")
     @classmethod
@@ -98,6 +109,15 @@ class Settings(BaseModel):
     def _secret(cls, value: str) -> str:
         if value and not (_SECRET_ARN.match(value) or (_SECRET_NAME.match(value) and not value.startswith("arn:"))):
             raise ValueError("is neither a Secrets Manager secret name nor a secret ARN")
+        return value
+
+    @field_validator("MIN_RUNNING_DAYS")
+    @classmethod
+    def _running_days_fit_the_window(cls, value: int, info: ValidationInfo) -> int:
+        # LOOKBACK_DAYS is declared (so validated) first; when it is invalid, its own error says so.
+        lookback = info.data.get("LOOKBACK_DAYS")
+        if lookback is not None and value > lookback:
+            raise ValueError(f"is more than LOOKBACK_DAYS={lookback}: no instance could ever qualify")
         return value
 
     @classmethod

@@ -14,9 +14,9 @@ from datetime import UTC, datetime
 from imds_enforcer.aws import ec2
 from imds_enforcer.aws.errors import AwsError
 from imds_enforcer.domain.instances import InstanceFacts
-from imds_enforcer.domain.policy import ModifyPlan
+from imds_enforcer.domain.policy import CONTAINER_HOP_LIMIT, ModifyPlan, PreparePlan
 from imds_enforcer.domain.report import Action, Finding
-from imds_enforcer.domain.settings import ENFORCED_AT_TAG, ENFORCED_BY_TAG
+from imds_enforcer.domain.settings import ENFORCED_AT_TAG, ENFORCED_BY_TAG, PREPARED_AT_TAG
 from imds_enforcer.observability import logger
 
 
@@ -108,9 +108,52 @@ def _enforced(plan: ModifyPlan, stamp: str, reason_prefix: str) -> Finding:
     reason = reason_prefix + "HttpTokens set to required"
     details = {"enforced_at": stamp, "state": plan.instance.state}
     if plan.hop_limit is not None:
-        reason += f"; hop limit raised from {plan.instance.hop_limit} to {plan.hop_limit} (container host)"
+        why = f"container host: {plan.container_reason}" if plan.container_reason else "container host"
+        reason += f"; hop limit raised from {plan.instance.hop_limit} to {plan.hop_limit} ({why})"
         details["hop_limit"] = str(plan.hop_limit)
     return Finding(resource_id=plan.instance_id, action=Action.ENFORCED, reason=reason, details=details)
+
+
+def prepare(
+    plans: Sequence[PreparePlan],
+    *,
+    pacer: Pacer,
+    now: datetime | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> EnforcementOutcome:
+    """Raise each planned container host's hop limit to 2 (tokens untouched), paced like every modify, and tag it
+    `imdsv2-enforcer:prepared-at`. One past the time budget keeps its `blocked` finding, saying so."""
+    outcome = EnforcementOutcome()
+    changed: list[PreparePlan] = []
+    for plan in plans:
+        if should_stop():
+            outcome.deferred.append(plan.instance)
+            blocked = plan.finding.model_copy(update={"action": Action.BLOCKED, "details": {"deferred": "true"}})
+            outcome.findings.append(
+                blocked.model_copy(update={"reason": blocked.reason + " (hop limit not raised yet: time budget)"})
+            )
+            continue
+        pacer.acquire()
+        try:
+            ec2.raise_hop_limit(plan.instance_id, CONTAINER_HOP_LIMIT)
+        except AwsError as error:
+            outcome.findings.append(error.finding(plan.instance_id, "ModifyInstanceMetadataOptions (hop limit)"))
+            _note_unexpected(outcome, plan.instance_id, error)
+            continue
+        changed.append(plan)
+    stamp = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if changed:
+        try:
+            ec2.tag_instances([plan.instance_id for plan in changed], {PREPARED_AT_TAG: stamp})
+        except AwsError as error:
+            # The hop limit is raised either way; the tag only records when, for a person reading the instance.
+            logger.warning("prepared, but not tagged", extra={"code": error.code, "instances": len(changed)})
+    for plan in changed:
+        outcome.enforced.append(plan.instance_id)
+        outcome.findings.append(
+            plan.finding.model_copy(update={"details": {**plan.finding.details, "prepared_at": stamp}})
+        )
+    return outcome
 
 
 def _note_unexpected(outcome: EnforcementOutcome, instance_id: str, error: AwsError, *, always: bool = False) -> None:

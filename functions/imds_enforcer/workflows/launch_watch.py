@@ -1,12 +1,27 @@
 """The launch watch: look at the instances an event names and flag, fix or exempt each one that accepts IMDSv1;
-and at the launch template, launch configuration or AMI a CloudTrail event created or changed (launch_source_sweep)."""
+and at the launch template, launch configuration or AMI a CloudTrail event created or changed (launch_source_sweep).
+
+A restart is not a launch. EC2 sends `pending`/`running` for every start of a stopped instance, and resets its
+LaunchTime each time; the attach time of its primary network interface stays from the first launch. So:
+- a new instance (the event is within minutes of its first launch) has no history: flagged, or in fix mode enforced
+  blind (container hosts get hop limit 2, so their pods' SDKs can still get tokens);
+- a restarted instance is decided on its own usage history, by the usage gate's rules (one batched GetMetricData
+  for all of the event's restarted instances): enforced in fix mode only when proven quiet, otherwise reported as
+  the gate would report it (`blocked`, `insufficient_data`, `ready` in flag mode), never enforced blind;
+- a set-back to optional (ModifyInstanceMetadataOptions by anyone but this service) is undone in fix mode, unless
+  the service had required IMDSv2 on it and IMDSv1 calls were rejected since: the person who restored the workload
+  stands, and the finding says who, how many calls, and the way out.
+A stop/start-scheduled fleet restarts every morning: a launch or restart is reported only when the instance's
+verdict changed since it was last reported (the stack's ledger table); changes (enforced) and failures always are.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
-from imds_enforcer.aws import ec2
-from imds_enforcer.aws.errors import UnexpectedAwsError
+from imds_enforcer.aws import ec2, ledger
+from imds_enforcer.aws.errors import AwsError, UnexpectedAwsError
 from imds_enforcer.aws.sns import publish_report
 from imds_enforcer.domain.deployment import Deployment
 from imds_enforcer.domain.events import (
@@ -17,15 +32,19 @@ from imds_enforcer.domain.events import (
     TriggerKind,
     read_launch_event,
 )
-from imds_enforcer.domain.policy import ModifyPlan, launch_decision
+from imds_enforcer.domain.instances import InstanceFacts
+from imds_enforcer.domain.policy import ModifyPlan, exempt_finding, is_exempt, launch_decision
 from imds_enforcer.domain.report import Action, Finding, Report
-from imds_enforcer.domain.settings import Settings
+from imds_enforcer.domain.settings import ENFORCED_AT_TAG, Settings
+from imds_enforcer.domain.usage import gate_decision, rejected_calls, set_back_finding
 from imds_enforcer.observability import logger
-from imds_enforcer.workflows import launch_source_sweep
+from imds_enforcer.workflows import evidence, launch_source_sweep
 from imds_enforcer.workflows.enforcement import Pacer, enforce
 
 ENFORCED_BY = "launch_watch"
 TRIGGER = "launch"
+# What always reaches the report, even when the ledger saw the same verdict before: a change, or a failure.
+ALWAYS_REPORTED = frozenset({Action.ENFORCED, Action.PREPARED, Action.ROLLED_BACK, Action.FAILED, Action.REJECTED})
 
 
 @dataclass
@@ -44,7 +63,9 @@ class LaunchOutcome:
         }
 
 
-def watch_launch(raw_event: object, *, settings: Settings, deployment: Deployment) -> LaunchOutcome:
+def watch_launch(
+    raw_event: object, *, settings: Settings, deployment: Deployment, now: datetime | None = None
+) -> LaunchOutcome:
     trigger = read_launch_event(
         raw_event,
         account=deployment.account,
@@ -60,16 +81,27 @@ def watch_launch(raw_event: object, *, settings: Settings, deployment: Deploymen
         logger.warning("event names invalid instance ids", extra={"ids": list(trigger.rejected_ids)})
     logger.info("event accepted", extra={"kind": trigger.kind.value, "instances": list(trigger.instance_ids)})
 
-    findings, plans = _decide(trigger, settings)
+    moment = now or datetime.now(UTC)
+    decided = _decide(trigger, settings, moment)
     outcome = enforce(
-        plans,
+        decided.plans,
         enforced_by=ENFORCED_BY,
         pacer=Pacer(burst=settings.MODIFY_BURST, rate_per_second=settings.MODIFY_RATE_PER_SECOND),
+        now=moment,
         reason_prefix="regression to optional undone: " if trigger.kind is TriggerKind.REGRESSION else "",
     )
-    findings.extend(outcome.findings)
-    totals = {"instances_in_event": len(trigger.instance_ids), "enforced": len(outcome.enforced)}
-    return _finish(findings, outcome.unexpected_errors, totals, trigger.event_id, settings, deployment)
+    findings = [*decided.findings, *outcome.findings]
+    reported, muted = _mute_unchanged(findings, trigger, settings)
+    totals = {
+        "instances_in_event": len(trigger.instance_ids),
+        "new": decided.new,
+        "restarted": decided.restarted,
+        "enforced": len(outcome.enforced),
+        "unchanged_not_reported": len(muted),
+    }
+    result = _finish(reported, outcome.unexpected_errors, totals, trigger.event_id, settings, deployment)
+    _remember(findings, trigger, settings, moment)
+    return result
 
 
 def _finish(
@@ -96,14 +128,24 @@ def _finish(
     return LaunchOutcome(status="processed", findings=findings, message_ids=message_ids)
 
 
-def _decide(trigger: LaunchTrigger, settings: Settings) -> tuple[list[Finding], list[ModifyPlan]]:
+@dataclass
+class _Decided:
+    findings: list[Finding] = field(default_factory=list)
+    plans: list[ModifyPlan] = field(default_factory=list)
+    new: int = 0
+    restarted: int = 0
+
+
+def _decide(trigger: LaunchTrigger, settings: Settings, now: datetime) -> _Decided:
     described = {facts.instance_id: facts for facts in ec2.describe_by_ids(trigger.instance_ids)}
-    findings: list[Finding] = []
-    plans: list[ModifyPlan] = []
+    decided = _Decided()
+    fresh: list[InstanceFacts] = []  # new launches, and set-backs to undo: decided without history
+    restarted: list[InstanceFacts] = []
+    set_back: list[InstanceFacts] = []
     for instance_id in trigger.instance_ids:
         facts = described.get(instance_id)
         if facts is None:
-            findings.append(
+            decided.findings.append(
                 Finding(
                     resource_id=instance_id,
                     action=Action.FAILED,
@@ -112,19 +154,106 @@ def _decide(trigger: LaunchTrigger, settings: Settings) -> tuple[list[Finding], 
                     "its running state-change event will look again",
                 )
             )
-            continue
-        decision = launch_decision(facts, settings)
-        if isinstance(decision, Finding):
-            if trigger.kind is TriggerKind.REGRESSION:
-                decision = decision.model_copy(update={"reason": "set back to optional: " + decision.reason})
-            findings.append(decision)
-        elif isinstance(decision, ModifyPlan):
-            plans.append(decision)
-        elif facts.pending:
-            logger.info("pending: its running state-change event will look again", extra={"instance_id": instance_id})
+        elif facts.gone or facts.pending or not facts.accepts_imdsv1:
+            why = "pending: its running state-change event will look again" if facts.pending else "nothing to do"
+            logger.info(why, extra={"instance_id": instance_id, "tokens": facts.http_tokens, "state": facts.state})
+        elif is_exempt(facts, settings):
+            decided.findings.append(exempt_finding(facts, settings))
+        elif trigger.kind is TriggerKind.REGRESSION:
+            set_back.append(facts)
+        elif trigger.event_time is not None and facts.is_new_at(trigger.event_time):
+            fresh.append(facts)
+            decided.new += 1
         else:
-            logger.info("nothing to do", extra={"instance_id": instance_id, "tokens": facts.http_tokens})
-    return findings, plans
+            restarted.append(facts)
+            decided.restarted += 1
+
+    with_history = [*restarted, *set_back]
+    if with_history:
+        watched = [facts for facts in with_history if ENFORCED_AT_TAG in facts.tags]
+        usage = evidence.fetch_usage(restarted, watched, settings=settings, now=now)
+        for facts in restarted:
+            _add(decided, _restart_decision(facts, gate_decision(facts, usage[facts.instance_id], settings, now=now)))
+        for facts in set_back:
+            history = usage.get(facts.instance_id)
+            rejected = rejected_calls(facts, history) if history else 0.0
+            if rejected:
+                decided.findings.append(set_back_finding(facts, rejected, set_back_by=trigger.caller))
+            else:
+                fresh.append(facts)
+    if settings.fix and fresh:
+        fresh = evidence.with_image_names(fresh)  # container hosts by AMI family too: they get hop limit 2
+    for facts in fresh:
+        decision = launch_decision(facts, settings)
+        if isinstance(decision, Finding) and trigger.kind is TriggerKind.REGRESSION:
+            decision = decision.model_copy(update={"reason": "set back to optional: " + decision.reason})
+        _add(decided, decision)
+    return decided
+
+
+def _restart_decision(facts: InstanceFacts, decision: Finding | ModifyPlan | object) -> Finding | ModifyPlan | None:
+    """A restarted instance's verdict, saying it is a restart (so nobody reads `blocked` as a failed launch)."""
+    if isinstance(decision, Finding):
+        first = facts.first_launch_time
+        since = f"first launched {first.strftime('%Y-%m-%dT%H:%M:%SZ')}" if first else "first launch unknown"
+        return decision.model_copy(
+            update={
+                "reason": f"restarted ({since}), decided on its usage history: {decision.reason}",
+                "details": {**decision.details, "launch": "restart"},
+            }
+        )
+    return decision if isinstance(decision, ModifyPlan) else None
+
+
+def _add(decided: _Decided, decision: Finding | ModifyPlan | None) -> None:
+    if isinstance(decision, Finding):
+        decided.findings.append(decision)
+    elif isinstance(decision, ModifyPlan):
+        decided.plans.append(decision)
+
+
+def _mute_unchanged(
+    findings: list[Finding], trigger: LaunchTrigger, settings: Settings
+) -> tuple[list[Finding], list[Finding]]:
+    """(reported, muted): a launch or restart whose verdict is the one last reported for that instance is muted.
+
+    A set-back is always reported (a person's action), and so is every change and failure. Without the ledger table
+    (or when it cannot be read), everything is reported."""
+    if not settings.LEDGER_TABLE_NAME or trigger.kind is TriggerKind.REGRESSION:
+        return findings, []
+    candidates = [finding.resource_id for finding in findings if finding.action not in ALWAYS_REPORTED]
+    if not candidates:
+        return findings, []
+    try:
+        last = ledger.last_verdicts(settings.LEDGER_TABLE_NAME, candidates)
+    except AwsError as error:
+        logger.warning("ledger unreadable: every verdict is reported", extra={"code": error.code})
+        return findings, []
+    reported: list[Finding] = []
+    muted: list[Finding] = []
+    for finding in findings:
+        unchanged = finding.action not in ALWAYS_REPORTED and last.get(finding.resource_id) == finding.action.value
+        (muted if unchanged else reported).append(finding)
+    if muted:
+        logger.info("verdicts unchanged since the last report", extra={"instances": [f.resource_id for f in muted]})
+    return reported, muted
+
+
+def _remember(findings: list[Finding], trigger: LaunchTrigger, settings: Settings, now: datetime) -> None:
+    """Record each instance's verdict (after the report is out), so the next restart with the same one is muted."""
+    if not settings.LEDGER_TABLE_NAME:
+        return
+    verdicts = {
+        finding.resource_id: finding.action.value
+        for finding in findings
+        if finding.resource_type == "instance" and finding.action is not Action.FAILED
+    }
+    if not verdicts:
+        return
+    try:
+        ledger.record_verdicts(settings.LEDGER_TABLE_NAME, verdicts, now=now)
+    except AwsError as error:
+        logger.warning("ledger not updated: the next event may report these again", extra={"code": error.code})
 
 
 def _watch_source(trigger: SourceTrigger, settings: Settings, deployment: Deployment) -> LaunchOutcome:

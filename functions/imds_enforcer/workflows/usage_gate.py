@@ -2,13 +2,16 @@
 
 A run, in order (the gate is stateless: the live API says what is left, so every run starts from scratch):
 1. list the instances whose tokens are optional (server-side filter, 1000 a page) and the ones the service
-   enforced within WATCH_DAYS (tag `imdsv2-enforcer:enforced-at`, any tokens value);
-2. fetch `MetadataNoToken` for the first and `MetadataNoTokenRejected` for the second in the same batched
-   GetMetricData calls (500 queries a call, whatever the metric);
-3. roll back the enforced instances that reject IMDSv1 calls (opt-in), before anything new is switched;
-4. decide every optional instance (usage.gate_decision) and enforce the ready ones in fix mode, paced, stopping
-   when the Lambda's time budget runs low;
-5. when the region is clean, set the account default (opt-in);
+   enforced within WATCH_DAYS (tag `imdsv2-enforcer:enforced-at`, any tokens value); look up their AMIs' names
+   (container hosts are recognised by AMI family as well as by tags);
+2. fetch `MetadataNoToken` and the running reference (`CPUUtilization`) for the first and `MetadataNoTokenRejected`
+   for the second in the same batched GetMetricData calls (500 queries a call, whatever the metric);
+3. report (and, opt-in, roll back) the enforced instances that reject IMDSv1 calls (workflows/rejection_watch),
+   before anything new is switched;
+4. decide every optional instance (usage.gate_decision) and, in fix mode, enforce the ready ones and prepare the
+   container hosts that still call IMDSv1 at hop limit 1 (hop limit 2, tokens left optional), paced, stopping when
+   the Lambda's time budget runs low;
+5. when the region is clean, set the account default (opt-in), with hop limit 2 when container hosts run here;
 6. check where new instances come from (launch templates, launch configurations, own AMIs: launch_source_sweep), unless
    the time budget is already low (then the next run does it, and totals["source_checks_skipped"] says so);
 7. publish one report (trigger `gate`) in which every optional instance appears, with the run's totals.
@@ -25,33 +28,34 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from imds_enforcer.aws import cloudwatch, ec2
-from imds_enforcer.aws.cloudwatch import MetricRequest
+from imds_enforcer.aws import ec2
 from imds_enforcer.aws.errors import AwsError, UnexpectedAwsError
 from imds_enforcer.aws.sns import publish_report
 from imds_enforcer.domain.deployment import Deployment
 from imds_enforcer.domain.events import Ignored, read_gate_event
 from imds_enforcer.domain.instances import InstanceFacts
-from imds_enforcer.domain.metric_names import NO_TOKEN, NO_TOKEN_REJECTED
-from imds_enforcer.domain.policy import ModifyPlan, is_exempt
+from imds_enforcer.domain.policy import (
+    CONTAINER_HOP_LIMIT,
+    CONTAINER_HOST_TAG_KEYS,
+    ModifyPlan,
+    PreparePlan,
+    instance_container_reason,
+    is_exempt,
+)
 from imds_enforcer.domain.report import Action, Finding, Report
 from imds_enforcer.domain.settings import ENFORCED_AT_TAG, Settings
 from imds_enforcer.domain.usage import (
     MetadataUsage,
-    MetricSeries,
     UsageWindow,
     gate_decision,
     read_evidence,
     ready_finding,
     rejected_calls,
-    rejected_finding,
-    rollback_tag_value,
     under_watch,
-    watch_window,
 )
 from imds_enforcer.observability import logger
-from imds_enforcer.workflows import launch_source_sweep
-from imds_enforcer.workflows.enforcement import Pacer, enforce
+from imds_enforcer.workflows import evidence, launch_source_sweep, rejection_watch
+from imds_enforcer.workflows.enforcement import Pacer, enforce, prepare
 
 ENFORCED_BY = "usage_gate"
 TRIGGER = "gate"
@@ -117,36 +121,49 @@ def run_gate(
     def should_stop() -> bool:
         return remaining_ms is not None and remaining_ms() < margin_ms
 
-    optional = list(ec2.iter_instances_by_tokens("optional"))
+    optional = evidence.with_image_names(list(ec2.iter_instances_by_tokens("optional")))
     watched = [
         facts for facts in ec2.iter_instances_tagged(ENFORCED_AT_TAG) if under_watch(facts, settings, now=run.now)
     ]
-    usage = _fetch_usage(optional, watched, run)
+    usage = evidence.fetch_usage(optional, watched, settings=settings, now=run.now)
 
-    rejected, rolled_back = _watch(watched, usage, run)
-    plans = _decide(optional, usage, run)
+    watch = rejection_watch.watch(
+        watched,
+        {facts.instance_id: rejected_calls(facts, usage[facts.instance_id]) for facts in watched},
+        settings=settings,
+        now=run.now,
+        before_modify=run.pacer.acquire,
+    )
+    run.findings.extend(watch.findings)
+    run.unexpected.extend(watch.unexpected)
+    plans, preparations = _decide(optional, usage, run)
     outcome = enforce(plans, enforced_by=ENFORCED_BY, pacer=run.pacer, now=run.now, should_stop=should_stop)
     run.findings.extend(outcome.findings)
     run.unexpected.extend(outcome.unexpected_errors)
     usage_window = UsageWindow.ending_at(run.now, settings.LOOKBACK_DAYS)
     for instance in outcome.deferred:
-        evidence = read_evidence(usage[instance.instance_id].no_token, usage_window)
-        run.findings.append(ready_finding(instance, evidence, deferred=True))
+        run.findings.append(
+            ready_finding(instance, read_evidence(usage[instance.instance_id], usage_window), deferred=True)
+        )
+    prepared = prepare(preparations, pacer=run.pacer, now=run.now, should_stop=should_stop)
+    run.findings.extend(prepared.findings)
+    run.unexpected.extend(prepared.unexpected_errors)
 
     enforced = set(outcome.enforced)
     left_open = [facts for facts in optional if facts.instance_id not in enforced and not is_exempt(facts, settings)]
     if settings.SET_ACCOUNT_DEFAULT:
-        _account_default(run, deployment, left_open=len(left_open), rejected=rejected)
+        _account_default(run, deployment, left_open=len(left_open), rejected=watch.rejected, seen=[*optional, *watched])
     skipped_sources = _check_sources(run, should_stop)
 
     totals = {
         "instances_scanned": len(optional),
-        "optional_remaining": len(optional) - len(enforced) + rolled_back,
+        "optional_remaining": len(optional) - len(enforced) + watch.rolled_back,
         "enforced": len(enforced),
+        "prepared": len(prepared.enforced),
         "deferred": len(outcome.deferred),
         "watched": len(watched),
-        "rejected": rejected,
-        "rolled_back": rolled_back,
+        "rejected": watch.rejected,
+        "rolled_back": watch.rolled_back,
         "modify_wait_seconds": round(run.pacer.waited_seconds),
         "source_checks_skipped": skipped_sources,
     }
@@ -188,89 +205,22 @@ def _check_sources(run: _Run, should_stop: Callable[[], bool]) -> int:
     return skipped
 
 
-def _fetch_usage(optional: list[InstanceFacts], watched: list[InstanceFacts], run: _Run) -> dict[str, MetadataUsage]:
-    """Both metrics in one query list, so that the calls stay at ceil(queries / 500)."""
-    requests = [MetricRequest(facts.instance_id, NO_TOKEN) for facts in optional]
-    requests += [MetricRequest(facts.instance_id, NO_TOKEN_REJECTED) for facts in watched]
-    lookback = UsageWindow.ending_at(run.now, run.settings.LOOKBACK_DAYS)
-    start = min(lookback.start, watch_window(run.now, run.settings).start)
-    series = cloudwatch.fetch_series(requests, start=start, end=lookback.end) if requests else {}
-    usage: dict[str, MetadataUsage] = {}
-    for facts in (*optional, *watched):
-        if facts.instance_id in usage:
-            continue
-        usage[facts.instance_id] = MetadataUsage(
-            instance_id=facts.instance_id,
-            no_token=_series(series, facts.instance_id, NO_TOKEN),
-            no_token_rejected=_series(series, facts.instance_id, NO_TOKEN_REJECTED),
-        )
-    return usage
-
-
-def _series(found: Mapping[MetricRequest, MetricSeries], instance_id: str, metric: str) -> MetricSeries:
-    series = found.get(MetricRequest(instance_id, metric))
-    return MetricSeries() if series is None else series
-
-
-def _watch(watched: list[InstanceFacts], usage: dict[str, MetadataUsage], run: _Run) -> tuple[int, int]:
-    """Report (and opt-in roll back) enforced instances that reject IMDSv1 calls. Returns (rejected, rolled back).
-
-    An instance that is optional again (rolled back before, or set back by a person) is not reported again: the
-    optional sweep reports it. Its rejections still count, so the account default waits for the watch to end.
-    """
-    rejected = rolled_back = 0
-    for facts in watched:
-        calls = rejected_calls(facts, usage[facts.instance_id])
-        if calls == 0:
-            continue
-        rejected += 1
-        if facts.accepts_imdsv1:
-            logger.info("rejections on an instance that is optional again", extra={"instance_id": facts.instance_id})
-            continue
-        finding = rejected_finding(facts, calls)
-        if run.settings.ROLLBACK_ON_REJECTED and _roll_back(facts, calls, finding, run):
-            rolled_back += 1
-            continue
-        run.findings.append(finding)
-    return rejected, rolled_back
-
-
-def _roll_back(facts: InstanceFacts, calls: float, finding: Finding, run: _Run) -> bool:
-    """Exempt first, then optional: if the second call fails, the tag still keeps the gate from re-enforcing it,
-    and the next run (still rejected, still required) tries again."""
-    operation = "CreateTags"
-    try:
-        ec2.tag_instances([facts.instance_id], {run.settings.EXEMPT_TAG_KEY: rollback_tag_value(calls, now=run.now)})
-        operation = "ModifyInstanceMetadataOptions"
-        run.pacer.acquire()
-        ec2.allow_tokens_optional(facts.instance_id)
-    except AwsError as error:
-        run.findings.append(error.finding(facts.instance_id, f"rollback: {operation}"))
-        if not error.expected:
-            run.unexpected.append(f"rollback {operation} {facts.instance_id}: {error.code}")
-        return False
-    run.findings.append(
-        finding.model_copy(
-            update={
-                "action": Action.ROLLED_BACK,
-                "reason": finding.reason + f"; set back to optional and tagged {run.settings.EXEMPT_TAG_KEY}",
-            }
-        )
-    )
-    return True
-
-
-def _decide(optional: list[InstanceFacts], usage: dict[str, MetadataUsage], run: _Run) -> list[ModifyPlan]:
+def _decide(
+    optional: list[InstanceFacts], usage: dict[str, MetadataUsage], run: _Run
+) -> tuple[list[ModifyPlan], list[PreparePlan]]:
     plans: list[ModifyPlan] = []
+    preparations: list[PreparePlan] = []
     for facts in optional:
         decision = gate_decision(facts, usage[facts.instance_id], run.settings, now=run.now)
         if isinstance(decision, Finding):
             run.findings.append(decision)
         elif isinstance(decision, ModifyPlan):
             plans.append(decision)
+        elif isinstance(decision, PreparePlan):
+            preparations.append(decision)
         else:
             logger.info("nothing to do", extra={"instance_id": facts.instance_id, "tokens": facts.http_tokens})
-    return plans
+    return plans, preparations
 
 
 def _account(deployment: Deployment) -> dict[str, Any]:
@@ -278,9 +228,16 @@ def _account(deployment: Deployment) -> dict[str, Any]:
     return {"resource_type": ACCOUNT_RESOURCE, "resource_id": deployment.account}
 
 
-def _account_default(run: _Run, deployment: Deployment, *, left_open: int, rejected: int) -> None:
+def _account_default(
+    run: _Run, deployment: Deployment, *, left_open: int, rejected: int, seen: list[InstanceFacts]
+) -> None:
     """Require IMDSv2 for new launches once the region is clean: no optional instance left but exempt ones,
-    and nothing rejected in the watch period. A default set by a declarative policy is reported, not fought."""
+    and nothing rejected in the watch period. A default set by a declarative policy is reported, not fought.
+
+    The hop limit follows the evidence: container hosts that launch later without their own metadata options would
+    get hop limit 1 from the default, their pods' SDKs could not get tokens, and the launch would break them. So
+    where container hosts run in the region (among the instances seen, or any live instance with a container-host
+    tag), the default also gets hop limit 2."""
     if left_open or rejected:
         logger.info("account default not yet", extra={"optional_not_exempt": left_open, "rejected": rejected})
         return
@@ -298,6 +255,7 @@ def _account_default(run: _Run, deployment: Deployment, *, left_open: int, rejec
     if tokens == "required":
         logger.info("account default already requires IMDSv2", extra=details)
         return
+    hop_limit, hop_reason = _default_hop_limit(run, seen)
     if defaults.get("ManagedBy") == "declarative-policy":
         message = defaults.get("ManagedExceptionMessage")
         run.findings.append(
@@ -316,13 +274,13 @@ def _account_default(run: _Run, deployment: Deployment, *, left_open: int, rejec
                 **_account(deployment),
                 action=Action.READY,
                 reason=f"no instance accepts IMDSv1 but exempt ones: the account default (HttpTokens {tokens}) "
-                "would be set to required (flag mode, left unchanged)",
+                f"would be set to required, {hop_reason} (flag mode, left unchanged)",
                 details=details,
             )
         )
         return
     try:
-        ec2.require_tokens_by_default()
+        ec2.require_tokens_by_default(hop_limit=hop_limit)
     except AwsError as error:
         run.findings.append(error.finding(deployment.account, resource_type=ACCOUNT_RESOURCE))
         return
@@ -331,7 +289,31 @@ def _account_default(run: _Run, deployment: Deployment, *, left_open: int, rejec
             **_account(deployment),
             action=Action.ENFORCED,
             reason=f"no instance accepts IMDSv1 but exempt ones: account default HttpTokens set from {tokens} to "
-            "required for new launches (HttpTokensEnforced left as it is)",
-            details={**details, "http_tokens": "required", "previous_http_tokens": str(tokens)},
+            f"required for new launches, {hop_reason} (HttpTokensEnforced left as it is)",
+            details={
+                **details,
+                "http_tokens": "required",
+                "previous_http_tokens": str(tokens),
+                "hop_limit": str(hop_limit) if hop_limit else "unchanged",
+            },
         )
     )
+
+
+def _default_hop_limit(run: _Run, seen: list[InstanceFacts]) -> tuple[int | None, str]:
+    """The hop limit the account default gets (None: left as it is), and why, in words for the report."""
+    for facts in seen:
+        reason = instance_container_reason(facts, run.settings)
+        if reason:
+            return CONTAINER_HOP_LIMIT, (
+                f"hop limit {CONTAINER_HOP_LIMIT} because container hosts run here ({facts.instance_id}: {reason})"
+            )
+    keys = [*CONTAINER_HOST_TAG_KEYS, *run.settings.CONTAINER_HOST_TAG_KEYS, "kubernetes.io/cluster/*"]
+    try:
+        tagged = ec2.any_instance_tagged(keys)
+    except AwsError as error:
+        # Unknown: the safe side for a later container host is 2 (one hop more for plain instances is harmless).
+        return CONTAINER_HOP_LIMIT, f"hop limit {CONTAINER_HOP_LIMIT} (container hosts unknown: {error.code})"
+    if tagged:
+        return CONTAINER_HOP_LIMIT, f"hop limit {CONTAINER_HOP_LIMIT} because container hosts run here (tagged)"
+    return None, "hop limit left as it is (no container host runs here)"

@@ -46,8 +46,9 @@ _SLACK_CHANNEL_ID = re.compile(r"^[CG][A-Z0-9]{8,11}$")
 # "off", or where the guardrail Deny statements go: an IAM managed policy, or a service control policy.
 GuardrailsSetting = Literal["off", "iam", "scp"]
 
-# REPORT_TOPIC_ARN is a CloudFormation token at synth time; the settings model validates this stand-in instead.
+# The stack's own resources are CloudFormation tokens at synth time; the settings model validates these stand-ins.
 PLACEHOLDER_TOPIC_ARN = "arn:aws:sns:us-east-1:123456789012:imds-enforcer-placeholder"
+PLACEHOLDERS = {"REPORT_TOPIC_ARN": PLACEHOLDER_TOPIC_ARN, "LEDGER_TABLE_NAME": "imds-enforcer-placeholder"}
 
 
 class ConfigError(ValueError):
@@ -281,24 +282,30 @@ class DeployConfig(BaseModel):
             problems = "; ".join(_describe(issue["loc"], issue.get("input"), issue["msg"]) for issue in error.errors())
             raise ConfigError(f"invalid deploy configuration: {problems}") from None
 
-    def lambda_settings(self, topic_arn: str) -> Settings:
-        """What the enforcing Lambdas read: the runtime settings but the Slack notifier's own, with the stack's
-        topic, checked by the same model the handlers use (through ``from_env``, exactly as a handler reads it).
+    def lambda_settings(self, topic_arn: str, *, ledger_table_name: str = "") -> Settings:
+        """What the enforcing Lambdas read: the runtime settings but the Slack notifier's own, with the resources the
+        stack creates (its topic, its ledger table), checked by the same model the handlers use (through
+        ``from_env``, exactly as a handler reads it).
 
-        ``topic_arn`` may be an unresolved CDK token: the model then checks a placeholder ARN and the token is
-        put back afterwards (``model_copy`` does not re-validate).
+        Those values may be unresolved CDK tokens: the model then checks a placeholder and the token is put back
+        afterwards (``model_copy`` does not re-validate).
         """
-        checked_arn = PLACEHOLDER_TOPIC_ARN if cdk.Token.is_unresolved(topic_arn) else topic_arn
+        stack_values = {"REPORT_TOPIC_ARN": topic_arn, "LEDGER_TABLE_NAME": ledger_table_name}
+        checked = {
+            name: PLACEHOLDERS[name] if cdk.Token.is_unresolved(value) else value
+            for name, value in stack_values.items()
+        }
         env = {name: value for name, value in self.runtime.to_env().items() if name not in Settings.SLACK_NOTIFIER_ONLY}
         try:
-            settings = Settings.from_env({**env, "REPORT_TOPIC_ARN": checked_arn})
+            settings = Settings.from_env({**env, **checked})
         except SettingsError as error:
             raise ConfigError(f"the Lambda environment built from cdk.json context is invalid: {error}") from None
-        return settings.model_copy(update={"REPORT_TOPIC_ARN": topic_arn})
+        return settings.model_copy(update=stack_values)
 
-    def lambda_environment(self, topic_arn: str) -> dict[str, str]:
+    def lambda_environment(self, topic_arn: str, *, ledger_table_name: str = "") -> dict[str, str]:
         """The enforcing Lambdas' environment (empty values dropped: the runtime reads them as defaults)."""
-        return {name: value for name, value in self.lambda_settings(topic_arn).to_env().items() if value != ""}
+        settings = self.lambda_settings(topic_arn, ledger_table_name=ledger_table_name)
+        return {name: value for name, value in settings.to_env().items() if value != ""}
 
     def slack_environment(self) -> dict[str, str]:
         """The Slack notifier's environment: the secret's name or ARN (never the URL), and nothing else."""

@@ -19,8 +19,10 @@ from infra.constructs.enforcer_function import (
 from infra.constructs.guardrails import GuardrailPolicy
 from infra.constructs.launch_watch import LaunchWatch
 from infra.constructs.monitoring import Monitoring
+from infra.constructs.rejection_watch import RejectionWatch
 from infra.constructs.report_topic import ReportTopic
 from infra.constructs.slack_notifier import SlackNotifier
+from infra.constructs.state_table import StateTable
 from infra.constructs.usage_gate import UsageGate
 from infra.layer import build_dependencies_layer
 
@@ -84,10 +86,11 @@ class ImdsEnforcerStack(cdk.Stack):
                 python_version=runtime_python_version(),
             ),
         )
+        state = StateTable(self, "State")
         wiring = FunctionWiring.of(
             code_dir=FUNCTIONS_DIR,
             layers=[layer.layer],
-            environment=config.lambda_environment(report.topic.topic_arn),
+            environment=config.lambda_environment(report.topic.topic_arn, ledger_table_name=state.table.table_name),
             log_retention=log_retention(config.log_retention_days),
         )
         runtime = config.runtime
@@ -96,6 +99,7 @@ class ImdsEnforcerStack(cdk.Stack):
             self,
             "LaunchWatch",
             wiring=wiring,
+            ledger_table_arn=state.table.table_arn,
             fix_launch_templates=runtime.FIX_LAUNCH_TEMPLATES,
             fix_images=runtime.FIX_IMAGES,
         )
@@ -108,13 +112,25 @@ class ImdsEnforcerStack(cdk.Stack):
             timeout_minutes=config.gate_timeout_minutes,
             exempt_tag_key=runtime.EXEMPT_TAG_KEY,
             set_account_default=runtime.SET_ACCOUNT_DEFAULT,
+            rollback=runtime.ROLLBACK_ON_REJECTED,
             fix_launch_templates=runtime.FIX_LAUNCH_TEMPLATES,
             fix_images=runtime.FIX_IMAGES,
         )
-        # Only the two that report may publish; the Slack notifier only reads the topic.
-        for enforcer in (launch_watch.enforcer, usage_gate.enforcer):
+        rejection_watch = RejectionWatch(
+            self,
+            "RejectionWatch",
+            wiring=wiring,
+            exempt_tag_key=runtime.EXEMPT_TAG_KEY,
+            rollback=runtime.ROLLBACK_ON_REJECTED,
+        )
+        # Only the three that report may publish; the Slack notifier only reads the topic.
+        for enforcer in (launch_watch.enforcer, usage_gate.enforcer, rejection_watch.enforcer):
             report.grant_publish(enforcer.role)
-        functions = {"LaunchWatch": launch_watch.enforcer, "UsageGate": usage_gate.enforcer}
+        functions = {
+            "LaunchWatch": launch_watch.enforcer,
+            "UsageGate": usage_gate.enforcer,
+            "RejectionWatch": rejection_watch.enforcer,
+        }
 
         if config.slack_enabled:
             slack = SlackNotifier(
@@ -146,7 +162,9 @@ class ImdsEnforcerStack(cdk.Stack):
             )
 
         # Alarms notify the report topic too, so one subscription hears everything; see ReportTopic.allow_alarms.
-        monitoring = Monitoring(self, "Monitoring", functions=functions, alarm_topic=report.topic)
+        monitoring = Monitoring(
+            self, "Monitoring", functions=functions, alarm_topic=report.topic, alarms=[rejection_watch.alarm]
+        )
         report.allow_alarms(monitoring.alarms)
 
         guardrails = add_guardrails(self, config=config, region=env.region or "")
@@ -163,6 +181,7 @@ class ImdsEnforcerStack(cdk.Stack):
         cdk.CfnOutput(self, "UsageGateFunctionName", value=usage_gate.enforcer.function.function_name)
         cdk.CfnOutput(self, "LaunchWatchDeadLetterQueueUrl", value=launch_watch.enforcer.dead_letter_queue.queue_url)
         cdk.CfnOutput(self, "UsageGateDeadLetterQueueUrl", value=usage_gate.enforcer.dead_letter_queue.queue_url)
+        cdk.CfnOutput(self, "RejectionWatchFunctionName", value=rejection_watch.enforcer.function.function_name)
         cdk.CfnOutput(
             self,
             "DashboardUrl",

@@ -209,7 +209,10 @@ class EnforcerFunction(Construct):
         for permission in permissions:
             self.role.add_to_principal_policy(permission.statement)
             for resource in permission.statement.resources:
-                flat = nag_resource(self, resource)
+                try:
+                    flat = nag_resource(self, resource)
+                except ValueError:
+                    continue  # a reference to one resource of the stack (Fn::GetAtt): never a wildcard
                 if "*" in flat:
                     if not permission.wildcard_reason:
                         raise ValueError(f"{permission.statement.sid}: wildcard resource {flat} without a reason")

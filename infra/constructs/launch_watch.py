@@ -56,6 +56,7 @@ class LaunchWatch(Construct):
         construct_id: str,
         *,
         wiring: FunctionWiring,
+        ledger_table_arn: str,
         fix_launch_templates: bool,
         fix_images: bool,
     ) -> None:
@@ -71,6 +72,7 @@ class LaunchWatch(Construct):
                 instance_arn=arns.instance,
                 launch_template_arn=arns.launch_template,
                 image_arn=arns.image,
+                ledger_table_arn=ledger_table_arn,
                 fix_launch_templates=fix_launch_templates,
                 fix_images=fix_images,
             ),

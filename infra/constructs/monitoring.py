@@ -6,7 +6,7 @@ constants the handlers emit and read, so a rename cannot silently empty a graph 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import aws_cdk as cdk
 from aws_cdk import aws_cloudwatch as cloudwatch
@@ -59,6 +59,7 @@ class Monitoring(Construct):
         *,
         functions: Mapping[str, EnforcerFunction],
         alarm_topic: sns.ITopic,
+        alarms: Sequence[cloudwatch.Alarm] = (),
     ) -> None:
         super().__init__(scope, construct_id)
         alarm_action = actions.SnsAction(alarm_topic)
@@ -112,6 +113,8 @@ class Monitoring(Construct):
                     treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
                 )
             )
+        # Alarms made next to what they watch (the rejection watch's): notified and shown like the others.
+        self.alarms.extend(alarms)
         for alarm in self.alarms:
             alarm.add_alarm_action(alarm_action)
 

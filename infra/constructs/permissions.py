@@ -19,7 +19,7 @@ import aws_cdk as cdk
 from aws_cdk import aws_iam as iam
 from constructs import Construct
 
-from imds_enforcer.domain.settings import ENFORCED_AT_TAG, ENFORCED_BY_TAG
+from imds_enforcer.domain.settings import ENFORCED_AT_TAG, ENFORCED_BY_TAG, PREPARED_AT_TAG
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,12 +73,30 @@ def _unscopable(sid: str, actions: Sequence[str]) -> Permission:
     assert set(actions) <= UNSCOPABLE_ACTIONS, f"{sorted(set(actions) - UNSCOPABLE_ACTIONS)} can be scoped"
     return Permission(
         iam.PolicyStatement(sid=sid, actions=list(actions), resources=["*"]),
-        f"{', '.join(actions)}: each {_NO_RESOURCE_LEVEL}",
+        f"{', '.join(actions)}: {'each ' if len(actions) > 1 else ''}{_NO_RESOURCE_LEVEL}",
     )
 
 
 def _describe_instances() -> Permission:
     return _unscopable("DescribeInstances", ["ec2:DescribeInstances"])
+
+
+def _read_metadata_usage() -> Permission:
+    return _unscopable("ReadMetadataUsage", ["cloudwatch:GetMetricData"])
+
+
+def _read_account_default() -> Permission:
+    return _unscopable("ReadAccountMetadataDefaults", ["ec2:GetInstanceMetadataDefaults"])
+
+
+def _rollback(instance_arn: str, exempt_tag_key: str) -> list[Permission]:
+    """A rollback sets the instance back to optional and writes the exemption tag; it first reads the account default
+    (AWS refuses optional while it enforces IMDSv2)."""
+    return [
+        _modify_metadata_options(instance_arn),
+        _tag_instances(instance_arn, [exempt_tag_key]),
+        _read_account_default(),
+    ]
 
 
 def _modify_metadata_options(instance_arn: str) -> Permission:
@@ -156,18 +174,29 @@ def launch_watch_permissions(
     instance_arn: str,
     launch_template_arn: str,
     image_arn: str,
+    ledger_table_arn: str,
     fix_launch_templates: bool,
     fix_images: bool,
 ) -> list[Permission]:
-    """Read a launched instance's options; in fix mode require IMDSv2 and tag who did it and when.
+    """Read a launched instance's options (and, for a restart or a set-back, its usage history); in fix mode require
+    IMDSv2 and tag who did it and when; remember each verdict in the ledger table, so a restart is reported only when
+    its verdict changed.
 
     The watch also hears launch templates, launch configurations and AMIs being created, so it reads (and, on
     opt-in, fixes) those too.
     """
     return [
         _describe_instances(),
+        _read_metadata_usage(),
         _modify_metadata_options(instance_arn),
         _tag_instances(instance_arn, SERVICE_TAG_KEYS),
+        Permission(
+            iam.PolicyStatement(
+                sid="ReadWriteLedger",
+                actions=["dynamodb:BatchGetItem", "dynamodb:BatchWriteItem"],
+                resources=[ledger_table_arn],
+            )
+        ),
         *launch_source_permissions(
             launch_template_arn=launch_template_arn,
             image_arn=image_arn,
@@ -182,21 +211,26 @@ def usage_gate_permissions(
     instance_arn: str,
     exempt_tag_key: str,
     set_account_default: bool,
+    rollback: bool,
     launch_template_arn: str,
     image_arn: str,
     fix_launch_templates: bool,
     fix_images: bool,
 ) -> list[Permission]:
-    """Sweep instances, read their IMDSv1 usage, switch the ready ones, roll back (tagging the exemption).
+    """Sweep instances, read their IMDSv1 usage, switch the ready ones, prepare container hosts (hop limit, tagged
+    prepared-at), roll back (opt-in: tagging the exemption).
 
     The sweep also checks the launch sources that would bring new IMDSv1 instances (see launch_source_permissions).
     """
+    tag_keys = [*SERVICE_TAG_KEYS, PREPARED_AT_TAG]
+    if rollback:
+        # A rollback writes the exemption tag (reason and date), so the gate never switches that instance again.
+        tag_keys.append(exempt_tag_key)
     permissions = [
         _describe_instances(),
-        _unscopable("ReadMetadataUsage", ["cloudwatch:GetMetricData"]),
+        _read_metadata_usage(),
         _modify_metadata_options(instance_arn),
-        # A rollback writes the exemption tag (reason and date), so the gate never switches that instance again.
-        _tag_instances(instance_arn, [*SERVICE_TAG_KEYS, exempt_tag_key]),
+        _tag_instances(instance_arn, tag_keys),
         *launch_source_permissions(
             launch_template_arn=launch_template_arn,
             image_arn=image_arn,
@@ -211,6 +245,18 @@ def usage_gate_permissions(
                 "SetAccountMetadataDefaults", ["ec2:GetInstanceMetadataDefaults", "ec2:ModifyInstanceMetadataDefaults"]
             )
         )
+    elif rollback:
+        # A rollback first reads the account default: AWS refuses optional while it enforces IMDSv2.
+        permissions.append(_read_account_default())
+    return permissions
+
+
+def rejection_watch_permissions(*, instance_arn: str, exempt_tag_key: str, rollback: bool) -> list[Permission]:
+    """Find the instances rejecting IMDSv1 calls (one Metrics Insights query), read them, and (opt-in) roll back the
+    ones this service switched: nothing else."""
+    permissions = [_describe_instances(), _read_metadata_usage()]
+    if rollback:
+        permissions += _rollback(instance_arn, exempt_tag_key)
     return permissions
 
 

@@ -30,6 +30,7 @@ class UsageGate(Construct):
         timeout_minutes: int,
         exempt_tag_key: str,
         set_account_default: bool,
+        rollback: bool,
         fix_launch_templates: bool,
         fix_images: bool,
     ) -> None:
@@ -45,6 +46,7 @@ class UsageGate(Construct):
                 instance_arn=arns.instance,
                 exempt_tag_key=exempt_tag_key,
                 set_account_default=set_account_default,
+                rollback=rollback,
                 launch_template_arn=arns.launch_template,
                 image_arn=arns.image,
                 fix_launch_templates=fix_launch_templates,

@@ -13,6 +13,7 @@ from imds_enforcer.domain.report import Action
 HANDLERS = (
     "imds_enforcer.handlers.launch_watch.handler",
     "imds_enforcer.handlers.usage_gate.handler",
+    "imds_enforcer.handlers.rejection_watch.handler",
     "imds_enforcer.handlers.slack_notify.handler",
 )
 SEARCHES = {
@@ -86,10 +87,11 @@ def test_dashboard_shows_errors_duration_and_dead_letters_of_every_function(temp
 # ---- alarms --------------------------------------------------------------------------------------------------
 
 
-def test_one_rejection_alarm_and_an_error_and_a_dead_letter_alarm_per_function(template: Template) -> None:
+def test_two_rejection_alarms_and_an_error_and_a_dead_letter_alarm_per_function(template: Template) -> None:
     alarms = _alarms(template)
 
-    assert len(alarms) == 1 + 2 * len(HANDLERS)
+    # Rejections: the reports' count (hourly) and EC2's own MetadataNoTokenRejected of every instance (5 minutes).
+    assert len(alarms) == 2 + 2 * len(HANDLERS)
     topic_id = next(iter(template.find_resources("AWS::SNS::Topic")))
     for alarm in alarms:
         # Every alarm tells the report topic, and a quiet period (no data) is not an incident.
@@ -98,9 +100,9 @@ def test_one_rejection_alarm_and_an_error_and_a_dead_letter_alarm_per_function(t
         assert alarm["EvaluationPeriods"] == 1
 
 
-def test_any_rejection_raises_the_alarm(template: Template) -> None:
-    # A labelled metric renders as a one-query "Metrics" list.
-    (rejected,) = [a for a in _alarms(template) if "Metrics" in a]
+def test_any_reported_rejection_raises_the_alarm(template: Template) -> None:
+    # A labelled metric renders as a one-query "Metrics" list (the other such alarm is a Metrics Insights query).
+    (rejected,) = [a for a in _alarms(template) if "Metrics" in a and "MetricStat" in a["Metrics"][0]]
     (query,) = rejected["Metrics"]
     stat = query["MetricStat"]
 

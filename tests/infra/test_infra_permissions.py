@@ -9,6 +9,7 @@ import pytest
 from infra.constructs.permissions import (
     UNSCOPABLE_ACTIONS,
     launch_watch_permissions,
+    rejection_watch_permissions,
     slack_notifier_permissions,
     usage_gate_permissions,
 )
@@ -17,25 +18,31 @@ from tests.infra.template_helpers import LAUNCH_SOURCE_READS, as_list
 INSTANCE_ARN = "arn:aws:ec2:us-east-1:123456789012:instance/*"
 LAUNCH_TEMPLATE_ARN = "arn:aws:ec2:us-east-1:123456789012:launch-template/*"
 IMAGE_ARN = "arn:aws:ec2:us-east-1::image/*"
+TABLE_ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/imds-enforcer-state"
 METADATA_DEFAULTS = {"ec2:GetInstanceMetadataDefaults", "ec2:ModifyInstanceMetadataDefaults"}
 LAUNCH_TEMPLATE_WRITES = {"ec2:CreateLaunchTemplateVersion", "ec2:ModifyLaunchTemplate"}
 IMAGE_WRITES = {"ec2:ModifyImageAttribute"}
 # Every combination of the opt-ins: the least-privilege rules must hold in each.
 OPT_INS = [
-    {"set_account_default": a, "fix_launch_templates": t, "fix_images": i}
+    {"set_account_default": a, "rollback": r, "fix_launch_templates": t, "fix_images": i}
     for a in (False, True)
+    for r in (False, True)
     for t in (False, True)
     for i in (False, True)
 ]
 
 
 def _statements(
-    set_account_default: bool = False, fix_launch_templates: bool = False, fix_images: bool = False
+    set_account_default: bool = False,
+    rollback: bool = False,
+    fix_launch_templates: bool = False,
+    fix_images: bool = False,
 ) -> dict[str, list[dict[str, Any]]]:
     launch_watch = launch_watch_permissions(
         instance_arn=INSTANCE_ARN,
         launch_template_arn=LAUNCH_TEMPLATE_ARN,
         image_arn=IMAGE_ARN,
+        ledger_table_arn=TABLE_ARN,
         fix_launch_templates=fix_launch_templates,
         fix_images=fix_images,
     )
@@ -43,14 +50,19 @@ def _statements(
         instance_arn=INSTANCE_ARN,
         exempt_tag_key="imdsv2-exempt",
         set_account_default=set_account_default,
+        rollback=rollback,
         launch_template_arn=LAUNCH_TEMPLATE_ARN,
         image_arn=IMAGE_ARN,
         fix_launch_templates=fix_launch_templates,
         fix_images=fix_images,
     )
+    rejection_watch = rejection_watch_permissions(
+        instance_arn=INSTANCE_ARN, exempt_tag_key="imdsv2-exempt", rollback=rollback
+    )
     return {
         "launch_watch": [p.statement.to_statement_json() for p in launch_watch],
         "usage_gate": [p.statement.to_statement_json() for p in usage_gate],
+        "rejection_watch": [p.statement.to_statement_json() for p in rejection_watch],
     }
 
 
@@ -58,11 +70,15 @@ def _actions(statements: list[dict[str, Any]]) -> set[str]:
     return {action for statement in statements for action in as_list(statement["Action"])}
 
 
-def test_without_set_account_default_the_gate_cannot_touch_the_account_default() -> None:
-    statements = _statements(set_account_default=False)
-
-    assert not _actions(statements["usage_gate"]) & METADATA_DEFAULTS
-    assert not _actions(statements["launch_watch"]) & METADATA_DEFAULTS
+def test_without_set_account_default_nobody_may_change_the_account_default() -> None:
+    for rollback in (False, True):
+        statements = _statements(set_account_default=False, rollback=rollback)
+        for role in statements.values():
+            assert "ec2:ModifyInstanceMetadataDefaults" not in _actions(role)
+        # A rollback reads it (AWS refuses optional while it enforces IMDSv2); nothing else does.
+        assert ("ec2:GetInstanceMetadataDefaults" in _actions(statements["usage_gate"])) is rollback
+        assert ("ec2:GetInstanceMetadataDefaults" in _actions(statements["rejection_watch"])) is rollback
+        assert not _actions(statements["launch_watch"]) & METADATA_DEFAULTS
 
 
 def test_with_set_account_default_the_gate_may_read_and_set_it() -> None:
@@ -78,6 +94,8 @@ def test_only_unscopable_actions_get_resource_star_and_no_action_is_a_wildcard(o
         "ec2:CreateLaunchTemplateVersion": LAUNCH_TEMPLATE_ARN,
         "ec2:ModifyLaunchTemplate": LAUNCH_TEMPLATE_ARN,
         "ec2:ModifyImageAttribute": IMAGE_ARN,
+        "dynamodb:BatchGetItem": TABLE_ARN,
+        "dynamodb:BatchWriteItem": TABLE_ARN,
     }
     for statements in _statements(**opt_ins).values():
         for statement in statements:
@@ -92,6 +110,9 @@ def test_only_unscopable_actions_get_resource_star_and_no_action_is_a_wildcard(o
 
 def test_both_enforcers_always_read_the_launch_sources_and_change_none_by_default() -> None:
     for role, statements in _statements().items():
+        if role == "rejection_watch":
+            assert not _actions(statements) & (LAUNCH_SOURCE_READS | LAUNCH_TEMPLATE_WRITES | IMAGE_WRITES)
+            continue
         actions = _actions(statements)
         assert actions >= LAUNCH_SOURCE_READS, role
         assert not actions & (LAUNCH_TEMPLATE_WRITES | IMAGE_WRITES), role
@@ -99,6 +120,8 @@ def test_both_enforcers_always_read_the_launch_sources_and_change_none_by_defaul
 
 def test_fix_launch_templates_grants_only_the_launch_template_writes() -> None:
     for role, statements in _statements(fix_launch_templates=True).items():
+        if role == "rejection_watch":
+            continue
         (writes,) = [s for s in statements if set(as_list(s["Action"])) & LAUNCH_TEMPLATE_WRITES]
         assert writes == {
             "Sid": "RequireImdsv2OnLaunchTemplates",
@@ -111,6 +134,8 @@ def test_fix_launch_templates_grants_only_the_launch_template_writes() -> None:
 
 def test_fix_images_grants_only_the_image_attribute_write() -> None:
     for role, statements in _statements(fix_images=True).items():
+        if role == "rejection_watch":
+            continue
         assert {
             "Sid": "RequireImdsv2OnImages",
             "Effect": "Allow",
@@ -120,16 +145,29 @@ def test_fix_images_grants_only_the_image_attribute_write() -> None:
         assert not _actions(statements) & LAUNCH_TEMPLATE_WRITES, role
 
 
-def test_tagging_is_limited_to_the_service_tags_and_the_gate_may_also_write_the_exemption() -> None:
-    statements = _statements(set_account_default=False)
+@pytest.mark.parametrize("rollback", [False, True])
+def test_tagging_is_limited_to_the_service_tags_and_the_exemption_only_with_rollback(rollback: bool) -> None:
+    statements = _statements(rollback=rollback)
 
     def tag_keys(role: str) -> list[str]:
-        (create_tags,) = [s for s in statements[role] if s["Action"] == "ec2:CreateTags"]
+        found = [s for s in statements[role] if s["Action"] == "ec2:CreateTags"]
+        if not found:
+            return []
+        (create_tags,) = found
         keys: list[str] = create_tags["Condition"]["ForAllValues:StringEquals"]["aws:TagKeys"]
         return keys
 
+    exempt = ["imdsv2-exempt"] if rollback else []
     assert tag_keys("launch_watch") == ["imdsv2-enforcer:enforced-at", "imdsv2-enforcer:enforced-by"]
-    assert tag_keys("usage_gate") == ["imdsv2-enforcer:enforced-at", "imdsv2-enforcer:enforced-by", "imdsv2-exempt"]
+    assert tag_keys("usage_gate") == [
+        "imdsv2-enforcer:enforced-at",
+        "imdsv2-enforcer:enforced-by",
+        "imdsv2-enforcer:prepared-at",
+        *exempt,
+    ]
+    # The rejection watch changes nothing at all unless it may roll back.
+    assert tag_keys("rejection_watch") == exempt
+    assert ("ec2:ModifyInstanceMetadataOptions" in _actions(statements["rejection_watch"])) is rollback
 
 
 SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:slack-??????"

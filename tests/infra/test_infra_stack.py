@@ -11,7 +11,7 @@ from aws_cdk.assertions import Capture, Match, Matcher, Template
 
 from emulator import ACCOUNT
 from imds_enforcer.domain.settings import EnforcementMode, Settings
-from infra.config import PLACEHOLDER_TOPIC_ARN
+from infra.config import PLACEHOLDER_TOPIC_ARN, PLACEHOLDERS
 from tests.infra.template_helpers import LAUNCH_SOURCE_READS, as_list, render
 
 REGIONS = ("us-east-1", "eu-west-1")
@@ -19,9 +19,11 @@ HANDLERS = {
     "launch_watch": "imds_enforcer.handlers.launch_watch.handler",
     "usage_gate": "imds_enforcer.handlers.usage_gate.handler",
 }
+# Woken by the rejection alarm: reports (and, opt-in, rolls back) instances rejecting IMDSv1; sweeps nothing.
+REJECTION_WATCH_HANDLER = "imds_enforcer.handlers.rejection_watch.handler"
 # The Slack notifier is deployed too (conftest configures its secret); it neither reports nor touches instances.
 SLACK_HANDLER = "imds_enforcer.handlers.slack_notify.handler"
-ALL_HANDLERS = [*HANDLERS.values(), SLACK_HANDLER]
+ALL_HANDLERS = [*HANDLERS.values(), REJECTION_WATCH_HANDLER, SLACK_HANDLER]
 SERVICE_TAGS = ["imdsv2-enforcer:enforced-at", "imdsv2-enforcer:enforced-by"]
 
 
@@ -83,13 +85,15 @@ def test_every_cdk_nag_acknowledgement_is_narrow_and_explained(synthesized: Any)
                     for rule, reason in entry["data"].items():
                         assert len(reason) > 60, f"{rule} on {path} needs a specific reason"
                         acknowledged.setdefault(path.split("/", 2)[2], set()).add(rule.split("[")[0])
-    # ...then only the two enforcers' wildcard resources and the DLQs' "no DLQ" are acknowledged, nothing stack-wide
+    # ...then only the three enforcers' wildcard resources and the DLQs' "no DLQ" are acknowledged, nothing stack-wide
     # (the Slack notifier's secret grant needs none: '-??????' matches one secret's random suffix, not a wildcard).
     assert acknowledged == {
         "LaunchWatch/Enforcer/Role/DefaultPolicy": {"AwsSolutions::AwsSolutions-IAM5"},
         "UsageGate/Enforcer/Role/DefaultPolicy": {"AwsSolutions::AwsSolutions-IAM5"},
+        "RejectionWatch/Enforcer/Role/DefaultPolicy": {"AwsSolutions::AwsSolutions-IAM5"},
         "LaunchWatch/Enforcer/DeadLetterQueue": {"AwsSolutions::AwsSolutions-SQS3"},
         "UsageGate/Enforcer/DeadLetterQueue": {"AwsSolutions::AwsSolutions-SQS3"},
+        "RejectionWatch/Enforcer/DeadLetterQueue": {"AwsSolutions::AwsSolutions-SQS3"},
         "SlackNotifier/Enforcer/DeadLetterQueue": {"AwsSolutions::AwsSolutions-SQS3"},
     }
 
@@ -202,21 +206,25 @@ def test_functions_run_python_3_14_on_arm_with_the_layer(
 
 
 @pytest.mark.parametrize("region", REGIONS)
-@pytest.mark.parametrize("name", sorted(HANDLERS))
-def test_function_environment_parses_with_the_runtime_settings(synthesized: Any, region: str, name: str) -> None:
+@pytest.mark.parametrize("handler", [*HANDLERS.values(), REJECTION_WATCH_HANDLER])
+def test_function_environment_parses_with_the_runtime_settings(synthesized: Any, region: str, handler: str) -> None:
     # Given the environment a function deploys with...
     template = synthesized.template(region)
-    env = dict(_function(template, HANDLERS[name])["Properties"]["Environment"]["Variables"])
+    env = dict(_function(template, handler)["Properties"]["Environment"]["Variables"])
     topic_id = _only_logical_id(template, "AWS::SNS::Topic")
+    table_id = _only_logical_id(template, "AWS::DynamoDB::GlobalTable")
     assert env.pop("REPORT_TOPIC_ARN") == {"Ref": topic_id}
+    assert env.pop("LEDGER_TABLE_NAME") == {"Ref": table_id}
 
-    # ...when the handler reads it (the topic ARN is only known at deploy time)...
-    settings = Settings.from_env({**env, "REPORT_TOPIC_ARN": PLACEHOLDER_TOPIC_ARN})
+    # ...when the handler reads it (the topic and table are only known at deploy time)...
+    placeholders = {"REPORT_TOPIC_ARN": PLACEHOLDER_TOPIC_ARN, "LEDGER_TABLE_NAME": PLACEHOLDERS["LEDGER_TABLE_NAME"]}
+    settings = Settings.from_env({**env, **placeholders})
 
     # ...then it holds what the context said.
     assert settings == Settings(
         ENFORCEMENT_MODE=EnforcementMode.FIX,
         REPORT_TOPIC_ARN=PLACEHOLDER_TOPIC_ARN,
+        LEDGER_TABLE_NAME=PLACEHOLDERS["LEDGER_TABLE_NAME"],
         LOOKBACK_DAYS=21,
         EXEMPT_TAG_KEY="imdsv2-exempt",
         ROLLBACK_ON_REJECTED=True,
@@ -228,12 +236,15 @@ def test_function_environment_parses_with_the_runtime_settings(synthesized: Any,
     assert env["POWERTOOLS_SERVICE_NAME"] == "imds-enforcer"
     assert env["POWERTOOLS_METRICS_NAMESPACE"] == "ImdsEnforcer"
     assert env["POWERTOOLS_LOG_LEVEL"] == "INFO"
-    assert synthesized.config.lambda_settings(PLACEHOLDER_TOPIC_ARN) == settings
+    assert (
+        synthesized.config.lambda_settings(PLACEHOLDER_TOPIC_ARN, ledger_table_name=PLACEHOLDERS["LEDGER_TABLE_NAME"])
+        == settings
+    )
 
 
 def test_each_function_logs_to_its_own_group_with_retention(template: Template) -> None:
     groups = template.find_resources("AWS::Logs::LogGroup")
-    assert len(groups) == 3
+    assert len(groups) == len(ALL_HANDLERS)
     assert all(group["Properties"]["RetentionInDays"] == 30 for group in groups.values())
     for handler in ALL_HANDLERS:
         group_id = _function(template, handler)["Properties"]["LoggingConfig"]["LogGroup"]["Ref"]
@@ -244,7 +255,7 @@ def test_each_function_logs_to_its_own_group_with_retention(template: Template) 
 
 def test_failed_async_invocations_go_to_an_encrypted_tls_only_queue(template: Template) -> None:
     queue = Capture()
-    template.resource_count_is("AWS::Lambda::EventInvokeConfig", 3)
+    template.resource_count_is("AWS::Lambda::EventInvokeConfig", len(ALL_HANDLERS))
     template.has_resource_properties(
         "AWS::Lambda::EventInvokeConfig",
         {
@@ -266,7 +277,7 @@ def test_failed_async_invocations_go_to_an_encrypted_tls_only_queue(template: Te
                 )
             }
         },
-        3,
+        len(ALL_HANDLERS),
     )
 
 
@@ -292,8 +303,8 @@ def _rule_targets(template: Template, handler: str) -> Matcher:
 
 
 def test_launch_watch_rules_match_exactly_the_launch_events(template: Template) -> None:
-    # The launch watch's three rules and the gate's schedule.
-    template.resource_count_is("AWS::Events::Rule", 4)
+    # The launch watch's three rules, the gate's schedule and the rejection alarm's rule.
+    template.resource_count_is("AWS::Events::Rule", 5)
     targets = _rule_targets(template, HANDLERS["launch_watch"])
     # EC2's calls: launches, metadata option changes, and the launch sources (launch templates, registered AMIs).
     template.has_resource_properties(
@@ -369,6 +380,104 @@ def test_usage_gate_runs_on_the_configured_schedule(template: Template) -> None:
     )
 
 
+def test_the_rejection_alarm_reads_every_instance_at_five_minutes_and_wakes_the_rejection_watch(
+    template: Template,
+) -> None:
+    # One alarm over EC2's MetadataNoTokenRejected of every instance (a Metrics Insights query), 5-minute period...
+    template.has_resource_properties(
+        "AWS::CloudWatch::Alarm",
+        {
+            "Metrics": [
+                {
+                    "Expression": 'SELECT SUM(MetadataNoTokenRejected) FROM SCHEMA("AWS/EC2", InstanceId)',
+                    "Id": Match.any_value(),
+                    "Label": Match.any_value(),
+                    "Period": 300,
+                    "ReturnData": True,
+                }
+            ],
+            "Threshold": 0,
+            "ComparisonOperator": "GreaterThanThreshold",
+            "EvaluationPeriods": 1,
+            "TreatMissingData": "notBreaching",
+            "AlarmActions": [{"Ref": _only_logical_id(template, "AWS::SNS::Topic")}],
+        },
+    )
+    (alarm_id,) = [
+        logical_id
+        for logical_id, alarm in template.find_resources("AWS::CloudWatch::Alarm").items()
+        if "SELECT" in json.dumps(alarm["Properties"].get("Metrics", []))
+    ]
+    # ...whose going into ALARM (and only that) runs the rejection watch.
+    template.has_resource_properties(
+        "AWS::Events::Rule",
+        {
+            "EventPattern": {
+                "source": ["aws.cloudwatch"],
+                "detail-type": ["CloudWatch Alarm State Change"],
+                "resources": [{"Fn::GetAtt": [alarm_id, "Arn"]}],
+                "detail": {"state": {"value": ["ALARM"]}},
+            },
+            "State": "ENABLED",
+            "Targets": _rule_targets(template, REJECTION_WATCH_HANDLER),
+        },
+    )
+
+
+def test_the_rejection_watch_reads_and_only_rolls_back_what_it_may(template: Template) -> None:
+    statements = _role_policy_statements(template, REJECTION_WATCH_HANDLER)
+    actions = {action for statement in statements for action in as_list(statement["Action"])}
+    # rollback_on_rejected is on in this context: it may set instances back and write the exemption tag, and reads
+    # the account default first; it sweeps nothing and fixes no launch source
+    assert actions - {
+        "logs:CreateLogStream",
+        "logs:PutLogEvents",
+        "sqs:SendMessage",
+        "sqs:GetQueueAttributes",
+        "sqs:GetQueueUrl",
+        "sns:Publish",
+        "kms:GenerateDataKey",
+        "kms:Decrypt",
+    } == {
+        "ec2:DescribeInstances",
+        "cloudwatch:GetMetricData",
+        "ec2:ModifyInstanceMetadataOptions",
+        "ec2:CreateTags",
+        "ec2:GetInstanceMetadataDefaults",
+    }
+
+
+def test_the_state_table_is_encrypted_recoverable_and_expires_its_items(template: Template) -> None:
+    template.has_resource_properties(
+        "AWS::DynamoDB::GlobalTable",
+        {
+            "BillingMode": "PAY_PER_REQUEST",
+            "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}],
+            "TimeToLiveSpecification": {"AttributeName": "expires_at", "Enabled": True},
+            "Replicas": [Match.object_like({"PointInTimeRecoverySpecification": {"PointInTimeRecoveryEnabled": True}})],
+        },
+    )
+    # Only the launch watch reads and writes it, one item operation pair, on this table.
+    table_id = _only_logical_id(template, "AWS::DynamoDB::GlobalTable")
+    for handler in ALL_HANDLERS:
+        grants = [
+            s
+            for s in _role_policy_statements(template, handler)
+            if any(a.startswith("dynamodb:") for a in as_list(s["Action"]))
+        ]
+        if handler == HANDLERS["launch_watch"]:
+            assert grants == [
+                {
+                    "Sid": "ReadWriteLedger",
+                    "Action": ["dynamodb:BatchGetItem", "dynamodb:BatchWriteItem"],
+                    "Effect": "Allow",
+                    "Resource": {"Fn::GetAtt": [table_id, "Arn"]},
+                }
+            ]
+        else:
+            assert grants == [], handler
+
+
 # ---- IAM -----------------------------------------------------------------------------------------------------
 
 
@@ -378,8 +487,8 @@ def test_no_identity_policy_grants_a_wildcard_action(synthesized: Any, region: s
     # away and grants nothing, so the guardrail's Deny "*" (every call made with IMDSv1-delivered role
     # credentials, as AWS documents it) is not a wildcard grant; it is checked to be exactly that one statement.
     policies = list(_identity_policies(synthesized.templates[f"ImdsEnforcer-{region}"]))
-    # Three roles' policies everywhere; the guardrail managed policy only in the first region's stack.
-    assert len(policies) == (4 if region == REGIONS[0] else 3)
+    # One policy per Lambda role everywhere; the guardrail managed policy only in the first region's stack.
+    assert len(policies) == len(ALL_HANDLERS) + (1 if region == REGIONS[0] else 0)
     wildcard_denies = []
     for logical_id, document in policies:
         for statement in document["Statement"]:
@@ -402,14 +511,14 @@ def test_roles_live_under_the_path_the_launch_watch_recognises_as_its_own(templa
     lambda_roles = template.find_resources(
         "AWS::IAM::Role", {"Properties": {"AssumeRolePolicyDocument": _trusting("lambda.amazonaws.com")}}
     )
-    assert len(lambda_roles) == 3
+    assert len(lambda_roles) == len(ALL_HANDLERS)
     assert {role["Properties"]["Path"] for role in lambda_roles.values()} == {Settings().SERVICE_ROLE_PATH}
     # The only other role is the Slack channel's (AWS Chatbot); the service path would exempt it from the guardrails.
     (chat_role,) = template.find_resources(
         "AWS::IAM::Role", {"Properties": {"AssumeRolePolicyDocument": _trusting("chatbot.amazonaws.com")}}
     ).values()
     assert "Path" not in chat_role["Properties"]
-    assert len(template.find_resources("AWS::IAM::Role")) == 4
+    assert len(template.find_resources("AWS::IAM::Role")) == len(ALL_HANDLERS) + 1
 
 
 def _trusting(service: str) -> Matcher:
@@ -429,11 +538,16 @@ def test_instance_changes_are_scoped_to_this_accounts_instances(synthesized: Any
 
 
 @pytest.mark.parametrize(
-    ("name", "tag_keys"),
-    [("launch_watch", SERVICE_TAGS), ("usage_gate", [*SERVICE_TAGS, "imdsv2-exempt"])],
+    ("handler", "tag_keys"),
+    [
+        (HANDLERS["launch_watch"], SERVICE_TAGS),
+        # prepared-at for a container host's hop limit; the exemption tag because rollback_on_rejected is on
+        (HANDLERS["usage_gate"], [*SERVICE_TAGS, "imdsv2-enforcer:prepared-at", "imdsv2-exempt"]),
+        (REJECTION_WATCH_HANDLER, ["imdsv2-exempt"]),
+    ],
 )
-def test_tagging_is_limited_to_the_service_tag_keys(template: Template, name: str, tag_keys: list[str]) -> None:
-    (create_tags,) = [s for s in _role_policy_statements(template, HANDLERS[name]) if s["Action"] == "ec2:CreateTags"]
+def test_tagging_is_limited_to_the_service_tag_keys(template: Template, handler: str, tag_keys: list[str]) -> None:
+    (create_tags,) = [s for s in _role_policy_statements(template, handler) if s["Action"] == "ec2:CreateTags"]
     assert create_tags["Condition"] == {"ForAllValues:StringEquals": {"aws:TagKeys": tag_keys}}
 
 

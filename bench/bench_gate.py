@@ -34,7 +34,14 @@ from emulator import ACCOUNT, REGION
 
 ROOT = Path(__file__).resolve().parent.parent
 
-OPERATIONS = ("DescribeInstances", "GetMetricData", "ModifyInstanceMetadataOptions", "CreateTags", "Publish")
+OPERATIONS = (
+    "DescribeInstances",
+    "DescribeImages",
+    "GetMetricData",
+    "ModifyInstanceMetadataOptions",
+    "CreateTags",
+    "Publish",
+)
 
 
 def _free_port() -> int:
@@ -76,10 +83,10 @@ def _serve(port: int, commands: Connection) -> None:
             ]
             commands.send(seeded)
         elif command == "age":
-            ids, launched = payload
-            backend = ec2_backends[ACCOUNT][REGION]
-            for instance_id in ids:
-                backend.get_instance(instance_id).launch_time = launched
+            from emulator.fleet import backdate_launch
+
+            ids, days = payload
+            backdate_launch(ids, days)  # the first launch (primary interface, root volume) and LaunchTime
             commands.send("aged")
         else:
             server.stop()
@@ -104,7 +111,10 @@ class Result:
         return {
             # The optional listing, plus one page for the watch listing (instances tagged enforced-at).
             "DescribeInstances": math.ceil(self.size / 1000) + 1,
-            "GetMetricData": math.ceil(self.size / 500),
+            # The instances' AMIs (one AMI here: one call per 200 distinct AMIs), and the own-AMI launch-source check.
+            "DescribeImages": 2,
+            # MetadataNoToken and the running reference (CPUUtilization) for every optional instance, 500 a call.
+            "GetMetricData": math.ceil(2 * self.size / 500),
             "ModifyInstanceMetadataOptions": self.ready,
             "CreateTags": 1 if self.ready else 0,
             "Publish": self.calls["Publish"],  # one per report part (SNS: 256 KB a message)
@@ -117,19 +127,21 @@ def _seed(size: int, ready: int, commands: Connection) -> list[str]:
     commands.send(("seed", size))
     ids: list[str] = commands.recv()
     chosen = ids[:ready]
-    commands.send(("age", (chosen, (datetime.now(UTC) - timedelta(days=30)).replace(tzinfo=None))))
+    commands.send(("age", (chosen, 30)))
     commands.recv()
     now = datetime.now(UTC)
     cloudwatch = boto3.client("cloudwatch")
+    # One MetadataNoToken (zero) and one CPUUtilization (it ran) datapoint a day: enough for the gate's day slices.
     data: list[Any] = [
         {
-            "MetricName": "MetadataNoToken",
+            "MetricName": metric,
             "Dimensions": [{"Name": "InstanceId", "Value": instance_id}],
             "Timestamp": now - timedelta(days=day, hours=3),
-            "Value": 0.0,
+            "Value": value,
         }
         for instance_id in chosen
         for day in range(14)
+        for metric, value in (("MetadataNoToken", 0.0), ("CPUUtilization", 3.0))
     ]
     for start in range(0, len(data), 1000):
         cloudwatch.put_metric_data(Namespace="AWS/EC2", MetricData=data[start : start + 1000])

@@ -101,27 +101,38 @@ def _main(transcript: Transcript) -> int:
 
 
 def _run(checks: Checks, transcript: Transcript, *, endpoint_url: str) -> None:
+    import boto3
+
     from demo import show
     from demo.aws import actions_by_resource, snapshot
     from demo.context import DemoLambdaContext
     from emulator import events
-    from emulator.fleet import seed_fleet
+    from emulator.fleet import create_ledger_table, put_rejections, seed_fleet, seed_new_launches
     from emulator.observe import CallCounter, Inbox
     from imds_enforcer.aws import clients
     from imds_enforcer.handlers import launch_watch
 
     show.heading("Seeding the emulator")
-    fleet = seed_fleet()
+    fleet = seed_fleet(backdate_days=60)
+    fresh = seed_new_launches()
+    ledger = create_ledger_table("imds-enforcer-state")
     inbox = Inbox.create()
-    print(f"  {len(fleet.all)} instances (one per reservation), 14 days of hourly AWS/EC2 MetadataNoToken each")
+    print(
+        f"  {len(fleet.all)} established instances (one per reservation, first launched 60 days ago), with 14 days of"
+        " AWS/EC2 MetadataNoToken and CPUUtilization each"
+    )
+    print(f"  {len(fresh.all)} instances launched just now (no history yet)")
+    print(f"  the stack's ledger table {ledger} (what was last reported about each instance)")
     print(f"  report topic {inbox.topic_arn}, with an SQS queue subscribed")
     before = snapshot(fleet.all)
     show.fleet("fleet before", before, fleet.roles, exempt_tag_key=EXEMPT_TAG_KEY)
+    fresh_before = snapshot(fresh.all)
+    show.fleet("new launches before", fresh_before, fresh.roles, exempt_tag_key=EXEMPT_TAG_KEY)
 
-    names = {instance_id: row.name for instance_id, row in before.items()}
+    names = {instance_id: row.name for instance_id, row in {**before, **fresh_before}.items()}
 
     # Count what the product sends, on its own (cached) clients: that is what idempotence means in AWS terms.
-    counter = CallCounter().attach(clients.ec2(), clients.sns())
+    counter = CallCounter().attach(clients.ec2(), clients.cloudwatch(), clients.dynamodb(), clients.sns())
 
     context = DemoLambdaContext(function_name="imds-enforcer-launch-watch", account=ACCOUNT, region=REGION)
 
@@ -139,52 +150,40 @@ def _run(checks: Checks, transcript: Transcript, *, endpoint_url: str) -> None:
         print("  AWS calls: " + (", ".join(f"{name} x{count}" for name, count in sorted(calls.items())) or "none"))
         return result, calls
 
-    launch_event = events.run_instances_event(fleet.all, account=ACCOUNT, region=REGION)
-    not_exempt = [instance_id for instance_id in fleet.optional if instance_id != fleet.exempt]
+    launch_event = events.run_instances_event(fresh.all, account=ACCOUNT, region=REGION)
 
     # (a) flag mode -------------------------------------------------------------------------------------------
-    show.heading("(a) Launch watch, flag mode: a RunInstances event for the whole fleet")
+    show.heading("(a) Launch watch, flag mode: a RunInstances event for three new instances")
     _settings_env(ENFORCEMENT_MODE="flag", REPORT_TOPIC_ARN=inbox.topic_arn)
     invoke(launch_event)
     received = inbox.drain()
     show.reports(received, names)
     actions = actions_by_resource(received)
-    for instance_id in not_exempt:
-        checks.expect(
-            actions.get(instance_id) == "flagged",
-            f"(a) {instance_id} should be flagged, got {actions.get(instance_id)}",
-        )
-    checks.expect(actions.get(fleet.exempt) == "exempt", "(a) the exempt instance should be reported exempt")
-    for instance_id in fleet.required:
-        checks.expect(instance_id not in actions, f"(a) {instance_id} is already required: nothing to report")
-    checks.expect(snapshot(fleet.all) == before, "(a) flag mode must change nothing")
+    for instance_id in fresh.all:
+        checks.expect(actions.get(instance_id) == "flagged", f"(a) {instance_id} should be flagged")
+    checks.expect(snapshot(fresh.all) == fresh_before, "(a) flag mode must change nothing")
 
     # (b) fix mode --------------------------------------------------------------------------------------------
-    show.heading("(b) Launch watch, fix mode: the same event")
+    show.heading("(b) Launch watch, fix mode: the same event (new instances have no history: enforced blind)")
     _settings_env(ENFORCEMENT_MODE="fix", REPORT_TOPIC_ARN=inbox.topic_arn)
     _, calls = invoke(launch_event)
     received = inbox.drain()
     show.reports(received, names)
-    after_fix = snapshot(fleet.all)
-    show.fleet("fleet after fix mode", after_fix, fleet.roles, exempt_tag_key=EXEMPT_TAG_KEY, before=before)
+    fresh_after = snapshot(fresh.all)
+    show.fleet("new launches after", fresh_after, fresh.roles, exempt_tag_key=EXEMPT_TAG_KEY, before=fresh_before)
     actions = actions_by_resource(received)
-    for instance_id in not_exempt:
-        row = after_fix[instance_id]
+    for instance_id in fresh.all:
         checks.expect(actions.get(instance_id) == "enforced", f"(b) {instance_id} should be enforced")
-        checks.expect(row.tokens == "required", f"(b) {instance_id} should end HttpTokens=required, is {row.tokens}")
-        checks.expect(row.tags.get(ENFORCED_BY_TAG) == "launch_watch", f"(b) {instance_id} should carry enforced-by")
-    for host in (fleet.eks_host, fleet.ecs_host):
-        checks.expect(after_fix[host].hop_limit == 2, f"(b) container host {host} should end with hop limit 2")
-    for instance_id in fleet.web:
-        checks.expect(after_fix[instance_id].hop_limit == 1, f"(b) web {instance_id} hop limit must stay 1")
-    checks.expect(after_fix[fleet.endpoint_disabled].endpoint == "disabled", "(b) a disabled endpoint stays disabled")
-    checks.expect(after_fix[fleet.stopped].state == "stopped", "(b) the stopped instance stays stopped")
-    checks.expect(after_fix[fleet.exempt] == before[fleet.exempt], "(b) the exempt instance must be untouched")
-    for instance_id in fleet.required:
-        checks.expect(after_fix[instance_id] == before[instance_id], f"(b) required {instance_id} must be untouched")
+        checks.expect(fresh_after[instance_id].tokens == "required", f"(b) {instance_id} should end required")
+        checks.expect(
+            fresh_after[instance_id].tags.get(ENFORCED_BY_TAG) == "launch_watch", f"(b) {instance_id} enforced-by"
+        )
+    checks.expect(fresh_after[fresh.node].hop_limit == 2, "(b) the new EKS node should get hop limit 2")
+    for instance_id in fresh.web:
+        checks.expect(fresh_after[instance_id].hop_limit == 1, f"(b) web {instance_id} hop limit must stay 1")
     checks.expect(
-        calls.get("ModifyInstanceMetadataOptions", 0) == len(not_exempt),
-        f"(b) one modify per enforced instance ({len(not_exempt)}), got {calls.get('ModifyInstanceMetadataOptions')}",
+        calls.get("ModifyInstanceMetadataOptions", 0) == len(fresh.all),
+        f"(b) one modify per new instance ({len(fresh.all)}), got {calls.get('ModifyInstanceMetadataOptions')}",
     )
 
     # (c) the same event again --------------------------------------------------------------------------------
@@ -194,44 +193,95 @@ def _run(checks: Checks, transcript: Transcript, *, endpoint_url: str) -> None:
     show.reports(received, names)
     checks.expect(calls.get("ModifyInstanceMetadataOptions", 0) == 0, "(c) a repeat must modify nothing")
     checks.expect(calls.get("CreateTags", 0) == 0, "(c) a repeat must tag nothing")
-    checks.expect(snapshot(fleet.all) == after_fix, "(c) a repeat must change nothing")
-    repeat_actions = set(actions_by_resource(received).values())
-    checks.expect(repeat_actions <= {"exempt"}, f"(c) a repeat reports no new action, got {sorted(repeat_actions)}")
-    if received:
-        show.note("Only the exemption is reported again: the instance is still optional, on purpose.")
+    checks.expect(snapshot(fresh.all) == fresh_after, "(c) a repeat must change nothing")
+    checks.expect(not received, "(c) a repeat reports nothing")
 
-    # (d) a regression --------------------------------------------------------------------------------------
-    show.heading("(d) Regression: an admin sets a web instance back to optional")
+    # (d) a restart is not a launch -------------------------------------------------------------------------
+    show.heading("(d) Monday 08:00, fix mode: the established fleet starts again (a running event for each)")
+    started = [i for i in fleet.optional if i != fleet.stopped]
+    show.note(
+        "A start resets LaunchTime; the primary network interface keeps the first launch (60 days ago). So these are"
+        " restarts, decided on each instance's own 14 days of evidence, in one GetMetricData call per event."
+    )
+    _settings_env(ENFORCEMENT_MODE="fix", REPORT_TOPIC_ARN=inbox.topic_arn, LEDGER_TABLE_NAME=ledger)
+    for instance_id in started:
+        invoke(events.state_change_event(instance_id, account=ACCOUNT, region=REGION))
+    received = inbox.drain()
+    show.reports(received, names)
+    morning = snapshot(fleet.all)
+    show.fleet("fleet after the morning start", morning, fleet.roles, exempt_tag_key=EXEMPT_TAG_KEY, before=before)
+    actions = actions_by_resource(received)
+    quiet = [*fleet.web, fleet.eks_host, fleet.ecs_host, fleet.endpoint_disabled]
+    for instance_id in quiet:
+        checks.expect(actions.get(instance_id) == "enforced", f"(d) quiet {instance_id} should be enforced on evidence")
+        checks.expect(morning[instance_id].tokens == "required", f"(d) {instance_id} should end required")
+    for host in (fleet.eks_host, fleet.ecs_host):
+        checks.expect(morning[host].hop_limit == 1, f"(d) quiet container host {host} keeps hop limit 1")
+    checks.expect(
+        actions.get(fleet.imdsv1_user) == "blocked" and morning[fleet.imdsv1_user].tokens == "optional",
+        f"(d) the known IMDSv1 user must be reported blocked and stay optional, got {actions.get(fleet.imdsv1_user)}",
+    )
+    checks.expect(actions.get(fleet.gappy) == "insufficient_data", "(d) the instance with metric gaps: insufficient")
+    checks.expect(morning[fleet.gappy].tokens == "optional", "(d) the instance with metric gaps stays optional")
+    checks.expect(actions.get(fleet.exempt) == "exempt", "(d) the exempt instance is reported exempt")
+    checks.expect(morning[fleet.exempt] == before[fleet.exempt], "(d) the exempt instance must be untouched")
+
+    # (e) the next morning -----------------------------------------------------------------------------------
+    show.heading("(e) Tuesday 08:00: the same instances start again")
+    for instance_id in (fleet.imdsv1_user, fleet.gappy, fleet.exempt):
+        boto3.client("ec2").stop_instances(InstanceIds=[instance_id])
+        boto3.client("ec2").start_instances(InstanceIds=[instance_id])
+        invoke(events.state_change_event(instance_id, account=ACCOUNT, region=REGION))
+    received = inbox.drain()
+    show.reports(received, names)
+    checks.expect(not received, "(e) unchanged verdicts are not posted again every morning")
+    checks.expect(snapshot(fleet.all) == morning, "(e) nothing changes")
+    show.note("Nothing is posted: the ledger says each verdict is the one reported yesterday.")
+
+    # (f) a regression --------------------------------------------------------------------------------------
+    show.heading("(f) Regression: an admin sets a web instance back to optional (no IMDSv1 call was rejected)")
     victim = fleet.web[0]
-    import boto3
-
     boto3.client("ec2").modify_instance_metadata_options(InstanceId=victim, HttpTokens="optional")
     print(f"  ModifyInstanceMetadataOptions {victim} HttpTokens=optional -> now {snapshot([victim])[victim].tokens}")
     invoke(events.modify_options_event(victim, "optional", caller_role="PlatformAdmin", account=ACCOUNT, region=REGION))
     received = inbox.drain()
     show.reports(received, names)
-    checks.expect(actions_by_resource(received).get(victim) == "enforced", f"(d) {victim} should be enforced again")
-    checks.expect(snapshot([victim])[victim].tokens == "required", f"(d) {victim} should end required")
+    checks.expect(actions_by_resource(received).get(victim) == "enforced", f"(f) {victim} should be enforced again")
+    checks.expect(snapshot([victim])[victim].tokens == "required", f"(f) {victim} should end required")
 
-    # (e) a foreign event -----------------------------------------------------------------------------------
-    show.heading(f"(e) A RunInstances event from another account ({FOREIGN_ACCOUNT})")
+    # (g) a set-back after rejections -----------------------------------------------------------------------
+    show.heading("(g) On call: IMDSv1 calls of a web instance were rejected, the engineer sets it back to optional")
+    broken = fleet.web[1]
+    put_rejections(broken, 23.0)
+    boto3.client("ec2").modify_instance_metadata_options(InstanceId=broken, HttpTokens="optional")
+    invoke(events.modify_options_event(broken, "optional", caller_role="OnCall", account=ACCOUNT, region=REGION))
+    received = inbox.drain()
+    show.reports(received, names)
+    checks.expect(
+        actions_by_resource(received).get(broken) == "flagged", f"(g) {broken} should be reported, not re-enforced"
+    )
+    checks.expect(snapshot([broken])[broken].tokens == "optional", f"(g) {broken} must stay optional")
+    show.note("The person who restored the workload stands: the report names them, the count, and the way out.")
+
+    # (h) a foreign event -----------------------------------------------------------------------------------
+    show.heading(f"(h) A RunInstances event from another account ({FOREIGN_ACCOUNT})")
     result, _ = invoke(events.run_instances_event(fleet.web, account=FOREIGN_ACCOUNT, region=REGION))
     received = inbox.drain()
     show.reports(received, names)
-    checks.expect(result["status"] == "ignored", "(e) a foreign event must be ignored")
-    checks.expect(FOREIGN_ACCOUNT in str(result.get("reason")), "(e) the reason should name the foreign account")
-    checks.expect(not received, "(e) a foreign event publishes nothing")
+    checks.expect(result["status"] == "ignored", "(h) a foreign event must be ignored")
+    checks.expect(FOREIGN_ACCOUNT in str(result.get("reason")), "(h) the reason should name the foreign account")
+    checks.expect(not received, "(h) a foreign event publishes nothing")
 
-    # (f) the usage gate ------------------------------------------------------------------------------------
-    show.heading("(f) Usage gate: scheduled sweep of instances that launched before the 14-day window")
+    # (i) the usage gate ------------------------------------------------------------------------------------
+    show.heading("(i) Usage gate: scheduled sweep of instances first launched before the 14-day window")
     gate = _import_gate()
     if gate is None:
         print(f"  the usage gate is not built yet ({GATE_MODULE} is missing): skipped")
     else:
         names = _run_gate(gate, inbox, names, checks)  # now with the gate candidates' names
 
-    # (g) launch sources -----------------------------------------------------------------------------------
-    show.heading("(g) Where new instances come from: launch templates, a launch configuration, an own AMI")
+    # (j) launch sources -----------------------------------------------------------------------------------
+    show.heading("(j) Where new instances come from: launch templates, a launch configuration, an own AMI")
     from emulator.fleet import seed_launch_sources
 
     sources = seed_launch_sources()
@@ -242,19 +292,19 @@ def _run(checks: Checks, transcript: Transcript, *, endpoint_url: str) -> None:
     )
     show.sources("launch sources", sources_before, sources.roles)
 
-    # (h) the CLI's audit -----------------------------------------------------------------------------------
-    show.heading("(h) imds-enforcer audit: the CLI's own code, in-process, read only")
+    # (k) the CLI's audit -----------------------------------------------------------------------------------
+    show.heading("(k) imds-enforcer audit: the CLI's own code, in-process, read only")
     _run_audit(endpoint_url, fleet.all, fleet.exempt, sources, sources_before, checks)
 
-    # (i) the gate fixes launch sources ---------------------------------------------------------------------
-    show.heading("(i) Usage gate, fix mode with FIX_LAUNCH_TEMPLATES=true and FIX_IMAGES=true: the launch sources")
+    # (l) the gate fixes launch sources ---------------------------------------------------------------------
+    show.heading("(l) Usage gate, fix mode with FIX_LAUNCH_TEMPLATES=true and FIX_IMAGES=true: the launch sources")
     if gate is None:
         print(f"  the usage gate is not built yet ({GATE_MODULE} is missing): skipped")
     else:
         _run_source_fixes(gate, inbox, names, sources, sources_before, checks)
 
-    # (j) Slack ---------------------------------------------------------------------------------------------
-    show.heading("(j) Slack notifier: every report from the topic, posted to a local Slack webhook")
+    # (m) Slack ---------------------------------------------------------------------------------------------
+    show.heading("(m) Slack notifier: every report from the topic, posted to a local Slack webhook")
     _run_slack(inbox, checks, transcript)
 
     show.heading("Fleet at the end")
@@ -286,13 +336,14 @@ def _run_gate(
 
     candidates = seed_gate_candidates()
     print(
-        f"  {len(candidates.all)} more optional instances, launched 30 days ago, 14 days of metrics: quiet ones,"
-        " an EKS node, one still calling IMDSv1, one with days of missing data, one exempt"
+        f"  {len(candidates.all)} more optional instances, first launched 30 days ago, 14 days of metrics: quiet ones,"
+        " a quiet EKS node, an EKS node whose pods call IMDSv1, one that runs on weekdays only (started this"
+        " morning), one still calling IMDSv1, one with days of missing data, one exempt"
     )
     before = snapshot(candidates.all)
     names = {**fleet_names, **{instance_id: row.name for instance_id, row in before.items()}}
     show.fleet("gate candidates before", before, candidates.roles, exempt_tag_key=EXEMPT_TAG_KEY)
-    should_enforce: Sequence[str] = (*candidates.quiet, candidates.container_host)
+    should_enforce: Sequence[str] = (*candidates.quiet, candidates.container_host, candidates.weekday_only)
 
     for mode in ("flag", "fix"):
         print(f"\n  --- gate in {mode} mode ---")
@@ -308,28 +359,36 @@ def _run_gate(
         for instance_id in should_enforce:
             checks.expect(
                 actions.get(instance_id) == expected_ready,
-                f"(f/{mode}) quiet {instance_id} should be {expected_ready}, got {actions.get(instance_id)}",
+                f"(i/{mode}) quiet {instance_id} should be {expected_ready}, got {actions.get(instance_id)}",
             )
         checks.expect(
             actions.get(candidates.imdsv1_user) == "blocked",
-            f"(f/{mode}) the IMDSv1 caller should be blocked, got {actions.get(candidates.imdsv1_user)}",
+            f"(i/{mode}) the IMDSv1 caller should be blocked, got {actions.get(candidates.imdsv1_user)}",
         )
         checks.expect(
             actions.get(candidates.gappy) == "insufficient_data",
-            f"(f/{mode}) the instance with gaps should be insufficient_data, got {actions.get(candidates.gappy)}",
+            f"(i/{mode}) the instance with gaps should be insufficient_data, got {actions.get(candidates.gappy)}",
         )
-        for instance_id in (candidates.imdsv1_user, candidates.gappy, candidates.exempt):
-            checks.expect(now[instance_id].tokens == "optional", f"(f/{mode}) {instance_id} must stay optional")
+        for instance_id in (candidates.imdsv1_user, candidates.gappy, candidates.exempt, candidates.noisy_node):
+            checks.expect(now[instance_id].tokens == "optional", f"(i/{mode}) {instance_id} must stay optional")
+        expected_noisy = "blocked" if mode == "flag" else "prepared"
+        checks.expect(
+            actions.get(candidates.noisy_node) == expected_noisy,
+            f"(i/{mode}) the EKS node calling IMDSv1: {expected_noisy}, got {actions.get(candidates.noisy_node)}",
+        )
         if mode == "flag":
-            checks.expect(now == before, "(f/flag) flag mode must change nothing")
+            checks.expect(now == before, "(i/flag) flag mode must change nothing")
         else:
             for instance_id in should_enforce:
-                checks.expect(now[instance_id].tokens == "required", f"(f/fix) {instance_id} should end required")
+                checks.expect(now[instance_id].tokens == "required", f"(i/fix) {instance_id} should end required")
                 checks.expect(
                     now[instance_id].tags.get(ENFORCED_BY_TAG) == "usage_gate",
-                    f"(f/fix) {instance_id} should carry enforced-by=usage_gate",
+                    f"(i/fix) {instance_id} should carry enforced-by=usage_gate",
                 )
-            checks.expect(now[candidates.container_host].hop_limit == 2, "(f/fix) the EKS node should end with hop 2")
+            checks.expect(now[candidates.container_host].hop_limit == 1, "(i/fix) the quiet EKS node keeps hop limit 1")
+            checks.expect(
+                now[candidates.noisy_node].hop_limit == 2, "(i/fix) the EKS node calling IMDSv1 gets hop limit 2"
+            )
             show.fleet("gate candidates after", now, candidates.roles, exempt_tag_key=EXEMPT_TAG_KEY, before=before)
     return names
 
@@ -371,7 +430,7 @@ def _run_audit(
     found = {(finding.resource_type, finding.resource_id): finding.action.value for finding in region.report.findings}
     kinds = {resource_type for resource_type, _ in found}
     for kind in ("instance", "launch_template", "launch_configuration", "image", "account"):
-        checks.expect(kind in kinds, f"(h) the audit should report a {kind} finding, reported {sorted(kinds)}")
+        checks.expect(kind in kinds, f"(k) the audit should report a {kind} finding, reported {sorted(kinds)}")
     for key, expected in (
         (("instance", exempt), "exempt"),
         (("launch_template", sources.open_template), "flagged"),
@@ -380,20 +439,20 @@ def _run_audit(
         (("image", sources.image), "flagged"),
         (("account", ACCOUNT), "flagged"),
     ):
-        checks.expect(found.get(key) == expected, f"(h) {key[0]} {key[1]} should be {expected}, got {found.get(key)}")
+        checks.expect(found.get(key) == expected, f"(k) {key[0]} {key[1]} should be {expected}, got {found.get(key)}")
     checks.expect(
-        ("launch_template", sources.required_template) not in found, "(h) the required template has nothing to report"
+        ("launch_template", sources.required_template) not in found, "(k) the required template has nothing to report"
     )
     steps = {step.name: step.status for step in region.steps()}
     for name in ("launch templates", "launch configurations", "AMIs (ImdsSupport)", "account default"):
         checks.expect(
-            steps.get(name) == "action", f"(h) transition step {name!r} should be to do, is {steps.get(name)}"
+            steps.get(name) == "action", f"(k) transition step {name!r} should be to do, is {steps.get(name)}"
         )
     checks.expect(
-        result.guardrail_hint.readiness.value == "not_ready", "(h) the account is not ready for guardrails yet"
+        result.guardrail_hint.readiness.value == "not_ready", "(k) the account is not ready for guardrails yet"
     )
-    checks.expect(snapshot(instance_ids) == instances_before, "(h) the audit must change no instance")
-    checks.expect(_sources_now(sources) == sources_before, "(h) the audit must change no launch source")
+    checks.expect(snapshot(instance_ids) == instances_before, "(k) the audit must change no instance")
+    checks.expect(_sources_now(sources) == sources_before, "(k) the audit must change no launch source")
 
 
 def _run_source_fixes(
@@ -444,21 +503,21 @@ def _run_source_fixes(
     ):
         checks.expect(
             actions.get(resource_id) == expected,
-            f"(i) {resource_id} should be {expected}, got {actions.get(resource_id)}",
+            f"(l) {resource_id} should be {expected}, got {actions.get(resource_id)}",
         )
-    checks.expect(sources.required_template not in actions, "(i) the required template has nothing to report")
+    checks.expect(sources.required_template not in actions, "(l) the required template has nothing to report")
     fixed = after[sources.open_template]
     checks.expect(
         fixed.default_version == "2 of 2" and fixed.setting == "HttpTokens required",
-        f"(i) the template should have a new default version 2 requiring IMDSv2, is {fixed.default_version}"
+        f"(l) the template should have a new default version 2 requiring IMDSv2, is {fixed.default_version}"
         f" / {fixed.setting}",
     )
-    checks.expect(fixed.used_by == before[sources.open_template].used_by, "(i) its group must still launch $Default")
+    checks.expect(fixed.used_by == before[sources.open_template].used_by, "(l) its group must still launch $Default")
     checks.expect(
-        after[sources.image].setting == "ImdsSupport v2.0", f"(i) the AMI should end v2.0: {after[sources.image]}"
+        after[sources.image].setting == "ImdsSupport v2.0", f"(l) the AMI should end v2.0: {after[sources.image]}"
     )
     for unchanged in (sources.eks_template, sources.required_template, sources.launch_configuration):
-        checks.expect(after[unchanged] == before[unchanged], f"(i) {unchanged} must be left unchanged")
+        checks.expect(after[unchanged] == before[unchanged], f"(l) {unchanged} must be left unchanged")
 
 
 def _run_slack(inbox: Inbox, checks: Checks, transcript: Transcript) -> None:

@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 from emulator.observe import Received
 
-MAX_LINES_PER_POST = 25
+MAX_LINES_PER_POST = 40
 
 _LINK = re.compile(r"<([^<>|]+)\|([^<>]+)>")  # <url|label>
 _BARE_LINK = re.compile(r"<([^<>|]+)>")  # <url>

@@ -160,7 +160,9 @@ class GateCandidates:
     """A fresh set of optional instances for the usage gate, each with a known verdict."""
 
     quiet: tuple[str, ...]  # zero IMDSv1 calls over the whole window: enforce
-    container_host: str  # quiet EKS node at hop limit 1: enforce with hop limit 2
+    container_host: str  # quiet EKS node at hop limit 1: enforce, keeping hop limit 1
+    noisy_node: str  # EKS node whose pods call IMDSv1 at hop limit 1: prepare (hop limit 2, tokens optional)
+    weekday_only: str  # runs Monday to Friday, started this morning, quiet: enforce (weekends are not gaps)
     imdsv1_user: str  # IMDSv1 calls in the window: block
     gappy: str  # days without data: insufficient data
     exempt: str  # exemption tag: never touched
@@ -168,7 +170,15 @@ class GateCandidates:
 
     @property
     def all(self) -> tuple[str, ...]:
-        return (*self.quiet, self.container_host, self.imdsv1_user, self.gappy, self.exempt)
+        return (
+            *self.quiet,
+            self.container_host,
+            self.noisy_node,
+            self.weekday_only,
+            self.imdsv1_user,
+            self.gappy,
+            self.exempt,
+        )
 
 
 def seed_gate_candidates(
@@ -186,18 +196,28 @@ def seed_gate_candidates(
 
     tags = {"team": "intranet", "env": "prod"}
     quiet = tuple(launch("quiet", f"intranet-{index + 1:02d}", tags=tags) for index in range(quiet_count))
-    container_host = launch(
-        "eks-host",
-        "eks-node-b",
-        tags={**tags, "eks:cluster-name": "intranet", "kubernetes.io/cluster/intranet": "owned"},
-    )
+    node_tags = {**tags, "eks:cluster-name": "intranet", "kubernetes.io/cluster/intranet": "owned"}
+    container_host = launch("eks-host", "eks-node-b", tags=node_tags)
+    noisy_node = launch("eks-host, pods on IMDSv1", "eks-node-c", tags=node_tags)
+    weekday_only = launch("weekdays only", "office-vdi", tags={"team": "it", "env": "prod"})
     imdsv1_user = launch("imdsv1-user", "wiki-legacy", tags=tags)
     gappy = launch("metrics-gaps", "cron-box", tags=tags)
     exempt = launch("exempt", "license-server", tags={**tags, EXEMPT_TAG_KEY: "licence check reads IMDSv1"})
     candidates = GateCandidates(
-        quiet=quiet, container_host=container_host, imdsv1_user=imdsv1_user, gappy=gappy, exempt=exempt, roles=roles
+        quiet=quiet,
+        container_host=container_host,
+        noisy_node=noisy_node,
+        weekday_only=weekday_only,
+        imdsv1_user=imdsv1_user,
+        gappy=gappy,
+        exempt=exempt,
+        roles=roles,
     )
     seed_usage([*quiet, container_host, exempt], days=metric_days, now=now)
+    seed_usage([noisy_node], days=metric_days, now=now, calls={5 * 24 + 2: 18.0, 26: 7.0})
+    # Off on Saturdays and Sundays: no metrics at all on those days (it did not run), started again this morning.
+    weekend = [day for day in range(metric_days) if (now - timedelta(days=day)).weekday() >= 5]
+    seed_usage([weekday_only], days=metric_days, now=now, stopped_days=weekend)
     seed_usage(
         [imdsv1_user],
         days=metric_days,
@@ -205,8 +225,48 @@ def seed_gate_candidates(
         calls={2 * 24 + 3: 4.0, 9 * 24 + 14: 31.0},
     )
     seed_usage([gappy], days=metric_days, now=now, missing_days=range(2, 8))
-    backdate_launch(candidates.all, launched_days_ago)
+    backdate_launch([c for c in candidates.all if c != weekday_only], launched_days_ago)
+    backdate_launch([weekday_only], launched_days_ago, last_start_days=0.1)
     return candidates
+
+
+@dataclass(frozen=True)
+class NewLaunches:
+    """Instances launched just now (no history): what the launch watch may enforce blind in fix mode."""
+
+    web: tuple[str, ...]
+    node: str  # a new EKS node (by its tags): enforced with hop limit 2, so its pods can get tokens
+    roles: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def all(self) -> tuple[str, ...]:
+        return (*self.web, self.node)
+
+
+def seed_new_launches(*, prefix: str = "new-") -> NewLaunches:
+    roles: dict[str, str] = {}
+
+    def launch(role: str, name: str, **kwargs: Any) -> str:
+        instance_id = _launch(prefix + name, **kwargs)
+        roles[instance_id] = role
+        return instance_id
+
+    web = tuple(launch("new web", f"web-{index + 1:02d}", tags={"team": "storefront"}) for index in range(2))
+    node = launch(
+        "new eks node", "eks-node-z", tags={"eks:cluster-name": "prod", "kubernetes.io/cluster/prod": "owned"}
+    )
+    return NewLaunches(web=web, node=node, roles=roles)
+
+
+def create_ledger_table(name: str) -> str:
+    """The stack's state table as the stack creates it (partition key `pk`), for the launch watch's ledger."""
+    boto3.client("dynamodb").create_table(
+        TableName=name,
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    return name
 
 
 def seed_usage(
@@ -259,6 +319,22 @@ def seed_usage(
     for start in range(0, len(datums), PUT_METRIC_LIMIT):
         cloudwatch.put_metric_data(Namespace=METRIC_NAMESPACE, MetricData=datums[start : start + PUT_METRIC_LIMIT])
     return len(datums)
+
+
+def put_rejections(instance_id: str, calls: float, *, at: datetime | None = None) -> None:
+    """`AWS/EC2 MetadataNoTokenRejected` for one instance: `calls` IMDSv1 calls refused at `at` (default: now)."""
+    boto3.client("cloudwatch").put_metric_data(
+        Namespace=METRIC_NAMESPACE,
+        MetricData=[
+            {
+                "MetricName": "MetadataNoTokenRejected",
+                "Dimensions": [{"Name": "InstanceId", "Value": instance_id}],
+                "Timestamp": at or datetime.now(UTC),
+                "Value": calls,
+                "Unit": "Count",
+            }
+        ],
+    )
 
 
 def backdate_launch(

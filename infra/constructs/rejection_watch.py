@@ -17,7 +17,7 @@ HANDLER = "imds_enforcer.handlers.rejection_watch.handler"
 # EC2 publishes MetadataNoTokenRejected per instance only (no account-wide aggregate for basic monitoring), so the
 # alarm reads a Metrics Insights query over every instance's series: one series, summed, whatever the fleet size.
 # (Metrics Insights reads the last 3 hours: 5 minutes x 1 period is well inside.)
-REJECTED_ACROSS_INSTANCES = f'SELECT SUM({NO_TOKEN_REJECTED}) FROM SCHEMA("{EC2_NAMESPACE}", InstanceId)'
+REJECTED_ACROSS_INSTANCES = f'SELECT SUM({NO_TOKEN_REJECTED}) FROM SCHEMA("{EC2_NAMESPACE}", InstanceId)'  # noqa: S608
 ALARM_PERIOD = cdk.Duration.minutes(5)
 
 

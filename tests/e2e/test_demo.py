@@ -47,13 +47,18 @@ def test_demo_runs_every_step_and_exits_zero():
         "(a) Launch watch, flag mode",
         "(b) Launch watch, fix mode",
         "(c) Fix mode, the same event delivered again",
-        "(d) Regression",
-        "(e) A RunInstances event from another account",
-        "(f) Usage gate",
-        "(g) Where new instances come from",
-        "(h) imds-enforcer audit",
-        "(i) Usage gate, fix mode with FIX_LAUNCH_TEMPLATES=true and FIX_IMAGES=true",
-        "(j) Slack notifier",
+        "(d) Monday 08:00, fix mode: the established fleet starts again",
+        "(e) Tuesday 08:00: the same instances start again",
+        "(f) Regression",
+        "(g) On call: IMDSv1 calls of a web instance were rejected",
+        "(h) A RunInstances event from another account",
+        "(i) Usage gate",
+        "(j) Where new instances come from",
+        "(k) imds-enforcer audit",
+        "(l) Usage gate, fix mode with FIX_LAUNCH_TEMPLATES=true and FIX_IMAGES=true",
+        "(m) Slack notifier",
+        "restarted (first launched",
+        "not re-enforced",
         "status=ignored",
         "reason: event from account 999988887777; this deployment serves 123456789012",
         "regression to optional undone",
@@ -66,7 +71,7 @@ def test_demo_runs_every_step_and_exits_zero():
         "trigger=gate mode=flag" in output and "trigger=gate mode=fix" in output
     )
     # The CLI's audit, rendered by its own table code: every kind of resource, the transition path, the summary
-    audit = output[output.index("(h) imds-enforcer audit") : output.index("(i) Usage gate, fix mode")]
+    audit = output[output.index("(k) imds-enforcer audit") : output.index("(l) Usage gate, fix mode")]
     assert "\x1b[" not in audit, "the audit table must be printed without colour"
     for line in (
         "us-east-1 (account 123456789012)",
@@ -94,7 +99,7 @@ def test_demo_runs_every_step_and_exits_zero():
         assert re.search(row, audit), f"missing from the audit's findings: {row!r}"
     # The gate with both opt-ins: a new default version for the template and ImdsSupport v2.0 for the AMI; the
     # EKS-managed template and the launch configuration stay as they were
-    sources = output[output.index("(i) Usage gate, fix mode") : output.index("(j) Slack notifier")]
+    sources = output[output.index("(l) Usage gate, fix mode") : output.index("(m) Slack notifier")]
     after = sources[sources.index("launch sources after") :]
     assert re.search(r"\* launch template\s+lt-\w+\s+storefront-web\s.*\s2 of 2\s+HttpTokens required", after)
     assert re.search(r"\* AMI\s+ami-\w+\s.*\sImdsSupport v2\.0", after)
@@ -102,7 +107,7 @@ def test_demo_runs_every_step_and_exits_zero():
     assert re.search(r"\n    launch configuration\s+legacy-batch-lc\s.*\sHttpTokens optional", after)
     assert "eks:nodegroup-name" in sources
     # Every report went through the real Slack notifier to the local webhook, and the demo shows what Slack shows
-    slack = output[output.index("(j) Slack notifier") : output.index("Fleet at the end")]
+    slack = output[output.index("(m) Slack notifier") : output.index("Fleet at the end")]
     assert re.search(r"posts Slack received: \d+", slack)
     assert "what Slack shows for post #" in slack
     assert "IMDSv2 launch report · 123456789012 · us-east-1 · fix mode" in slack
@@ -116,9 +121,11 @@ def test_demo_runs_every_step_and_exits_zero():
     # The webhook URL is a credential: no part of its path is ever printed
     assert "/services/T0LOCAL00/" not in output
     assert "/services/T0LOCAL00/" not in result.stderr
-    # The fleet table at the end: the EKS node required with hop 2, the exempt one untouched, api-01 never touched
+    # The fleet table at the end: the quiet EKS node required on evidence keeping hop limit 1, the known IMDSv1 user
+    # still optional after its restart, the exempt one untouched, api-01 never touched
     final = output[output.index("Fleet at the end") :]
-    assert re.search(r"eks-node-a\s+eks-host\s+running\s+required\s+2\s+enabled\s+enforced-at=", final)
+    assert re.search(r"eks-node-a\s+eks-host\s+running\s+required\s+1\s+enabled\s+enforced-at=", final)
+    assert re.search(r"legacy-reporting\s+imdsv1-user\s+running\s+optional\s+1\s+enabled\s+-\n", final)
     assert re.search(r"vendor-appliance\s+exempt\s+running\s+optional\s+1\s+enabled\s+imdsv2-exempt=", final)
     assert re.search(r"api-01\s+required\s+running\s+required\s+2\s+enabled\s+-\n", final)
     # The Powertools JSON logs are quieted: the output is the demo's own

@@ -143,7 +143,8 @@ def test_fix_mode_enforces_only_the_ready_ones(
     report = only_report(inbox)
     findings = by_instance(report)
     assert findings[ready]["action"] == "enforced"
-    assert findings[node]["reason"] == "HttpTokens set to required"  # no hop limit change
+    assert findings[node]["reason"].startswith("HttpTokens set to required (no IMDSv1 calls; it ran on 14 of 14 days")
+    assert "hop limit" not in findings[node]["reason"]
     assert findings[used]["action"] == "blocked"
     assert report["totals"]["enforced"] == 2
     assert report["totals"]["optional_remaining"] == 1

@@ -11,7 +11,14 @@ from typing import Any
 import pytest
 
 from emulator import ACCOUNT, REGION
-from imds_enforcer.domain.events import Ignored, LaunchTrigger, TriggerKind, read_launch_event
+from imds_enforcer.domain.events import (
+    AlarmTrigger,
+    Ignored,
+    LaunchTrigger,
+    TriggerKind,
+    read_alarm_event,
+    read_launch_event,
+)
 from tests.support.aws import modify_options_event, run_instances_event, state_change_event
 
 # What each real payload asks of the launch watch, read in its own account and region.
@@ -216,3 +223,47 @@ def test_numbers_as_strings_are_accepted() -> None:
     event = run_instances_event(["i-0aaa"])
     event["detail"]["responseElements"]["instancesSet"]["items"][0]["instanceState"] = {"code": "0", "name": "pending"}
     assert isinstance(read_launch_event(event, account=ACCOUNT, region=REGION), LaunchTrigger)
+
+
+# --- the rejection alarm's trigger -------------------------------------------------------------------------------
+
+
+def _alarm(state: str = "ALARM", **envelope_fields: Any) -> dict[str, Any]:
+    event = {
+        "version": "0",
+        "id": "c4c1c1c9-6542-e61b-6ef0-8c4d36933a92",
+        "detail-type": "CloudWatch Alarm State Change",
+        "source": "aws.cloudwatch",
+        "account": ACCOUNT,
+        "time": "2026-11-20T12:00:00Z",
+        "region": REGION,
+        "resources": [f"arn:aws:cloudwatch:{REGION}:{ACCOUNT}:alarm:RejectedNow"],
+        "detail": {"alarmName": "RejectedNow", "state": {"value": state, "reason": "Threshold Crossed"}},
+    }
+    return {**event, **envelope_fields}
+
+
+def test_an_alarm_going_into_alarm_runs_the_rejection_watch() -> None:
+    trigger = read_alarm_event(_alarm(), account=ACCOUNT, region=REGION)
+    assert trigger == AlarmTrigger(
+        kind="alarm", event_id="c4c1c1c9-6542-e61b-6ef0-8c4d36933a92", alarm_name="RejectedNow"
+    )
+    assert read_alarm_event({}, account=ACCOUNT, region=REGION) == AlarmTrigger(kind="manual")
+
+
+@pytest.mark.parametrize(
+    ("event", "reason"),
+    [
+        (_alarm("OK"), "not ALARM"),
+        (_alarm("INSUFFICIENT_DATA"), "not ALARM"),
+        (_alarm(account="210987654321"), "210987654321"),
+        (_alarm(region="eu-west-1"), "eu-west-1"),
+        (_alarm(source="aws.ec2"), "not a CloudWatch alarm state change"),
+        ([1, 2], "not a JSON object"),
+        (_alarm(detail="not a mapping"), "not ALARM"),
+    ],
+)
+def test_anything_else_is_ignored_with_a_reason(event: Any, reason: str) -> None:
+    result = read_alarm_event(event, account=ACCOUNT, region=REGION)
+    assert isinstance(result, Ignored)
+    assert reason in result.reason

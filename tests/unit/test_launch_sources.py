@@ -345,6 +345,36 @@ def test_groups_are_mapped_by_id_name_and_mixed_instances_policy() -> None:
     assert configuration_users(groups) == {"old-lc": ["lc"]}
 
 
+def test_a_mixed_instances_override_launching_from_another_template_counts_as_a_use_of_it() -> None:
+    # Given a group whose Mixed Instances Policy launches its Graviton types from a second template (an override)
+    groups = [
+        {
+            "AutoScalingGroupName": "mixed",
+            "MixedInstancesPolicy": {
+                "LaunchTemplate": {
+                    "LaunchTemplateSpecification": {"LaunchTemplateId": "lt-x86", "Version": "$Latest"},
+                    "Overrides": [
+                        {"InstanceType": "m5.large"},
+                        {
+                            "InstanceType": "m7g.large",
+                            "LaunchTemplateSpecification": {"LaunchTemplateName": "arm", "Version": "3"},
+                        },
+                        {
+                            "InstanceType": "c7g.large",
+                            "LaunchTemplateSpecification": {"LaunchTemplateName": "arm", "Version": "3"},
+                        },
+                    ],
+                }
+            },
+        }
+    ]
+
+    users = template_users(groups, {"arm": "lt-arm"})
+
+    # Then both templates are used by the group (the override's once, however many types name it)
+    assert users == {"lt-x86": [GroupUse("mixed", "$Latest")], "lt-arm": [GroupUse("mixed", "3")]}
+
+
 @pytest.mark.parametrize(
     ("tags", "created_by", "owner"),
     [

@@ -26,6 +26,9 @@ def test_defaults_are_safe() -> None:
         ("REPORT_TOPIC_ARN", "arn:aws:sqs:us-east-1:123456789012:queue"),
         ("ROLLBACK_ON_REJECTED", "perhaps"),
         ("COVERAGE_MIN_RATIO", "1.5"),
+        ("MIN_RUNNING_DAYS", "0"),
+        ("PREPARE_CONTAINER_HOSTS", "sometimes"),
+        ("LEDGER_TABLE_NAME", "no spaces allowed"),
     ],
 )
 def test_a_bad_value_names_the_variable(name: str, value: str) -> None:
@@ -44,3 +47,10 @@ def test_environment_round_trip() -> None:
     )
     assert settings.CONTAINER_HOST_TAG_KEYS == ("nomad-client", "swarm-node")
     assert Settings.from_env(settings.to_env()) == settings
+
+
+def test_more_running_days_than_the_window_holds_is_refused_naming_both() -> None:
+    # Given a window of 5 days and the default of 7 running days: no instance could ever qualify
+    with pytest.raises(SettingsError, match=r"MIN_RUNNING_DAYS=7.*more than LOOKBACK_DAYS=5"):
+        Settings.from_env({"LOOKBACK_DAYS": "5"})
+    assert Settings.from_env({"LOOKBACK_DAYS": "5", "MIN_RUNNING_DAYS": "3"}).MIN_RUNNING_DAYS == 3

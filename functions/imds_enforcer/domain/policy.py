@@ -54,6 +54,7 @@ class ModifyPlan:
     instance: InstanceFacts
     hop_limit: int | None  # None: leave the hop limit as it is
     container_reason: str | None = None  # why the hop limit is raised
+    why: str = ""  # the grounds, for the report: the evidence, or "a new instance"
 
     @property
     def instance_id(self) -> str:
@@ -73,13 +74,15 @@ class PreparePlan:
         return self.instance.instance_id
 
 
-def modify_plan(instance: InstanceFacts, settings: Settings, *, raise_container_hop: bool = True) -> ModifyPlan:
+def modify_plan(
+    instance: InstanceFacts, settings: Settings, *, raise_container_hop: bool = True, why: str = ""
+) -> ModifyPlan:
     """Tokens required. A new container host (no evidence yet) also gets hop limit 2: its pods' SDKs would otherwise
     fall back to IMDSv1 and break. A container host proven quiet keeps its hop limit (`raise_container_hop=False`):
     nothing reached IMDS through the extra hop, and raising it would hand pods the node's credentials."""
     reason = instance_container_reason(instance, settings) if raise_container_hop else None
     raise_to = CONTAINER_HOP_LIMIT if reason and instance.hop_limit < CONTAINER_HOP_LIMIT else None
-    return ModifyPlan(instance=instance, hop_limit=raise_to, container_reason=reason if raise_to else None)
+    return ModifyPlan(instance=instance, hop_limit=raise_to, container_reason=reason if raise_to else None, why=why)
 
 
 def is_exempt(instance: InstanceFacts, settings: Settings) -> bool:

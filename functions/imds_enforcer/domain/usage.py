@@ -205,7 +205,7 @@ def gate_decision(
         )
     if not settings.fix:
         return ready_finding(instance, evidence)
-    return modify_plan(instance, settings, raise_container_hop=False)
+    return modify_plan(instance, settings, raise_container_hop=False, why=_proof(evidence))
 
 
 def _blocked_finding(instance: InstanceFacts, evidence: Evidence, window: UsageWindow) -> Finding:
@@ -254,11 +254,15 @@ def set_back_finding(instance: InstanceFacts, rejected: float, *, set_back_by: s
     )
 
 
-def ready_finding(instance: InstanceFacts, evidence: Evidence, *, deferred: bool = False) -> Finding:
-    proof = (
+def _proof(evidence: Evidence) -> str:
+    return (
         f"no IMDSv1 calls; it ran on {evidence.running_days} of {evidence.days} days, MetadataNoToken has data on "
         f"{evidence.days_with_data} of them"
     )
+
+
+def ready_finding(instance: InstanceFacts, evidence: Evidence, *, deferred: bool = False) -> Finding:
+    proof = _proof(evidence)
     if deferred:
         return Finding(
             resource_id=instance.instance_id,

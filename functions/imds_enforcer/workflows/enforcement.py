@@ -105,7 +105,7 @@ def enforce(
 
 
 def _enforced(plan: ModifyPlan, stamp: str, reason_prefix: str) -> Finding:
-    reason = reason_prefix + "HttpTokens set to required"
+    reason = reason_prefix + "HttpTokens set to required" + (f" ({plan.why})" if plan.why else "")
     details = {"enforced_at": stamp, "state": plan.instance.state}
     if plan.hop_limit is not None:
         why = f"container host: {plan.container_reason}" if plan.container_reason else "container host"

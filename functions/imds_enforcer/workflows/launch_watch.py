@@ -17,7 +17,7 @@ verdict changed since it was last reported (the stack's ledger table); changes (
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from imds_enforcer.aws import ec2, ledger
@@ -193,16 +193,18 @@ def _decide(trigger: LaunchTrigger, settings: Settings, now: datetime) -> _Decid
 
 def _restart_decision(facts: InstanceFacts, decision: Finding | ModifyPlan | object) -> Finding | ModifyPlan | None:
     """A restarted instance's verdict, saying it is a restart (so nobody reads `blocked` as a failed launch)."""
+    first = facts.first_launch_time
+    since = f"first launched {first.strftime('%Y-%m-%dT%H:%M:%SZ')}" if first else "first launch unknown"
     if isinstance(decision, Finding):
-        first = facts.first_launch_time
-        since = f"first launched {first.strftime('%Y-%m-%dT%H:%M:%SZ')}" if first else "first launch unknown"
         return decision.model_copy(
             update={
                 "reason": f"restarted ({since}), decided on its usage history: {decision.reason}",
                 "details": {**decision.details, "launch": "restart"},
             }
         )
-    return decision if isinstance(decision, ModifyPlan) else None
+    if isinstance(decision, ModifyPlan):
+        return replace(decision, why=f"restarted ({since}), proven quiet: {decision.why}")
+    return None
 
 
 def _add(decided: _Decided, decision: Finding | ModifyPlan | None) -> None:

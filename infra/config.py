@@ -281,9 +281,10 @@ class DeployConfig(BaseModel):
             problems = "; ".join(_describe(issue["loc"], issue.get("input"), issue["msg"]) for issue in error.errors())
             raise ConfigError(f"invalid deploy configuration: {problems}") from None
 
-    def lambda_settings(self, topic_arn: str) -> Settings:
+    def lambda_settings(self, topic_arn: str, *, analyzer_document: str = "") -> Settings:
         """What the enforcing Lambdas read: the runtime settings but the Slack notifier's own, with the stack's
-        topic, checked by the same model the handlers use (through ``from_env``, exactly as a handler reads it).
+        topic (and its caller-analysis document, when it has one), checked by the same model the handlers use
+        (through ``from_env``, exactly as a handler reads it).
 
         ``topic_arn`` may be an unresolved CDK token: the model then checks a placeholder ARN and the token is
         put back afterwards (``model_copy`` does not re-validate).
@@ -291,14 +292,17 @@ class DeployConfig(BaseModel):
         checked_arn = PLACEHOLDER_TOPIC_ARN if cdk.Token.is_unresolved(topic_arn) else topic_arn
         env = {name: value for name, value in self.runtime.to_env().items() if name not in Settings.SLACK_NOTIFIER_ONLY}
         try:
-            settings = Settings.from_env({**env, "REPORT_TOPIC_ARN": checked_arn})
+            settings = Settings.from_env(
+                {**env, "REPORT_TOPIC_ARN": checked_arn, "CALLER_ANALYSIS_DOCUMENT": analyzer_document}
+            )
         except SettingsError as error:
             raise ConfigError(f"the Lambda environment built from cdk.json context is invalid: {error}") from None
         return settings.model_copy(update={"REPORT_TOPIC_ARN": topic_arn})
 
-    def lambda_environment(self, topic_arn: str) -> dict[str, str]:
+    def lambda_environment(self, topic_arn: str, *, analyzer_document: str = "") -> dict[str, str]:
         """The enforcing Lambdas' environment (empty values dropped: the runtime reads them as defaults)."""
-        return {name: value for name, value in self.lambda_settings(topic_arn).to_env().items() if value != ""}
+        settings = self.lambda_settings(topic_arn, analyzer_document=analyzer_document)
+        return {name: value for name, value in settings.to_env().items() if value != ""}
 
     def slack_environment(self) -> dict[str, str]:
         """The Slack notifier's environment: the secret's name or ARN (never the URL), and nothing else."""

@@ -10,7 +10,8 @@ import pytest
 from aws_cdk.assertions import Capture, Match, Matcher, Template
 
 from emulator import ACCOUNT
-from imds_enforcer.domain.settings import EnforcementMode, Settings
+from imds_enforcer.domain.callers import CALLER_ANALYSIS_TAG_KEYS
+from imds_enforcer.domain.settings import CallerAnalysis, EnforcementMode, Settings
 from infra.config import PLACEHOLDER_TOPIC_ARN
 from tests.infra.template_helpers import LAUNCH_SOURCE_READS, as_list, render
 
@@ -224,11 +225,23 @@ def test_function_environment_parses_with_the_runtime_settings(synthesized: Any,
         SET_ACCOUNT_DEFAULT=True,
         FIX_LAUNCH_TEMPLATES=True,
         FIX_IMAGES=True,
+        FIX_SAGEMAKER_NOTEBOOKS=True,
+        FIX_LIGHTSAIL_INSTANCES=True,
+        CALLER_ANALYSIS=CallerAnalysis.RUN,
+        CALLER_ANALYSIS_MAX_INSTANCES=3,
+        CALLER_ANALYSIS_MINUTES=15,
+        # The stack's own analyzer document, one per regional stack.
+        CALLER_ANALYSIS_DOCUMENT=f"ImdsEnforcer-{region}-ImdsPacketAnalyzer",
     )
     assert env["POWERTOOLS_SERVICE_NAME"] == "imds-enforcer"
     assert env["POWERTOOLS_METRICS_NAMESPACE"] == "ImdsEnforcer"
     assert env["POWERTOOLS_LOG_LEVEL"] == "INFO"
-    assert synthesized.config.lambda_settings(PLACEHOLDER_TOPIC_ARN) == settings
+    assert (
+        synthesized.config.lambda_settings(
+            PLACEHOLDER_TOPIC_ARN, analyzer_document=f"ImdsEnforcer-{region}-ImdsPacketAnalyzer"
+        )
+        == settings
+    )
 
 
 def test_each_function_logs_to_its_own_group_with_retention(template: Template) -> None:
@@ -292,8 +305,8 @@ def _rule_targets(template: Template, handler: str) -> Matcher:
 
 
 def test_launch_watch_rules_match_exactly_the_launch_events(template: Template) -> None:
-    # The launch watch's three rules and the gate's schedule.
-    template.resource_count_is("AWS::Events::Rule", 4)
+    # The launch watch's four rules and the gate's schedule.
+    template.resource_count_is("AWS::Events::Rule", 5)
     targets = _rule_targets(template, HANDLERS["launch_watch"])
     # EC2's calls: launches, metadata option changes, and the launch sources (launch templates, registered AMIs).
     template.has_resource_properties(
@@ -352,9 +365,58 @@ def test_launch_watch_rules_match_exactly_the_launch_events(template: Template) 
             "Targets": targets,
         },
     )
+    # The IMDS doors outside EC2 instances: each service's create calls and IMDS changes, in one rule.
+    template.has_resource_properties(
+        "AWS::Events::Rule",
+        {
+            "EventPattern": Match.exact(
+                {
+                    "source": [
+                        "aws.batch",
+                        "aws.ecs",
+                        "aws.eks",
+                        "aws.elasticbeanstalk",
+                        "aws.emr",
+                        "aws.lightsail",
+                        "aws.sagemaker",
+                    ],
+                    "detail-type": ["AWS API Call via CloudTrail"],
+                    "detail": {
+                        "eventSource": [
+                            "batch.amazonaws.com",
+                            "ecs.amazonaws.com",
+                            "eks.amazonaws.com",
+                            "elasticbeanstalk.amazonaws.com",
+                            "elasticmapreduce.amazonaws.com",
+                            "lightsail.amazonaws.com",
+                            "sagemaker.amazonaws.com",
+                        ],
+                        "eventName": [
+                            "CreateCapacityProvider",
+                            "CreateComputeEnvironment",
+                            "CreateEnvironment",
+                            "CreateInstances",
+                            "CreateInstancesFromSnapshot",
+                            "CreateNodegroup",
+                            "CreateNotebookInstance",
+                            "RunJobFlow",
+                            "UpdateCapacityProvider",
+                            "UpdateComputeEnvironment",
+                            "UpdateEnvironment",
+                            "UpdateInstanceMetadataOptions",
+                            "UpdateNodegroupVersion",
+                            "UpdateNotebookInstance",
+                        ],
+                    },
+                }
+            ),
+            "State": "ENABLED",
+            "Targets": targets,
+        },
+    )
     # Every launch watch rule retries a failed invoke 4 times before the dead-letter queue.
     launch_rules = template.find_resources("AWS::Events::Rule", {"Properties": {"Targets": targets}})
-    assert len(launch_rules) == 3
+    assert len(launch_rules) == 4
     assert {r["Properties"]["Targets"][0]["RetryPolicy"]["MaximumRetryAttempts"] for r in launch_rules.values()} == {4}
 
 
@@ -430,7 +492,11 @@ def test_instance_changes_are_scoped_to_this_accounts_instances(synthesized: Any
 
 @pytest.mark.parametrize(
     ("name", "tag_keys"),
-    [("launch_watch", SERVICE_TAGS), ("usage_gate", [*SERVICE_TAGS, "imdsv2-exempt"])],
+    [
+        ("launch_watch", SERVICE_TAGS),
+        # The exemption (a rollback) and, with caller_analysis=run, the two analysis tags.
+        ("usage_gate", [*SERVICE_TAGS, "imdsv2-exempt", *CALLER_ANALYSIS_TAG_KEYS]),
+    ],
 )
 def test_tagging_is_limited_to_the_service_tag_keys(template: Template, name: str, tag_keys: list[str]) -> None:
     (create_tags,) = [s for s in _role_policy_statements(template, HANDLERS[name]) if s["Action"] == "ec2:CreateTags"]

@@ -272,32 +272,85 @@ def rank_callers(lines: Iterable[tuple[int, str]], top: int = TOP_CALLERS) -> li
 
 # --- secrets -----------------------------------------------------------------------------------------------------
 
-_SECRET_WORDS = r"(?:password|passwd|pwd|secret|token|api[-_]?key|access[-_]?key|private[-_]?key|credential|auth)"  # noqa: S105 - words to look for
-_SECRET_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
-    # --db-password x, --password=x, PASSWORD=x, api_key: x (the name kept, the value masked).
-    (re.compile(rf"(?i)([\w.-]*{_SECRET_WORDS}[\w.-]*)(=|:\s*|\s+)(?!\*{{4}})([^\s)]+)"), rf"\1\2{MASK}"),
-    # https://user:pass@host
-    (re.compile(r"(\w+://[^/\s:@]+:)(?!\*{4}@)[^@\s]+@"), rf"\1{MASK}@"),
-    # Authorization: Bearer x
-    (re.compile(r"(?i)\b(bearer|basic)\s+(?!\*{4})\S+"), rf"\1 {MASK}"),
-    # AWS access key ids.
-    (re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b"), MASK),
-    # Long mixed-case-and-digit strings (tokens, keys): no slash or dot, so paths and hostnames stay readable.
-    (
-        re.compile(
-            r"(?<![\w/.])(?=[A-Za-z0-9+_=-]*[a-z])(?=[A-Za-z0-9+_=-]*[A-Z])(?=[A-Za-z0-9+_=-]*\d)[A-Za-z0-9+_=-]{32,}"
-        ),
-        MASK,
-    ),
+# A name that holds one of these words names a secret: its value is masked.
+_SECRET_NAME = re.compile(
+    r"passw(?:or)?d|pwd|secret|token|api[-_]?key|access[-_]?key|private[-_]?key|credential|auth", re.IGNORECASE
 )
+_ACCESS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b")
+_RANDOM_RUN = re.compile(r"[A-Za-z0-9+_=-]{32,}")
+_SCHEMES = ("bearer", "basic")
 
 
 def mask_secrets(text: str) -> str:
-    """The command line with the values of secret-looking arguments, URL passwords, bearer tokens, access key ids
-    and long random-looking strings replaced by ****. Errs on the side of masking: a masked path costs a look."""
-    for pattern, replacement in _SECRET_RULES:
-        text = pattern.sub(replacement, text)
-    return text
+    """The command line with the values of secret-looking arguments (`--password x`, `--db-password=x`,
+    `API_KEY: x`), URL passwords, bearer tokens, access key ids and long random-looking strings replaced by ****.
+    Errs on the side of masking: a masked path costs a look, a leaked password more.
+
+    A scan over whitespace-separated words, not one big regular expression: argv can be megabytes long, and this
+    runs in the Lambda on whatever the analyzer recorded, so its time must grow with the length, never its square.
+    """
+    parts = re.split(r"(\s+)", text)  # words at even indexes, the whitespace between them at odd ones
+    words = parts[0::2]
+    index = 0
+    while index < len(words):
+        word = words[index]
+        name, separator, value = _split_assignment(word)
+        if separator and value:
+            secret = _SECRET_NAME.search(name) is not None
+            words[index] = name + separator + MASK if secret else _mask_in_word(word)
+        elif _SECRET_NAME.search(word) and (separator or not word[:1].isalnum()):
+            # "--password hunter2", "Authorization: Bearer x": the next word is the value (a scheme is kept).
+            following = index + 1
+            if following < len(words) and words[following].lower() in _SCHEMES:
+                following += 1
+            if following < len(words) and words[following] and words[following] != MASK:
+                words[following] = MASK
+                index = following
+        elif word.lower() in _SCHEMES and index + 1 < len(words) and words[index + 1] != MASK:
+            words[index + 1] = MASK
+            index += 1
+        else:
+            words[index] = _mask_in_word(word)
+        index += 1
+    parts[0::2] = words
+    return "".join(parts)
+
+
+def _split_assignment(word: str) -> tuple[str, str, str]:
+    """`name=value` or `name:value` (not a URL's `scheme://`): (name, separator, value); else (word, "", "")."""
+    for separator in ("=", ":"):
+        position = word.find(separator)
+        if position > 0 and not word.startswith("//", position + 1):
+            return word[:position], separator, word[position + 1 :]
+    return word, "", ""
+
+
+def _mask_in_word(word: str) -> str:
+    """URL passwords, access key ids and long random-looking runs inside one word."""
+    scheme = word.find("://")
+    if scheme > 0:
+        rest = word[scheme + 3 :]
+        at, slash = rest.find("@"), rest.find("/")
+        userinfo = rest[:at] if at > 0 and (slash == -1 or at < slash) else ""
+        if ":" in userinfo and not userinfo.endswith(MASK):
+            user = userinfo.split(":", 1)[0]
+            word = word[: scheme + 3] + f"{user}:{MASK}" + rest[at:]
+    word = _ACCESS_KEY_ID.sub(MASK, word)
+    pieces: list[str] = []
+    last = 0
+    for match in _RANDOM_RUN.finditer(word):
+        run = match.group(0)
+        before = word[match.start() - 1] if match.start() else ""
+        # Mixed case and digits, and not a piece of a path or a host name.
+        if (
+            before not in ("/", ".")
+            and any(c.islower() for c in run)
+            and any(c.isupper() for c in run)
+            and any(c.isdigit() for c in run)
+        ):
+            pieces.append(word[last : match.start()] + MASK)
+            last = match.end()
+    return "".join(pieces) + word[last:] if pieces else word
 
 
 # --- the finding -------------------------------------------------------------------------------------------------

@@ -388,6 +388,15 @@ def teach_ssm_run_command() -> None:
     """Idempotent; part of teach_moto()."""
     from moto.core.exceptions import ServiceException
     from moto.core.responses import ActionResult
+
+    # Defined here, not as a bare ServiceException: moto serializes an error with the model of the service whose
+    # package raised it, and falls back to the answering service's (SSM) for a class outside its packages.
+    class InvalidDocument(ServiceException):
+        code = "InvalidDocument"
+
+    class InvalidInstanceId(ServiceException):
+        code = "InvalidInstanceId"
+
     from moto.ssm.models import Command, SimpleSystemManagerBackend
     from moto.ssm.responses import SimpleSystemManagerResponse
 
@@ -421,11 +430,11 @@ def teach_ssm_run_command() -> None:
     def send_command(self: SimpleSystemManagerBackend, *args: Any, **kwargs: Any) -> Any:
         document = kwargs.get("document_name")
         if document and not str(document).startswith("AWS-") and document not in self._documents:
-            raise ServiceException("InvalidDocument", f"Document {document} does not exist.")
+            raise InvalidDocument(f"Document {document} does not exist.")
         managed = managed_instances_of(self)
         unknown = [instance_id for instance_id in kwargs.get("instance_ids") or [] if instance_id not in managed]
         if unknown:
-            raise ServiceException("InvalidInstanceId", f"Instances {unknown} not in a valid state for account.")
+            raise InvalidInstanceId(f"Instances {unknown} not in a valid state for account.")
         return original_send(self, *args, **kwargs)
 
     def instance_ids_from_targets(self: Command) -> list[str]:

@@ -260,7 +260,7 @@ def seed_doors(*, prefix: str = "") -> Doors:
     )
     roles = {
         doors.notebook_running: "running, version 1",
-        doors.notebook_stopped: "stopped, version not set",
+        doors.notebook_stopped: "stopped, created without a version (IMDSv1)",
         doors.lightsail: "httpTokens optional",
         doors.beanstalk: "DisableIMDSv1 false",
         doors.batch: "launch template, HttpTokens optional",

@@ -44,7 +44,7 @@ def door_steps(findings_of: Callable[[str], list[Finding]], make: Callable[[str,
         failed = sum(1 for item in found if item.action is Action.FAILED)
         open_ = len(found) - failed
         if not found:
-            steps.append(make(DOOR_TITLES[kind], "ok", "none allows IMDSv1"))
+            steps.append(make(DOOR_TITLES[kind], "ok", "none allow IMDSv1"))
             continue
         parts = []
         if open_:

@@ -178,6 +178,9 @@ def enforce_settings(environ: Mapping[str, str], *, apply: bool, lookback_days: 
     values["ENFORCEMENT_MODE"] = "fix" if apply else "flag"
     if not apply:
         values["ROLLBACK_ON_REJECTED"] = "false"
+        # Nor is the caller analysis: a dry run reads earlier results, and tags and sends nothing.
+        if values.get("CALLER_ANALYSIS", "").strip() == "run":
+            values["CALLER_ANALYSIS"] = "read"
     if lookback_days is not None:
         values["LOOKBACK_DAYS"] = str(lookback_days)
     return Settings.from_env(values)

@@ -123,3 +123,26 @@ def test_the_audit_shows_the_callers_the_gate_found_and_never_sends_an_analysis(
     assert "IMDSv1 callers seen by the ImdsPacketAnalyzer" in table
     assert len(boto3.client("ssm").list_commands()["Commands"]) == sent
     assert CALLER_ANALYSIS_TAG not in tags_of(other)
+
+
+def test_an_enforce_dry_run_never_sends_an_analysis_even_when_the_environment_runs_them(
+    aws: None, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a blocked instance managed by SSM, the document, and an environment asking to run analyses
+    (instance_id,) = launch()
+    backdate_launch([instance_id], 30)
+    put_daily(instance_id, [0.0, 0.0, 9.0, *[0.0] * 12])
+    build.manage_with_ssm(instance_id)
+    build.create_analyzer_document(DOCUMENT, document_content())
+    monkeypatch.setenv("CALLER_ANALYSIS", "run")
+    monkeypatch.setenv("CALLER_ANALYSIS_DOCUMENT", DOCUMENT)
+
+    # When the gate sweeps from the workstation as a dry run
+    code = main(["enforce", "--dry-run", "--format", "json"])
+    (report,) = json.loads(capsys.readouterr().out)
+
+    # Then the instance is reported blocked, and nothing was tagged or sent
+    assert code == 0
+    assert {f["resource_id"]: f["action"] for f in report["findings"]}[instance_id] == "blocked"
+    assert boto3.client("ssm").list_commands()["Commands"] == []
+    assert CALLER_ANALYSIS_TAG not in tags_of(instance_id)

@@ -307,6 +307,15 @@ def _run(checks: Checks, transcript: Transcript, *, endpoint_url: str) -> None:
     show.heading("(m) Slack notifier: every report from the topic, posted to a local Slack webhook")
     _run_slack(inbox, checks, transcript)
 
+    # (n) the caller analysis and the IMDS doors outside EC2 instances -------------------------------------
+    show.heading("(n) Which process calls IMDSv1, and the IMDS doors outside EC2 instances")
+    if gate is None:
+        print(f"  the usage gate is not built yet ({GATE_MODULE} is missing): skipped")
+    else:
+        from demo.doors_step import run_doors_and_callers
+
+        run_doors_and_callers(gate, inbox, checks.expect, endpoint_url)
+
     show.heading("Fleet at the end")
     show.fleet("fleet now", snapshot(fleet.all), fleet.roles, exempt_tag_key=EXEMPT_TAG_KEY, before=before)
 

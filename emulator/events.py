@@ -98,12 +98,14 @@ def cloudtrail_event(
     account: str = ACCOUNT,
     region: str = REGION,
     event_id: str | None = None,
+    event_source: str | None = None,
 ) -> dict[str, Any]:
     """A CloudTrail record of `event_name` by an assumed role. The session issuer's ARN carries the role's IAM
-    path, which is how the service recognises its own calls; a failed call has an errorCode."""
+    path, which is how the service recognises its own calls; a failed call has an errorCode. `event_source`
+    defaults to the EventBridge source's service (aws.ec2: ec2.amazonaws.com)."""
     detail: dict[str, Any] = {
         "eventVersion": "1.09",
-        "eventSource": source.removeprefix("aws.") + ".amazonaws.com",
+        "eventSource": event_source or source.removeprefix("aws.") + ".amazonaws.com",
         "eventName": event_name,
         "awsRegion": region,
         "recipientAccountId": account,
@@ -201,6 +203,74 @@ def create_launch_configuration_event(name: str, **kwargs: Any) -> dict[str, Any
         response=None,
         **kwargs,
     )
+
+
+# The IMDS doors outside EC2 instances: each call as CloudTrail records it (request parameters in the API's own
+# camelCase; EMR's RunJobFlow id in its response), from the services' API references (no recorded payloads).
+DOOR_SOURCES = {
+    "sagemaker": ("aws.sagemaker", "sagemaker.amazonaws.com"),
+    "lightsail": ("aws.lightsail", "lightsail.amazonaws.com"),
+    "elasticbeanstalk": ("aws.elasticbeanstalk", "elasticbeanstalk.amazonaws.com"),
+    "batch": ("aws.batch", "batch.amazonaws.com"),
+    "eks": ("aws.eks", "eks.amazonaws.com"),
+    "ecs": ("aws.ecs", "ecs.amazonaws.com"),
+    "emr": ("aws.emr", "elasticmapreduce.amazonaws.com"),
+}
+
+
+def door_event(
+    service: str,
+    event_name: str,
+    *,
+    request: dict[str, Any] | None = None,
+    response: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    source, event_source = DOOR_SOURCES[service]
+    return cloudtrail_event(
+        event_name, source=source, event_source=event_source, request=request, response=response, **kwargs
+    )
+
+
+def create_notebook_event(name: str, **kwargs: Any) -> dict[str, Any]:
+    request = {"notebookInstanceName": name, "instanceType": "ml.t3.medium", "roleArn": "arn:aws:iam::1:role/x"}
+    return door_event("sagemaker", "CreateNotebookInstance", request=request, **kwargs)
+
+
+def lightsail_metadata_event(name: str, tokens: str | None = "optional", **kwargs: Any) -> dict[str, Any]:
+    request: dict[str, Any] = {"instanceName": name}
+    if tokens is not None:
+        request["httpTokens"] = tokens
+    return door_event("lightsail", "UpdateInstanceMetadataOptions", request=request, **kwargs)
+
+
+def create_lightsail_instances_event(names: Sequence[str], **kwargs: Any) -> dict[str, Any]:
+    request = {"instanceNames": list(names), "availabilityZone": "us-east-1a", "blueprintId": "wordpress"}
+    return door_event("lightsail", "CreateInstances", request=request, **kwargs)
+
+
+def create_beanstalk_environment_event(application: str, name: str, **kwargs: Any) -> dict[str, Any]:
+    request = {"applicationName": application, "environmentName": name, "solutionStackName": "64bit Amazon Linux"}
+    return door_event("elasticbeanstalk", "CreateEnvironment", request=request, **kwargs)
+
+
+def update_compute_environment_event(name_or_arn: str, **kwargs: Any) -> dict[str, Any]:
+    return door_event("batch", "UpdateComputeEnvironment", request={"computeEnvironment": name_or_arn}, **kwargs)
+
+
+def create_nodegroup_event(cluster: str, nodegroup: str, **kwargs: Any) -> dict[str, Any]:
+    request = {"clusterName": cluster, "nodegroupName": nodegroup, "nodeRole": "arn:aws:iam::1:role/node"}
+    return door_event("eks", "CreateNodegroup", request=request, **kwargs)
+
+
+def create_capacity_provider_event(name: str, **kwargs: Any) -> dict[str, Any]:
+    request = {"name": name, "autoScalingGroupProvider": {"autoScalingGroupArn": "arn:aws:autoscaling:x"}}
+    return door_event("ecs", "CreateCapacityProvider", request=request, **kwargs)
+
+
+def run_job_flow_event(cluster_id: str, **kwargs: Any) -> dict[str, Any]:
+    request = {"name": "etl", "releaseLabel": "emr-6.15.0", "securityConfiguration": "sc"}
+    return door_event("emr", "RunJobFlow", request=request, response={"jobFlowId": cluster_id}, **kwargs)
 
 
 def scheduled_event(

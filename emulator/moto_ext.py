@@ -11,12 +11,18 @@
 - GetMetricData with the one Metrics Insights query shape the service sends (`SELECT SUM(<metric>) FROM
   SCHEMA("<namespace>", InstanceId) GROUP BY InstanceId ...`): one series per instance, labelled with its id (moto
   sums every datapoint of the account into one series, whatever the query says).
+- IMDS doors outside EC2: a Lightsail backend (moto has none: `emulator.moto_lightsail`); SageMaker notebooks'
+  `InstanceMetadataServiceConfiguration` and UpdateNotebookInstance; Elastic Beanstalk option settings and
+  DescribeConfigurationSettings; ECS DescribeCapacityProviders without names (the API's "all").
+- SSM Run Command for the caller analysis: DescribeInstanceInformation (from instances registered as managed),
+  SendCommand by InstanceIds reaching only those instances (moto adds every instance of the region), refusing an
+  unknown document or an unmanaged instance, and the output an instance's command returns (recorded analyzer output).
 """
 
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from moto.ec2 import utils as ec2_utils
@@ -77,6 +83,11 @@ def teach_moto() -> None:
     teach_image_imds_support()
     teach_restarts()
     teach_metrics_insights()
+    teach_lightsail()
+    teach_sagemaker_notebook_imds()
+    teach_beanstalk_option_settings()
+    teach_ecs_capacity_provider_listing()
+    teach_ssm_run_command()
 
 
 # GetInstanceMetadataDefaults / ModifyInstanceMetadataDefaults, for the gate's opt-in account default.
@@ -253,3 +264,296 @@ def _by_instance(backend: Any, query: dict[str, Any], start: Any, end: Any) -> l
         }
         for instance_id, series in sorted(sums.items(), key=lambda item: -sum(item[1].values()))[:500]
     ]
+
+
+# --- IMDS doors outside EC2 instances ------------------------------------------------------------------------------
+
+
+def teach_lightsail() -> None:
+    """Idempotent; part of teach_moto(). moto finds a service's backend as the module `moto.<service>`, and its URLs in
+    `moto.backend_index`: both are given the emulator's Lightsail."""
+    import re
+    import sys
+
+    import moto.backend_index as backend_index
+
+    import emulator.moto_lightsail as lightsail
+
+    sys.modules.setdefault("moto.lightsail", lightsail)
+    if not any(service == "lightsail" for service, _ in backend_index.backend_url_patterns):
+        backend_index.backend_url_patterns.append(
+            ("lightsail", re.compile(r"https?://lightsail\.(.+)\.amazonaws\.com"))
+        )
+
+
+NOTEBOOK_UPDATABLE = ("Stopped", "Failed")
+
+
+def teach_sagemaker_notebook_imds() -> None:
+    """Idempotent; part of teach_moto(). CreateNotebookInstance keeps InstanceMetadataServiceConfiguration (unset:
+    IMDSv1, SageMaker's documented create default), DescribeNotebookInstance returns it, and UpdateNotebookInstance
+    changes it, refusing a notebook that is not stopped or failed with SageMaker's own message."""
+    from moto.core.responses import ActionResult, EmptyResult
+    from moto.sagemaker.exceptions import ValidationError
+    from moto.sagemaker.models import FakeSagemakerNotebookInstance
+    from moto.sagemaker.responses import SageMakerResponse
+
+    original_create = getattr(
+        SageMakerResponse, "_imds_enforcer_original_create", SageMakerResponse.create_notebook_instance
+    )
+    original_to_dict = getattr(
+        FakeSagemakerNotebookInstance, "_imds_enforcer_original_to_dict", FakeSagemakerNotebookInstance.to_dict
+    )
+
+    def create_notebook_instance(self: SageMakerResponse) -> ActionResult:
+        result = original_create(self)
+        config = self._get_param("InstanceMetadataServiceConfiguration") or {}
+        notebook = self.sagemaker_backend.get_notebook_instance(self._get_param("NotebookInstanceName"))
+        setattr(notebook, "imds_minimum_version", str(config.get("MinimumInstanceMetadataServiceVersion") or "1"))  # noqa: B010
+        return result
+
+    def to_dict(self: FakeSagemakerNotebookInstance) -> dict[str, Any]:
+        described: dict[str, Any] = original_to_dict(self)
+        described["InstanceMetadataServiceConfiguration"] = {
+            "MinimumInstanceMetadataServiceVersion": getattr(self, "imds_minimum_version", "1")
+        }
+        return described
+
+    def update_notebook_instance(self: SageMakerResponse) -> EmptyResult:
+        notebook = self.sagemaker_backend.get_notebook_instance(self._get_param("NotebookInstanceName"))
+        if notebook.status not in NOTEBOOK_UPDATABLE:
+            raise ValidationError(
+                message=f"Status ({notebook.status}) not in ([Stopped, Failed]). Unable to transition to (Updating) "
+                f"for Notebook Instance ({notebook.arn})"
+            )
+        config = self._get_param("InstanceMetadataServiceConfiguration") or {}
+        if config.get("MinimumInstanceMetadataServiceVersion"):
+            setattr(notebook, "imds_minimum_version", str(config["MinimumInstanceMetadataServiceVersion"]))  # noqa: B010
+        return EmptyResult()
+
+    SageMakerResponse._imds_enforcer_original_create = original_create  # type: ignore[attr-defined]
+    FakeSagemakerNotebookInstance._imds_enforcer_original_to_dict = original_to_dict  # type: ignore[attr-defined]
+    SageMakerResponse.create_notebook_instance = create_notebook_instance  # type: ignore[method-assign]
+    FakeSagemakerNotebookInstance.to_dict = to_dict  # type: ignore[method-assign]
+    SageMakerResponse.update_notebook_instance = update_notebook_instance  # type: ignore[attr-defined]
+
+
+def teach_beanstalk_option_settings() -> None:
+    """Idempotent; part of teach_moto(). CreateEnvironment keeps its OptionSettings, DescribeConfigurationSettings
+    returns them, and DescribeEnvironments honours EnvironmentNames (moto returns every environment)."""
+    from moto.core.responses import ActionResult
+    from moto.elasticbeanstalk.exceptions import InvalidParameterValueError
+    from moto.elasticbeanstalk.responses import EBResponse
+
+    original_create = getattr(EBResponse, "_imds_enforcer_original_create", EBResponse.create_environment)
+    original_describe = getattr(EBResponse, "_imds_enforcer_original_describe", EBResponse.describe_environments)
+
+    def find(self: EBResponse, application: str, name: str) -> Any:
+        app = self.elasticbeanstalk_backend.applications.get(application)
+        environment = app.environments.get(name) if app is not None else None
+        if environment is None:
+            raise InvalidParameterValueError(f"No Environment found for EnvironmentName = '{name}'.")
+        return environment
+
+    def create_environment(self: EBResponse) -> ActionResult:
+        result = original_create(self)
+        environment = find(self, self._get_param("ApplicationName"), self._get_param("EnvironmentName"))
+        environment.option_settings = list(self._get_param("OptionSettings", []) or [])
+        return result
+
+    def describe_environments(self: EBResponse) -> ActionResult:
+        names = self._get_param("EnvironmentNames", []) or []
+        if not names:
+            return original_describe(self)
+        environments = [
+            env for env in self.elasticbeanstalk_backend.describe_environments() if env.environment_name in names
+        ]
+        return ActionResult({"Environments": environments})
+
+    def describe_configuration_settings(self: EBResponse) -> ActionResult:
+        application = self._get_param("ApplicationName")
+        environment = find(self, application, self._get_param("EnvironmentName"))
+        setting = {
+            "ApplicationName": application,
+            "EnvironmentName": environment.environment_name,
+            "SolutionStackName": environment.solution_stack_name,
+            "DeploymentStatus": "deployed",
+            "DateCreated": environment.date_created,
+            "DateUpdated": environment.date_updated,
+            "OptionSettings": getattr(environment, "option_settings", []),
+        }
+        return ActionResult({"ConfigurationSettings": [setting]})
+
+    EBResponse._imds_enforcer_original_create = original_create  # type: ignore[attr-defined]
+    EBResponse._imds_enforcer_original_describe = original_describe  # type: ignore[attr-defined]
+    EBResponse.create_environment = create_environment  # type: ignore[method-assign]
+    EBResponse.describe_environments = describe_environments  # type: ignore[method-assign]
+    EBResponse.describe_configuration_settings = describe_configuration_settings  # type: ignore[attr-defined]
+
+
+def teach_ecs_capacity_provider_listing() -> None:
+    """Idempotent; part of teach_moto(). DescribeCapacityProviders without names lists them all (moto: TypeError)."""
+    from moto.ecs.models import EC2ContainerServiceBackend
+
+    original = getattr(
+        EC2ContainerServiceBackend,
+        "_imds_enforcer_original_describe",
+        EC2ContainerServiceBackend.describe_capacity_providers,
+    )
+
+    def describe_capacity_providers(self: EC2ContainerServiceBackend, names: list[str] | None) -> Any:
+        return original(self, list(self.capacity_providers) if names is None else names)
+
+    EC2ContainerServiceBackend._imds_enforcer_original_describe = original  # type: ignore[attr-defined]
+    EC2ContainerServiceBackend.describe_capacity_providers = describe_capacity_providers  # type: ignore[method-assign]
+
+
+# --- SSM Run Command for the caller analysis ---------------------------------------------------------------------
+# A test (or the demo) registers the instances whose SSM agent is "online" (`register_managed_instance`) and the
+# output a command returns on an instance (`record_command_output`, e.g. a recorded analyzer run); both live on the
+# account's and region's SSM backend, so moto's reset clears them with everything else.
+
+_MANAGED_ATTRIBUTE = "_imds_enforcer_managed_instances"
+_RECORDED_ATTRIBUTE = "_imds_enforcer_recorded_outputs"
+# SSM keeps the first 24,000 characters of a command's standard output (and 8,000 of its standard error).
+STDOUT_LIMIT = 24_000
+STDERR_LIMIT = 8_000
+
+
+def _ssm_backend(account: str, region: str) -> Any:
+    from moto.ssm.models import ssm_backends
+
+    return ssm_backends[account][region]
+
+
+def managed_instances_of(backend: Any) -> dict[str, dict[str, Any]]:
+    if not hasattr(backend, _MANAGED_ATTRIBUTE):
+        setattr(backend, _MANAGED_ATTRIBUTE, {})
+    managed: dict[str, dict[str, Any]] = getattr(backend, _MANAGED_ATTRIBUTE)
+    return managed
+
+
+def recorded_outputs_of(backend: Any) -> dict[str, dict[str, Any]]:
+    if not hasattr(backend, _RECORDED_ATTRIBUTE):
+        setattr(backend, _RECORDED_ATTRIBUTE, {})
+    recorded: dict[str, dict[str, Any]] = getattr(backend, _RECORDED_ATTRIBUTE)
+    return recorded
+
+
+def register_managed_instance(
+    instance_id: str,
+    *,
+    account: str,
+    region: str,
+    platform_type: str = "Linux",
+    platform_name: str = "Amazon Linux",
+    platform_version: str = "2023",
+    ping_status: str = "Online",
+) -> None:
+    """Stand for an SSM agent that registered the instance (what the agent does on a real instance)."""
+    managed_instances_of(_ssm_backend(account, region))[instance_id] = {
+        "InstanceId": instance_id,
+        "PingStatus": ping_status,
+        "LastPingDateTime": datetime.now(UTC),
+        "AgentVersion": "3.3.1142.0",
+        "IsLatestVersion": True,
+        "PlatformType": platform_type,
+        "PlatformName": platform_name,
+        "PlatformVersion": platform_version,
+        "ResourceType": "EC2Instance",
+        "IPAddress": "10.0.0.10",
+        "ComputerName": f"ip-10-0-0-10.{region}.compute.internal",
+    }
+
+
+def record_command_output(
+    instance_id: str,
+    *,
+    account: str,
+    region: str,
+    stdout: str,
+    status: str = "Success",
+    response_code: int = 0,
+    stderr: str = "",
+) -> None:
+    """What the next commands sent to this instance return (a recorded run of the document, or a failure)."""
+    recorded_outputs_of(_ssm_backend(account, region))[instance_id] = {
+        "Status": status,
+        "StatusDetails": status,
+        "ResponseCode": response_code,
+        "StandardOutputContent": stdout[:STDOUT_LIMIT],
+        "StandardErrorContent": stderr[:STDERR_LIMIT],
+    }
+
+
+def teach_ssm_run_command() -> None:
+    """Idempotent; part of teach_moto()."""
+    from moto.core.exceptions import ServiceException
+    from moto.core.responses import ActionResult
+
+    # Defined here, not as a bare ServiceException: moto serializes an error with the model of the service whose
+    # package raised it, and falls back to the answering service's (SSM) for a class outside its packages.
+    class InvalidDocument(ServiceException):
+        code = "InvalidDocument"
+
+    class InvalidInstanceId(ServiceException):
+        code = "InvalidInstanceId"
+
+    from moto.ssm.models import Command, SimpleSystemManagerBackend
+    from moto.ssm.responses import SimpleSystemManagerResponse
+
+    original_send = getattr(
+        SimpleSystemManagerBackend, "_imds_enforcer_original_send", SimpleSystemManagerBackend.send_command
+    )
+    original_targets = getattr(Command, "_imds_enforcer_original_targets", Command._get_instance_ids_from_targets)
+    original_invocation = getattr(Command, "_imds_enforcer_original_invocation", Command.invocation_response)
+
+    def describe_instance_information(self: SimpleSystemManagerResponse) -> ActionResult:
+        wanted: dict[str, list[str]] = {}
+        for item in self._get_param("Filters", []) or []:
+            wanted[item["Key"]] = list(item.get("Values", []))
+        for item in self._get_param("InstanceInformationFilterList", []) or []:
+            wanted[item["key"]] = list(item.get("valueSet", []))
+        managed = list(managed_instances_of(self.ssm_backend).values())
+        matching = [
+            info
+            for info in managed
+            if ("InstanceIds" not in wanted or info["InstanceId"] in wanted["InstanceIds"])
+            and ("PingStatus" not in wanted or info["PingStatus"] in wanted["PingStatus"])
+            and ("PlatformTypes" not in wanted or info["PlatformType"] in wanted["PlatformTypes"])
+        ]
+        size = int(self._get_param("MaxResults") or 50)
+        start = int(self._get_param("NextToken") or 0)
+        result: dict[str, Any] = {"InstanceInformationList": matching[start : start + size]}
+        if start + size < len(matching):
+            result["NextToken"] = str(start + size)
+        return ActionResult(result)
+
+    def send_command(self: SimpleSystemManagerBackend, *args: Any, **kwargs: Any) -> Any:
+        document = kwargs.get("document_name")
+        if document and not str(document).startswith("AWS-") and document not in self._documents:
+            raise InvalidDocument(f"Document {document} does not exist.")
+        managed = managed_instances_of(self)
+        unknown = [instance_id for instance_id in kwargs.get("instance_ids") or [] if instance_id not in managed]
+        if unknown:
+            raise InvalidInstanceId(f"Instances {unknown} not in a valid state for account.")
+        return original_send(self, *args, **kwargs)
+
+    def instance_ids_from_targets(self: Command) -> list[str]:
+        # SendCommand with InstanceIds and no Targets reaches those instances only (moto's empty filter: all of them).
+        return original_targets(self) if self.targets else []
+
+    def invocation_response(self: Command, instance_id: str, plugin_name: str) -> dict[str, Any]:
+        response: dict[str, Any] = original_invocation(self, instance_id, plugin_name)
+        recorded = recorded_outputs_of(_ssm_backend(self.account_id, self.backend_region)).get(instance_id)
+        if recorded is not None:
+            response.update(recorded)
+        return response
+
+    Command._imds_enforcer_original_targets = original_targets  # type: ignore[attr-defined]
+    Command._imds_enforcer_original_invocation = original_invocation  # type: ignore[attr-defined]
+    SimpleSystemManagerBackend._imds_enforcer_original_send = original_send  # type: ignore[attr-defined]
+    SimpleSystemManagerResponse.describe_instance_information = describe_instance_information  # type: ignore[attr-defined]
+    SimpleSystemManagerBackend.send_command = send_command  # type: ignore[method-assign]
+    Command._get_instance_ids_from_targets = instance_ids_from_targets  # type: ignore[method-assign]
+    Command.invocation_response = invocation_response  # type: ignore[method-assign]

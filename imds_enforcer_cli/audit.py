@@ -26,10 +26,12 @@ from typing import TYPE_CHECKING
 from imds_enforcer.aws import ec2
 from imds_enforcer.aws.errors import AwsError, UnexpectedAwsError
 from imds_enforcer.domain.deployment import Deployment
+from imds_enforcer.domain.doors import EC2_LAUNCHING_DOORS
 from imds_enforcer.domain.report import SEVERITY, SEVERITY_RANK, Action, Finding, Report, Severity, sort_findings
 from imds_enforcer.domain.settings import Settings
 from imds_enforcer.workflows.usage_gate import run_gate
 from imds_enforcer_cli import aws
+from imds_enforcer_cli.doors_view import callers_step, door_steps
 
 if TYPE_CHECKING:
     import boto3
@@ -39,7 +41,7 @@ ACCOUNT_RESOURCE = "account"
 SOURCE_KINDS = ("launch_template", "launch_configuration", "image")
 # What each region's audit does, in order: the progress bar counts these.
 AUDIT_STEPS = (
-    "instances, IMDSv1 use, launch templates, launch configurations, AMIs",
+    "instances, IMDSv1 use, launch templates, launch configurations, AMIs, other IMDS doors",
     "instances requiring IMDSv2",
     "account default",
 )
@@ -50,6 +52,10 @@ AUDIT_OVERRIDES = {
     "SET_ACCOUNT_DEFAULT": "false",  # the audit reads the default itself, once, in every mode
     "FIX_LAUNCH_TEMPLATES": "false",
     "FIX_IMAGES": "false",
+    "FIX_SAGEMAKER_NOTEBOOKS": "false",
+    "FIX_LIGHTSAIL_INSTANCES": "false",
+    # Reads the results of analyses the gate ran (GetCommandInvocation); never selects, tags or sends.
+    "CALLER_ANALYSIS": "read",
 }
 # GetInstanceMetadataDefaults is newer than some partitions and emulators: "not available here", not a failure.
 UNSUPPORTED_CODES = frozenset({"InvalidAction", "UnsupportedOperation", "NotImplemented", "UnknownOperationException"})
@@ -172,6 +178,9 @@ def enforce_settings(environ: Mapping[str, str], *, apply: bool, lookback_days: 
     values["ENFORCEMENT_MODE"] = "fix" if apply else "flag"
     if not apply:
         values["ROLLBACK_ON_REJECTED"] = "false"
+        # Nor is the caller analysis: a dry run reads earlier results, and tags and sends nothing.
+        if values.get("CALLER_ANALYSIS", "").strip() == "run":
+            values["CALLER_ANALYSIS"] = "read"
     if lookback_days is not None:
         values["LOOKBACK_DAYS"] = str(lookback_days)
     return Settings.from_env(values)
@@ -367,7 +376,7 @@ def guardrail_hint(region: RegionAudit) -> GuardrailHint:
     open_instances = _open_instances(region)
     open_sources = [
         _plural(len(found), kind.replace("_", " "))
-        for kind in ("launch_template", "launch_configuration")
+        for kind in ("launch_template", "launch_configuration", *EC2_LAUNCHING_DOORS)
         if (found := [item for item in region.findings_of(kind) if item.action is not Action.EXEMPT])
     ]
     blockers: list[str] = []
@@ -422,6 +431,9 @@ def transition_steps(region: RegionAudit) -> list[Step]:
     if counts[Action.INSUFFICIENT_DATA]:
         usage += f"; {_plural(counts[Action.INSUFFICIENT_DATA], 'instance')} without enough data to tell"
     steps.append(Step("IMDSv1 use (MetadataNoToken)", "action" if blocked else "ok", usage))
+    callers = callers_step(blocked, Step)
+    if callers is not None:
+        steps.append(callers)
     rejected = counts[Action.REJECTED] + counts[Action.ROLLED_BACK]
     if rejected:
         steps.append(
@@ -450,6 +462,8 @@ def transition_steps(region: RegionAudit) -> list[Step]:
                     else "none allow IMDSv1",
                 )
             )
+        if region.sources_checked:
+            steps += door_steps(region.findings_of, Step)
     if region.account_default is not None:
         default = region.account_default
         if default.http_tokens is None:

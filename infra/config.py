@@ -48,7 +48,11 @@ GuardrailsSetting = Literal["off", "iam", "scp"]
 
 # The stack's own resources are CloudFormation tokens at synth time; the settings model validates these stand-ins.
 PLACEHOLDER_TOPIC_ARN = "arn:aws:sns:us-east-1:123456789012:imds-enforcer-placeholder"
-PLACEHOLDERS = {"REPORT_TOPIC_ARN": PLACEHOLDER_TOPIC_ARN, "LEDGER_TABLE_NAME": "imds-enforcer-placeholder"}
+PLACEHOLDERS = {
+    "REPORT_TOPIC_ARN": PLACEHOLDER_TOPIC_ARN,
+    "LEDGER_TABLE_NAME": "imds-enforcer-placeholder",
+    "CALLER_ANALYSIS_DOCUMENT": "imds-enforcer-placeholder",
+}
 
 
 class ConfigError(ValueError):
@@ -282,15 +286,19 @@ class DeployConfig(BaseModel):
             problems = "; ".join(_describe(issue["loc"], issue.get("input"), issue["msg"]) for issue in error.errors())
             raise ConfigError(f"invalid deploy configuration: {problems}") from None
 
-    def lambda_settings(self, topic_arn: str, *, ledger_table_name: str = "") -> Settings:
+    def lambda_settings(self, topic_arn: str, *, ledger_table_name: str = "", analyzer_document: str = "") -> Settings:
         """What the enforcing Lambdas read: the runtime settings but the Slack notifier's own, with the resources the
-        stack creates (its topic, its ledger table), checked by the same model the handlers use (through
-        ``from_env``, exactly as a handler reads it).
+        stack creates (its topic, its ledger table, its caller-analysis document when it has one), checked by the
+        same model the handlers use (through ``from_env``, exactly as a handler reads it).
 
         Those values may be unresolved CDK tokens: the model then checks a placeholder and the token is put back
         afterwards (``model_copy`` does not re-validate).
         """
-        stack_values = {"REPORT_TOPIC_ARN": topic_arn, "LEDGER_TABLE_NAME": ledger_table_name}
+        stack_values = {
+            "REPORT_TOPIC_ARN": topic_arn,
+            "LEDGER_TABLE_NAME": ledger_table_name,
+            "CALLER_ANALYSIS_DOCUMENT": analyzer_document,
+        }
         checked = {
             name: PLACEHOLDERS[name] if cdk.Token.is_unresolved(value) else value
             for name, value in stack_values.items()
@@ -302,9 +310,13 @@ class DeployConfig(BaseModel):
             raise ConfigError(f"the Lambda environment built from cdk.json context is invalid: {error}") from None
         return settings.model_copy(update=stack_values)
 
-    def lambda_environment(self, topic_arn: str, *, ledger_table_name: str = "") -> dict[str, str]:
+    def lambda_environment(
+        self, topic_arn: str, *, ledger_table_name: str = "", analyzer_document: str = ""
+    ) -> dict[str, str]:
         """The enforcing Lambdas' environment (empty values dropped: the runtime reads them as defaults)."""
-        settings = self.lambda_settings(topic_arn, ledger_table_name=ledger_table_name)
+        settings = self.lambda_settings(
+            topic_arn, ledger_table_name=ledger_table_name, analyzer_document=analyzer_document
+        )
         return {name: value for name, value in settings.to_env().items() if value != ""}
 
     def slack_environment(self) -> dict[str, str]:

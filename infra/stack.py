@@ -7,8 +7,10 @@ from pathlib import Path
 import aws_cdk as cdk
 from constructs import Construct
 
+from imds_enforcer.domain.settings import CallerAnalysis
 from infra import FUNCTIONS_DIR, REPO_ROOT
 from infra.config import DeployConfig, partition_of
+from infra.constructs.caller_analysis import AnalyzerDocument
 from infra.constructs.chat_channel import ChatChannel
 from infra.constructs.enforcer_function import (
     DependenciesLayer,
@@ -87,13 +89,23 @@ class ImdsEnforcerStack(cdk.Stack):
             ),
         )
         state = StateTable(self, "State")
+        runtime = config.runtime
+        # Opt-in: the ImdsPacketAnalyzer as a command document of this stack, for the gate's caller analysis.
+        analyzer = (
+            AnalyzerDocument(self, "CallerAnalysis", default_minutes=runtime.CALLER_ANALYSIS_MINUTES)
+            if runtime.CALLER_ANALYSIS is CallerAnalysis.RUN
+            else None
+        )
         wiring = FunctionWiring.of(
             code_dir=FUNCTIONS_DIR,
             layers=[layer.layer],
-            environment=config.lambda_environment(report.topic.topic_arn, ledger_table_name=state.table.table_name),
+            environment=config.lambda_environment(
+                report.topic.topic_arn,
+                ledger_table_name=state.table.table_name,
+                analyzer_document=analyzer.document_name if analyzer else "",
+            ),
             log_retention=log_retention(config.log_retention_days),
         )
-        runtime = config.runtime
 
         launch_watch = LaunchWatch(
             self,
@@ -102,6 +114,8 @@ class ImdsEnforcerStack(cdk.Stack):
             ledger_table_arn=state.table.table_arn,
             fix_launch_templates=runtime.FIX_LAUNCH_TEMPLATES,
             fix_images=runtime.FIX_IMAGES,
+            fix_sagemaker_notebooks=runtime.FIX_SAGEMAKER_NOTEBOOKS,
+            fix_lightsail_instances=runtime.FIX_LIGHTSAIL_INSTANCES,
         )
         usage_gate = UsageGate(
             self,
@@ -115,6 +129,10 @@ class ImdsEnforcerStack(cdk.Stack):
             rollback=runtime.ROLLBACK_ON_REJECTED,
             fix_launch_templates=runtime.FIX_LAUNCH_TEMPLATES,
             fix_images=runtime.FIX_IMAGES,
+            fix_sagemaker_notebooks=runtime.FIX_SAGEMAKER_NOTEBOOKS,
+            fix_lightsail_instances=runtime.FIX_LIGHTSAIL_INSTANCES,
+            caller_analysis=runtime.CALLER_ANALYSIS,
+            analyzer_document_arn=analyzer.document_arn if analyzer else "",
         )
         rejection_watch = RejectionWatch(
             self,
@@ -176,6 +194,8 @@ class ImdsEnforcerStack(cdk.Stack):
                 description="Attach to the principals the IMDSv2 guardrails should bind (it binds only those)",
             )
 
+        if analyzer is not None:
+            cdk.CfnOutput(self, "CallerAnalysisDocumentName", value=analyzer.document_name)
         cdk.CfnOutput(self, "ReportTopicArn", value=report.topic.topic_arn, description="Subscribe here for reports")
         cdk.CfnOutput(self, "LaunchWatchFunctionName", value=launch_watch.enforcer.function.function_name)
         cdk.CfnOutput(self, "UsageGateFunctionName", value=usage_gate.enforcer.function.function_name)

@@ -7,8 +7,9 @@ from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
 from constructs import Construct
 
+from imds_enforcer.domain.door_events import DOOR_EVENT_NAMES, DOOR_EVENT_SOURCES
 from infra.constructs.enforcer_function import EnforcerFunction, FunctionWiring
-from infra.constructs.permissions import ResourceArns, launch_watch_permissions
+from infra.constructs.permissions import DoorArns, ResourceArns, launch_watch_permissions
 
 HANDLER = "imds_enforcer.handlers.launch_watch.handler"
 
@@ -37,6 +38,14 @@ LAUNCH_CONFIGURATION_PATTERN = events.EventPattern(
     detail_type=["AWS API Call via CloudTrail"],
     detail={"eventSource": ["autoscaling.amazonaws.com"], "eventName": ["CreateLaunchConfiguration"]},
 )
+# The IMDS doors outside EC2 instances: the calls that create one, or change its IMDS setting (SageMaker notebooks,
+# Lightsail instances, Beanstalk environments, Batch compute environments, EKS node groups, ECS capacity providers,
+# EMR clusters). Each service's calls have their own event names, so one rule serves them all.
+DOOR_PATTERN = events.EventPattern(
+    source=sorted(DOOR_EVENT_SOURCES),
+    detail_type=["AWS API Call via CloudTrail"],
+    detail={"eventSource": sorted(DOOR_EVENT_SOURCES.values()), "eventName": DOOR_EVENT_NAMES},
+)
 STATE_CHANGE_PATTERN = events.EventPattern(
     source=["aws.ec2"],
     detail_type=["EC2 Instance State-change Notification"],
@@ -47,7 +56,8 @@ STATE_CHANGE_PATTERN = events.EventPattern(
 class LaunchWatch(Construct):
     """The launch watch Lambda and the three EventBridge rules that feed it.
 
-    ``fix_launch_templates`` / ``fix_images`` grant the writes that fix those launch sources (opt-in).
+    ``fix_launch_templates`` / ``fix_images`` grant the writes that fix those launch sources (opt-in);
+    ``fix_sagemaker_notebooks`` / ``fix_lightsail_instances`` those of the doors outside EC2 (opt-in).
     """
 
     def __init__(
@@ -59,6 +69,8 @@ class LaunchWatch(Construct):
         ledger_table_arn: str,
         fix_launch_templates: bool,
         fix_images: bool,
+        fix_sagemaker_notebooks: bool = False,
+        fix_lightsail_instances: bool = False,
     ) -> None:
         super().__init__(scope, construct_id)
         arns = ResourceArns.of(self)
@@ -75,6 +87,9 @@ class LaunchWatch(Construct):
                 ledger_table_arn=ledger_table_arn,
                 fix_launch_templates=fix_launch_templates,
                 fix_images=fix_images,
+                doors=DoorArns.of(self),
+                fix_sagemaker_notebooks=fix_sagemaker_notebooks,
+                fix_lightsail_instances=fix_lightsail_instances,
             ),
             memory_size=256,
             timeout=cdk.Duration.seconds(60),
@@ -103,6 +118,13 @@ class LaunchWatch(Construct):
             "LaunchConfigurationRule",
             description="CreateLaunchConfiguration calls (via CloudTrail) to the launch watch",
             event_pattern=LAUNCH_CONFIGURATION_PATTERN,
+            targets=[target],
+        )
+        self.door_rule = events.Rule(
+            self,
+            "DoorRule",
+            description="SageMaker, Lightsail, Beanstalk, Batch, EKS, ECS, EMR calls (CloudTrail) to the launch watch",
+            event_pattern=DOOR_PATTERN,
             targets=[target],
         )
         self.state_change_rule = events.Rule(

@@ -19,7 +19,8 @@ import aws_cdk as cdk
 from aws_cdk import aws_iam as iam
 from constructs import Construct
 
-from imds_enforcer.domain.settings import ENFORCED_AT_TAG, ENFORCED_BY_TAG, PREPARED_AT_TAG
+from imds_enforcer.domain.callers import CALLER_ANALYSIS_TAG, CALLER_ANALYSIS_TAG_KEYS
+from imds_enforcer.domain.settings import ENFORCED_AT_TAG, ENFORCED_BY_TAG, PREPARED_AT_TAG, CallerAnalysis
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +65,16 @@ UNSCOPABLE_ACTIONS = frozenset(
         "ec2:DescribeImages",
         "autoscaling:DescribeAutoScalingGroups",
         "autoscaling:DescribeLaunchConfigurations",
+        # The IMDS doors outside EC2 instances: their listings (and EMR's security configurations) take no ARN.
+        "sagemaker:ListNotebookInstances",
+        "lightsail:GetInstances",
+        "batch:DescribeComputeEnvironments",
+        "eks:ListClusters",
+        "elasticmapreduce:ListClusters",
+        "elasticmapreduce:DescribeSecurityConfiguration",
+        # The caller analysis: which instances SSM manages, and a command's result, are not resource-scoped.
+        "ssm:DescribeInstanceInformation",
+        "ssm:GetCommandInvocation",
     }
 )
 _NO_RESOURCE_LEVEL = "supports no resource-level permissions; IAM only accepts Resource '*' for it."
@@ -169,6 +180,157 @@ def launch_source_permissions(
     return permissions
 
 
+@dataclass(frozen=True, slots=True)
+class DoorArns:
+    """The ARN patterns of the IMDS doors outside EC2 instances, in this account and region."""
+
+    notebook: str
+    lightsail_instance: str
+    beanstalk_environment: str
+    eks_cluster: str
+    eks_nodegroup: str
+    ecs_capacity_provider: str
+    emr_cluster: str
+
+    @classmethod
+    def of(cls, scope: Construct) -> DoorArns:
+        stack = cdk.Stack.of(scope)
+
+        def arn(service: str, resource: str) -> str:
+            return stack.format_arn(service=service, resource=resource, resource_name="*")
+
+        return cls(
+            notebook=arn("sagemaker", "notebook-instance"),
+            lightsail_instance=arn("lightsail", "Instance"),
+            beanstalk_environment=arn("elasticbeanstalk", "environment"),
+            eks_cluster=arn("eks", "cluster"),
+            eks_nodegroup=arn("eks", "nodegroup"),
+            ecs_capacity_provider=arn("ecs", "capacity-provider"),
+            emr_cluster=arn("elasticmapreduce", "cluster"),
+        )
+
+
+def _scoped(sid: str, actions: Sequence[str], resource: str, reason: str) -> Permission:
+    return Permission(iam.PolicyStatement(sid=sid, actions=list(actions), resources=[resource]), reason)
+
+
+def door_permissions(
+    *, arns: DoorArns, fix_sagemaker_notebooks: bool, fix_lightsail_instances: bool
+) -> list[Permission]:
+    """Read the IMDS doors outside EC2 instances (SageMaker notebooks, Lightsail, Elastic Beanstalk, Batch, EKS,
+    ECS, EMR; the launch templates, groups and launch configurations they name are read by the launch-source
+    statement); change only SageMaker notebooks and Lightsail instances, each on its own opt-in. The others are
+    never changed: no write of theirs is granted.
+    """
+    any_of = "can be any of this account and region, so it is scoped to {what}/* here (not to other resource types)."
+    permissions = [
+        _unscopable(
+            "ListImdsDoors",
+            [
+                "sagemaker:ListNotebookInstances",
+                "lightsail:GetInstances",
+                "batch:DescribeComputeEnvironments",
+                "eks:ListClusters",
+                "elasticmapreduce:ListClusters",
+                "elasticmapreduce:DescribeSecurityConfiguration",
+            ],
+        ),
+        _scoped(
+            "ReadSageMakerNotebooks",
+            ["sagemaker:DescribeNotebookInstance", "sagemaker:ListTags"],
+            arns.notebook,
+            "A notebook instance " + any_of.format(what="notebook-instance"),
+        ),
+        _scoped(
+            "ReadLightsailInstances",
+            ["lightsail:GetInstance"],
+            arns.lightsail_instance,
+            "A Lightsail instance " + any_of.format(what="Instance"),
+        ),
+        _scoped(
+            "ReadBeanstalkEnvironments",
+            ["elasticbeanstalk:DescribeEnvironments", "elasticbeanstalk:DescribeConfigurationSettings"],
+            arns.beanstalk_environment,
+            "An Elastic Beanstalk environment (application/environment) " + any_of.format(what="environment"),
+        ),
+        _scoped(
+            "ListEksNodegroups",
+            ["eks:ListNodegroups"],
+            arns.eks_cluster,
+            "An EKS cluster " + any_of.format(what="cluster"),
+        ),
+        _scoped(
+            "ReadEksNodegroups",
+            ["eks:DescribeNodegroup"],
+            arns.eks_nodegroup,
+            "An EKS node group (cluster/name/id) " + any_of.format(what="nodegroup"),
+        ),
+        _scoped(
+            "ReadEcsCapacityProviders",
+            ["ecs:DescribeCapacityProviders"],
+            arns.ecs_capacity_provider,
+            "An ECS capacity provider " + any_of.format(what="capacity-provider"),
+        ),
+        _scoped(
+            "ReadEmrClusters",
+            ["elasticmapreduce:DescribeCluster"],
+            arns.emr_cluster,
+            "An EMR cluster " + any_of.format(what="cluster"),
+        ),
+    ]
+    if fix_sagemaker_notebooks:
+        permissions.append(
+            _scoped(
+                "RequireImdsv2OnSageMakerNotebooks",
+                ["sagemaker:UpdateNotebookInstance"],
+                arns.notebook,
+                "Opt-in (fix_sagemaker_notebooks): the notebook " + any_of.format(what="notebook-instance"),
+            )
+        )
+    if fix_lightsail_instances:
+        permissions.append(
+            _scoped(
+                "RequireImdsv2OnLightsailInstances",
+                ["lightsail:UpdateInstanceMetadataOptions"],
+                arns.lightsail_instance,
+                "Opt-in (fix_lightsail_instances): the instance " + any_of.format(what="Instance"),
+            )
+        )
+    return permissions
+
+
+def caller_analysis_permissions(*, mode: CallerAnalysis, document_arn: str, instance_arn: str) -> list[Permission]:
+    """Read analyses (`read`, `run`); find managed instances and send the stack's analyzer document (`run`).
+
+    ssm:SendCommand authorizes the document and each instance separately: the document statement names this
+    stack's document only, and the instance statement allows only instances that carry the selection tag
+    `imdsv2-enforcer:caller-analysis`, which the gate sets on an instance right before it sends (condition key
+    ssm:resourceTag, as AWS's Run Command guide restricts commands by instance tags).
+    """
+    if mode is CallerAnalysis.OFF:
+        return []
+    permissions = [_unscopable("ReadCallerAnalyses", ["ssm:GetCommandInvocation"])]
+    if mode is CallerAnalysis.RUN:
+        permissions += [
+            _unscopable("FindManagedInstances", ["ssm:DescribeInstanceInformation"]),
+            Permission(
+                iam.PolicyStatement(sid="SendAnalyzerDocument", actions=["ssm:SendCommand"], resources=[document_arn])
+            ),
+            Permission(
+                iam.PolicyStatement(
+                    sid="SendAnalyzerToSelectedInstances",
+                    actions=["ssm:SendCommand"],
+                    resources=[instance_arn],
+                    conditions={"StringLike": {f"ssm:resourceTag/{CALLER_ANALYSIS_TAG}": "*"}},
+                ),
+                "SendCommand reaches only instances of this account and region that carry the selection tag "
+                f"{CALLER_ANALYSIS_TAG} (ssm:resourceTag condition), which the gate sets when it selects a blocked "
+                "instance; the document itself is limited to this stack's analyzer document.",
+            ),
+        ]
+    return permissions
+
+
 def launch_watch_permissions(
     *,
     instance_arn: str,
@@ -177,13 +339,16 @@ def launch_watch_permissions(
     ledger_table_arn: str,
     fix_launch_templates: bool,
     fix_images: bool,
+    doors: DoorArns,
+    fix_sagemaker_notebooks: bool = False,
+    fix_lightsail_instances: bool = False,
 ) -> list[Permission]:
     """Read a launched instance's options (and, for a restart or a set-back, its usage history); in fix mode require
     IMDSv2 and tag who did it and when; remember each verdict in the ledger table, so a restart is reported only when
     its verdict changed.
 
     The watch also hears launch templates, launch configurations and AMIs being created, so it reads (and, on
-    opt-in, fixes) those too.
+    opt-in, fixes) those too; and the IMDS doors outside EC2 instances that CloudTrail events name.
     """
     return [
         _describe_instances(),
@@ -203,6 +368,11 @@ def launch_watch_permissions(
             fix_launch_templates=fix_launch_templates,
             fix_images=fix_images,
         ),
+        *door_permissions(
+            arns=doors,
+            fix_sagemaker_notebooks=fix_sagemaker_notebooks,
+            fix_lightsail_instances=fix_lightsail_instances,
+        ),
     ]
 
 
@@ -216,16 +386,26 @@ def usage_gate_permissions(
     image_arn: str,
     fix_launch_templates: bool,
     fix_images: bool,
+    doors: DoorArns,
+    fix_sagemaker_notebooks: bool = False,
+    fix_lightsail_instances: bool = False,
+    caller_analysis: CallerAnalysis = CallerAnalysis.OFF,
+    analyzer_document_arn: str = "",
 ) -> list[Permission]:
     """Sweep instances, read their IMDSv1 usage, switch the ready ones, prepare container hosts (hop limit, tagged
     prepared-at), roll back (opt-in: tagging the exemption).
 
-    The sweep also checks the launch sources that would bring new IMDSv1 instances (see launch_source_permissions).
+    The sweep also checks the launch sources that would bring new IMDSv1 instances (see launch_source_permissions)
+    and the IMDS doors outside EC2 instances (door_permissions); opt-in, it names the processes that make a blocked
+    instance's IMDSv1 calls (caller_analysis_permissions, and the two analysis tags).
     """
     tag_keys = [*SERVICE_TAG_KEYS, PREPARED_AT_TAG]
     if rollback:
         # A rollback writes the exemption tag (reason and date), so the gate never switches that instance again.
         tag_keys.append(exempt_tag_key)
+    if caller_analysis is CallerAnalysis.RUN:
+        # A caller analysis tags the instances it selects (its SendCommand condition) and the command it sent them.
+        tag_keys += CALLER_ANALYSIS_TAG_KEYS
     permissions = [
         _describe_instances(),
         _read_metadata_usage(),
@@ -236,6 +416,14 @@ def usage_gate_permissions(
             image_arn=image_arn,
             fix_launch_templates=fix_launch_templates,
             fix_images=fix_images,
+        ),
+        *door_permissions(
+            arns=doors,
+            fix_sagemaker_notebooks=fix_sagemaker_notebooks,
+            fix_lightsail_instances=fix_lightsail_instances,
+        ),
+        *caller_analysis_permissions(
+            mode=caller_analysis, document_arn=analyzer_document_arn, instance_arn=instance_arn
         ),
     ]
     if set_account_default:

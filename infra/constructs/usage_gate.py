@@ -7,8 +7,9 @@ from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
 from constructs import Construct
 
+from imds_enforcer.domain.settings import CallerAnalysis
 from infra.constructs.enforcer_function import EnforcerFunction, FunctionWiring
-from infra.constructs.permissions import ResourceArns, usage_gate_permissions
+from infra.constructs.permissions import DoorArns, ResourceArns, usage_gate_permissions
 
 HANDLER = "imds_enforcer.handlers.usage_gate.handler"
 
@@ -16,7 +17,9 @@ HANDLER = "imds_enforcer.handlers.usage_gate.handler"
 class UsageGate(Construct):
     """The usage gate Lambda and its schedule.
 
-    ``fix_launch_templates`` / ``fix_images`` grant the writes that fix those launch sources (opt-in).
+    ``fix_launch_templates`` / ``fix_images`` grant the writes that fix those launch sources (opt-in);
+    ``fix_sagemaker_notebooks`` / ``fix_lightsail_instances`` those of the doors outside EC2 (opt-in);
+    ``caller_analysis`` what the caller analysis needs (``analyzer_document_arn``: the stack's document).
     """
 
     def __init__(
@@ -33,6 +36,10 @@ class UsageGate(Construct):
         rollback: bool,
         fix_launch_templates: bool,
         fix_images: bool,
+        fix_sagemaker_notebooks: bool = False,
+        fix_lightsail_instances: bool = False,
+        caller_analysis: CallerAnalysis = CallerAnalysis.OFF,
+        analyzer_document_arn: str = "",
     ) -> None:
         super().__init__(scope, construct_id)
         arns = ResourceArns.of(self)
@@ -51,6 +58,11 @@ class UsageGate(Construct):
                 image_arn=arns.image,
                 fix_launch_templates=fix_launch_templates,
                 fix_images=fix_images,
+                doors=DoorArns.of(self),
+                fix_sagemaker_notebooks=fix_sagemaker_notebooks,
+                fix_lightsail_instances=fix_lightsail_instances,
+                caller_analysis=caller_analysis,
+                analyzer_document_arn=analyzer_document_arn,
             ),
             memory_size=memory_mb,
             timeout=cdk.Duration.minutes(timeout_minutes),

@@ -57,6 +57,7 @@ def test_demo_runs_every_step_and_exits_zero():
         "(k) imds-enforcer audit",
         "(l) Usage gate, fix mode with FIX_LAUNCH_TEMPLATES=true and FIX_IMAGES=true",
         "(m) Slack notifier",
+        "(n) Which process calls IMDSv1, and the IMDS doors outside EC2 instances",
         "restarted (first launched",
         "not re-enforced",
         "status=ignored",
@@ -118,6 +119,26 @@ def test_demo_runs_every_step_and_exits_zero():
     assert re.search(
         r"enforced · i-\w+ \(https://us-east-1\.console\.aws\.amazon\.com/ec2/home\?region=us-east-1#", slack
     )
+    # The caller analysis and the doors: the blocked instance's callers (secrets masked), each door type reported,
+    # the stopped notebook and the Lightsail instance fixed on opt-in, the audit's new lines
+    doors = output[output.index("(n) Which process calls IMDSv1") : output.index("Fleet at the end")]
+    assert "caller analysis started (SSM command" in doors
+    assert re.search(r"24\s+python3\s+/usr/bin/python3 /opt/reporting/export\.py --db-password \*\*\*", doors)
+    assert "S3cr3t-Pa55" not in output
+    assert "IMDSv1 callers (ImdsPacketAnalyzer):" in doors  # what Slack shows
+    for resource_type in (
+        "sagemaker_notebook",
+        "lightsail_instance",
+        "elastic_beanstalk_environment",
+        "batch_compute_environment",
+        "eks_nodegroup",
+        "ecs_capacity_provider",
+        "emr_cluster",
+    ):
+        assert re.search(rf"{resource_type}\s+\S+\s+flagged", doors), resource_type
+    assert re.search(r"lightsail_instance\s+marketing-blog\s+enforced", doors)
+    assert re.search(r"sagemaker_notebook\s+finance-notebook\s+enforced", doors)
+    assert re.search(r"IMDSv1 callers \(ImdsPacketAnalyzer\)\s+action\s+1 analysed; top callers: python3", doors)
     # The webhook URL is a credential: no part of its path is ever printed
     assert "/services/T0LOCAL00/" not in output
     assert "/services/T0LOCAL00/" not in result.stderr

@@ -53,6 +53,12 @@ CONTEXT: dict[str, Any] = {
     "guardrail_max_hop_limit": "3",
     "guardrail_role_delivery": "true",
     "break_glass_role_arns": BREAK_GLASS_ROLE_ARN,
+    # The doors outside EC2 fixed (opt-in), and the caller analysis running (its document, SendCommand, tags).
+    "fix_sagemaker_notebooks": "true",
+    "fix_lightsail_instances": "true",
+    "caller_analysis": "run",
+    "caller_analysis_max_instances": "3",
+    "caller_analysis_minutes": "15",
 }
 
 

@@ -6,8 +6,10 @@ from typing import Any
 
 import pytest
 
+from imds_enforcer.domain.settings import CallerAnalysis
 from infra.constructs.permissions import (
     UNSCOPABLE_ACTIONS,
+    DoorArns,
     launch_watch_permissions,
     rejection_watch_permissions,
     slack_notifier_permissions,
@@ -22,13 +24,35 @@ TABLE_ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/imds-enforcer-state"
 METADATA_DEFAULTS = {"ec2:GetInstanceMetadataDefaults", "ec2:ModifyInstanceMetadataDefaults"}
 LAUNCH_TEMPLATE_WRITES = {"ec2:CreateLaunchTemplateVersion", "ec2:ModifyLaunchTemplate"}
 IMAGE_WRITES = {"ec2:ModifyImageAttribute"}
+DOORS = DoorArns(
+    notebook="arn:aws:sagemaker:us-east-1:123456789012:notebook-instance/*",
+    lightsail_instance="arn:aws:lightsail:us-east-1:123456789012:Instance/*",
+    beanstalk_environment="arn:aws:elasticbeanstalk:us-east-1:123456789012:environment/*",
+    eks_cluster="arn:aws:eks:us-east-1:123456789012:cluster/*",
+    eks_nodegroup="arn:aws:eks:us-east-1:123456789012:nodegroup/*",
+    ecs_capacity_provider="arn:aws:ecs:us-east-1:123456789012:capacity-provider/*",
+    emr_cluster="arn:aws:elasticmapreduce:us-east-1:123456789012:cluster/*",
+)
+DOCUMENT_ARN = "arn:aws:ssm:us-east-1:123456789012:document/ImdsEnforcer-us-east-1-ImdsPacketAnalyzer"
+DOOR_WRITES = {"sagemaker:UpdateNotebookInstance", "lightsail:UpdateInstanceMetadataOptions"}
+CALLER_ANALYSIS_ACTIONS = {"ssm:GetCommandInvocation", "ssm:DescribeInstanceInformation", "ssm:SendCommand"}
 # Every combination of the opt-ins: the least-privilege rules must hold in each.
 OPT_INS = [
-    {"set_account_default": a, "rollback": r, "fix_launch_templates": t, "fix_images": i}
+    {
+        "set_account_default": a,
+        "rollback": r,
+        "fix_launch_templates": t,
+        "fix_images": i,
+        "fix_sagemaker_notebooks": d,
+        "fix_lightsail_instances": d,
+        "caller_analysis": c,
+    }
     for a in (False, True)
     for r in (False, True)
     for t in (False, True)
     for i in (False, True)
+    for d in (False, True)
+    for c in CallerAnalysis
 ]
 
 
@@ -37,6 +61,9 @@ def _statements(
     rollback: bool = False,
     fix_launch_templates: bool = False,
     fix_images: bool = False,
+    fix_sagemaker_notebooks: bool = False,
+    fix_lightsail_instances: bool = False,
+    caller_analysis: CallerAnalysis = CallerAnalysis.OFF,
 ) -> dict[str, list[dict[str, Any]]]:
     launch_watch = launch_watch_permissions(
         instance_arn=INSTANCE_ARN,
@@ -45,6 +72,9 @@ def _statements(
         ledger_table_arn=TABLE_ARN,
         fix_launch_templates=fix_launch_templates,
         fix_images=fix_images,
+        doors=DOORS,
+        fix_sagemaker_notebooks=fix_sagemaker_notebooks,
+        fix_lightsail_instances=fix_lightsail_instances,
     )
     usage_gate = usage_gate_permissions(
         instance_arn=INSTANCE_ARN,
@@ -55,6 +85,11 @@ def _statements(
         image_arn=IMAGE_ARN,
         fix_launch_templates=fix_launch_templates,
         fix_images=fix_images,
+        doors=DOORS,
+        fix_sagemaker_notebooks=fix_sagemaker_notebooks,
+        fix_lightsail_instances=fix_lightsail_instances,
+        caller_analysis=caller_analysis,
+        analyzer_document_arn=DOCUMENT_ARN,
     )
     rejection_watch = rejection_watch_permissions(
         instance_arn=INSTANCE_ARN, exempt_tag_key="imdsv2-exempt", rollback=rollback
@@ -96,6 +131,17 @@ def test_only_unscopable_actions_get_resource_star_and_no_action_is_a_wildcard(o
         "ec2:ModifyImageAttribute": IMAGE_ARN,
         "dynamodb:BatchGetItem": TABLE_ARN,
         "dynamodb:BatchWriteItem": TABLE_ARN,
+        "sagemaker:DescribeNotebookInstance": DOORS.notebook,
+        "sagemaker:ListTags": DOORS.notebook,
+        "sagemaker:UpdateNotebookInstance": DOORS.notebook,
+        "lightsail:GetInstance": DOORS.lightsail_instance,
+        "lightsail:UpdateInstanceMetadataOptions": DOORS.lightsail_instance,
+        "elasticbeanstalk:DescribeEnvironments": DOORS.beanstalk_environment,
+        "elasticbeanstalk:DescribeConfigurationSettings": DOORS.beanstalk_environment,
+        "eks:ListNodegroups": DOORS.eks_cluster,
+        "eks:DescribeNodegroup": DOORS.eks_nodegroup,
+        "ecs:DescribeCapacityProviders": DOORS.ecs_capacity_provider,
+        "elasticmapreduce:DescribeCluster": DOORS.emr_cluster,
     }
     for statements in _statements(**opt_ins).values():
         for statement in statements:
@@ -104,6 +150,9 @@ def test_only_unscopable_actions_get_resource_star_and_no_action_is_a_wildcard(o
                 assert "*" not in action
                 if as_list(statement["Resource"]) == ["*"]:
                     assert action in UNSCOPABLE_ACTIONS
+                elif action == "ssm:SendCommand":
+                    # Two statements: this stack's document, and instances carrying the selection tag.
+                    assert as_list(statement["Resource"]) in ([DOCUMENT_ARN], [INSTANCE_ARN])
                 else:
                     assert as_list(statement["Resource"]) == [scoped[action]]
 
@@ -199,3 +248,110 @@ def test_the_slack_notifier_reads_one_secret_and_decrypts_only_with_a_configured
         "Resource": KEY_ARN,
         "Condition": {"StringEquals": {"kms:ViaService": "secretsmanager.us-east-1.amazonaws.com"}},
     }
+
+
+DOOR_READS = {
+    "sagemaker:ListNotebookInstances",
+    "sagemaker:DescribeNotebookInstance",
+    "sagemaker:ListTags",
+    "lightsail:GetInstances",
+    "lightsail:GetInstance",
+    "elasticbeanstalk:DescribeEnvironments",
+    "elasticbeanstalk:DescribeConfigurationSettings",
+    "batch:DescribeComputeEnvironments",
+    "eks:ListClusters",
+    "eks:ListNodegroups",
+    "eks:DescribeNodegroup",
+    "ecs:DescribeCapacityProviders",
+    "elasticmapreduce:ListClusters",
+    "elasticmapreduce:DescribeCluster",
+    "elasticmapreduce:DescribeSecurityConfiguration",
+}
+
+
+SWEEPERS = ("launch_watch", "usage_gate")  # the rejection watch reads instances and their rejections only
+
+
+def test_both_enforcers_read_every_door_and_change_none_by_default() -> None:
+    assert not _door_writes({}, "rejection_watch")
+    assert not _actions(_statements()["rejection_watch"]) & DOOR_READS
+    for role in SWEEPERS:
+        actions = _actions(_statements()[role])
+        assert actions >= DOOR_READS, role
+        assert not actions & DOOR_WRITES, role
+        # Beanstalk, Batch, EKS, ECS and EMR are never changed: no write of theirs exists in any combination.
+        for opt_ins in OPT_INS:
+            assert all(action.split(":")[0] in {"sagemaker", "lightsail"} for action in _door_writes(opt_ins, role))
+
+
+def _door_writes(opt_ins: dict[str, Any], role: str) -> set[str]:
+    services = ("sagemaker:", "lightsail:", "elasticbeanstalk:", "batch:", "eks:", "ecs:", "elasticmapreduce:")
+    return {action for action in _actions(_statements(**opt_ins)[role]) if action.startswith(services)} - DOOR_READS
+
+
+@pytest.mark.parametrize(
+    ("opt_in", "sid", "action", "resource"),
+    [
+        (
+            "fix_sagemaker_notebooks",
+            "RequireImdsv2OnSageMakerNotebooks",
+            "sagemaker:UpdateNotebookInstance",
+            DOORS.notebook,
+        ),
+        (
+            "fix_lightsail_instances",
+            "RequireImdsv2OnLightsailInstances",
+            "lightsail:UpdateInstanceMetadataOptions",
+            DOORS.lightsail_instance,
+        ),
+    ],
+)
+def test_each_door_fix_grants_its_one_write_to_both_enforcers(
+    opt_in: str, sid: str, action: str, resource: str
+) -> None:
+    for role, statements in _statements(**{opt_in: True}).items():
+        if role not in SWEEPERS:
+            assert not _actions(statements) & DOOR_WRITES, role
+            continue
+        assert {"Sid": sid, "Effect": "Allow", "Action": action, "Resource": resource} in statements, role
+        assert _actions(statements) & DOOR_WRITES == {action}, role
+
+
+def test_the_caller_analysis_grants_nothing_when_off_and_only_reads_in_read_mode() -> None:
+    for role, statements in _statements(caller_analysis=CallerAnalysis.OFF).items():
+        assert not _actions(statements) & CALLER_ANALYSIS_ACTIONS, role
+    read = _statements(caller_analysis=CallerAnalysis.READ)
+    assert _actions(read["usage_gate"]) & CALLER_ANALYSIS_ACTIONS == {"ssm:GetCommandInvocation"}
+    assert not _actions(read["launch_watch"]) & CALLER_ANALYSIS_ACTIONS
+
+
+def test_in_run_mode_send_command_reaches_only_the_stacks_document_and_selected_instances() -> None:
+    statements = _statements(caller_analysis=CallerAnalysis.RUN)
+    sends = [s for s in statements["usage_gate"] if s["Action"] == "ssm:SendCommand"]
+
+    assert sends == [
+        {"Sid": "SendAnalyzerDocument", "Effect": "Allow", "Action": "ssm:SendCommand", "Resource": DOCUMENT_ARN},
+        {
+            "Sid": "SendAnalyzerToSelectedInstances",
+            "Effect": "Allow",
+            "Action": "ssm:SendCommand",
+            "Resource": INSTANCE_ARN,
+            "Condition": {"StringLike": {"ssm:resourceTag/imdsv2-enforcer:caller-analysis": "*"}},
+        },
+    ]
+    assert "ssm:DescribeInstanceInformation" in _actions(statements["usage_gate"])
+    # The launch watch never analyses.
+    assert not _actions(statements["launch_watch"]) & CALLER_ANALYSIS_ACTIONS
+
+
+def test_in_run_mode_the_gate_may_also_write_the_two_analysis_tags() -> None:
+    statements = _statements(caller_analysis=CallerAnalysis.RUN)
+    (create_tags,) = [s for s in statements["usage_gate"] if s["Action"] == "ec2:CreateTags"]
+
+    assert create_tags["Condition"]["ForAllValues:StringEquals"]["aws:TagKeys"] == [
+        "imdsv2-enforcer:enforced-at",
+        "imdsv2-enforcer:enforced-by",
+        "imdsv2-enforcer:prepared-at",
+        "imdsv2-enforcer:caller-analysis",
+        "imdsv2-enforcer:caller-analysis-command",
+    ]

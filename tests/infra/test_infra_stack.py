@@ -10,7 +10,8 @@ import pytest
 from aws_cdk.assertions import Capture, Match, Matcher, Template
 
 from emulator import ACCOUNT
-from imds_enforcer.domain.settings import EnforcementMode, Settings
+from imds_enforcer.domain.callers import CALLER_ANALYSIS_TAG_KEYS
+from imds_enforcer.domain.settings import CallerAnalysis, EnforcementMode, Settings
 from infra.config import PLACEHOLDER_TOPIC_ARN, PLACEHOLDERS
 from tests.infra.template_helpers import LAUNCH_SOURCE_READS, as_list, render
 
@@ -232,12 +233,23 @@ def test_function_environment_parses_with_the_runtime_settings(synthesized: Any,
         SET_ACCOUNT_DEFAULT=True,
         FIX_LAUNCH_TEMPLATES=True,
         FIX_IMAGES=True,
+        FIX_SAGEMAKER_NOTEBOOKS=True,
+        FIX_LIGHTSAIL_INSTANCES=True,
+        CALLER_ANALYSIS=CallerAnalysis.RUN,
+        CALLER_ANALYSIS_MAX_INSTANCES=3,
+        CALLER_ANALYSIS_MINUTES=15,
+        # The stack's own analyzer document, one per regional stack.
+        CALLER_ANALYSIS_DOCUMENT=f"ImdsEnforcer-{region}-ImdsPacketAnalyzer",
     )
     assert env["POWERTOOLS_SERVICE_NAME"] == "imds-enforcer"
     assert env["POWERTOOLS_METRICS_NAMESPACE"] == "ImdsEnforcer"
     assert env["POWERTOOLS_LOG_LEVEL"] == "INFO"
     assert (
-        synthesized.config.lambda_settings(PLACEHOLDER_TOPIC_ARN, ledger_table_name=PLACEHOLDERS["LEDGER_TABLE_NAME"])
+        synthesized.config.lambda_settings(
+            PLACEHOLDER_TOPIC_ARN,
+            ledger_table_name=PLACEHOLDERS["LEDGER_TABLE_NAME"],
+            analyzer_document=f"ImdsEnforcer-{region}-ImdsPacketAnalyzer",
+        )
         == settings
     )
 
@@ -303,8 +315,8 @@ def _rule_targets(template: Template, handler: str) -> Matcher:
 
 
 def test_launch_watch_rules_match_exactly_the_launch_events(template: Template) -> None:
-    # The launch watch's three rules, the gate's schedule and the rejection alarm's rule.
-    template.resource_count_is("AWS::Events::Rule", 5)
+    # The launch watch's four rules, the gate's schedule and the rejection alarm's rule.
+    template.resource_count_is("AWS::Events::Rule", 6)
     targets = _rule_targets(template, HANDLERS["launch_watch"])
     # EC2's calls: launches, metadata option changes, and the launch sources (launch templates, registered AMIs).
     template.has_resource_properties(
@@ -363,9 +375,58 @@ def test_launch_watch_rules_match_exactly_the_launch_events(template: Template) 
             "Targets": targets,
         },
     )
+    # The IMDS doors outside EC2 instances: each service's create calls and IMDS changes, in one rule.
+    template.has_resource_properties(
+        "AWS::Events::Rule",
+        {
+            "EventPattern": Match.exact(
+                {
+                    "source": [
+                        "aws.batch",
+                        "aws.ecs",
+                        "aws.eks",
+                        "aws.elasticbeanstalk",
+                        "aws.emr",
+                        "aws.lightsail",
+                        "aws.sagemaker",
+                    ],
+                    "detail-type": ["AWS API Call via CloudTrail"],
+                    "detail": {
+                        "eventSource": [
+                            "batch.amazonaws.com",
+                            "ecs.amazonaws.com",
+                            "eks.amazonaws.com",
+                            "elasticbeanstalk.amazonaws.com",
+                            "elasticmapreduce.amazonaws.com",
+                            "lightsail.amazonaws.com",
+                            "sagemaker.amazonaws.com",
+                        ],
+                        "eventName": [
+                            "CreateCapacityProvider",
+                            "CreateComputeEnvironment",
+                            "CreateEnvironment",
+                            "CreateInstances",
+                            "CreateInstancesFromSnapshot",
+                            "CreateNodegroup",
+                            "CreateNotebookInstance",
+                            "RunJobFlow",
+                            "UpdateCapacityProvider",
+                            "UpdateComputeEnvironment",
+                            "UpdateEnvironment",
+                            "UpdateInstanceMetadataOptions",
+                            "UpdateNodegroupVersion",
+                            "UpdateNotebookInstance",
+                        ],
+                    },
+                }
+            ),
+            "State": "ENABLED",
+            "Targets": targets,
+        },
+    )
     # Every launch watch rule retries a failed invoke 4 times before the dead-letter queue.
     launch_rules = template.find_resources("AWS::Events::Rule", {"Properties": {"Targets": targets}})
-    assert len(launch_rules) == 3
+    assert len(launch_rules) == 4
     assert {r["Properties"]["Targets"][0]["RetryPolicy"]["MaximumRetryAttempts"] for r in launch_rules.values()} == {4}
 
 
@@ -541,8 +602,12 @@ def test_instance_changes_are_scoped_to_this_accounts_instances(synthesized: Any
     ("handler", "tag_keys"),
     [
         (HANDLERS["launch_watch"], SERVICE_TAGS),
-        # prepared-at for a container host's hop limit; the exemption tag because rollback_on_rejected is on
-        (HANDLERS["usage_gate"], [*SERVICE_TAGS, "imdsv2-enforcer:prepared-at", "imdsv2-exempt"]),
+        # prepared-at for a container host's hop limit; the exemption tag because rollback_on_rejected is on; with
+        # caller_analysis=run, the two analysis tags
+        (
+            HANDLERS["usage_gate"],
+            [*SERVICE_TAGS, "imdsv2-enforcer:prepared-at", "imdsv2-exempt", *CALLER_ANALYSIS_TAG_KEYS],
+        ),
         (REJECTION_WATCH_HANDLER, ["imdsv2-exempt"]),
     ],
 )

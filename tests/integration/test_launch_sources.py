@@ -22,6 +22,7 @@ from imds_enforcer.domain.settings import EnforcementMode, Settings
 from imds_enforcer.handlers.launch_watch import handler as launch_watch
 from imds_enforcer.handlers.usage_gate import handler as usage_gate
 from imds_enforcer.workflows import launch_source_sweep
+from imds_enforcer.workflows.usage_gate import SOURCE_CHECKS
 from tests.support.aws import SCHEDULED, ReportInbox, launch
 from tests.support.context import FakeLambdaContext
 from tests.support.faults import Fault, ec2_error, inject
@@ -418,4 +419,5 @@ def test_gate_skips_the_source_checks_when_the_budget_is_low(inbox: ReportInbox)
 
     [message] = inbox.drain()
     assert {f["resource_type"] for f in message.report["findings"]} == {"instance"}
-    assert message.report["totals"]["source_checks_skipped"] == 3
+    # The three launch-source checks and the seven IMDS doors outside EC2 instances.
+    assert message.report["totals"]["source_checks_skipped"] == len(SOURCE_CHECKS) == 10

@@ -34,6 +34,14 @@ def cloudwatch_error(code: str, message: str = "injected fault", status: int = 4
     return AWSResponse("https://monitoring.amazonaws.com/", status, headers, _Body(body))
 
 
+def json_error(code: str, message: str = "injected fault", status: int = 400) -> AWSResponse:
+    """An error of a JSON-protocol service (SageMaker, Lightsail, SSM, ECS, EMR: application/x-amz-json-1.1)."""
+    body = f'{{"__type": "{code}", "message": "{message}"}}'.encode()
+    return AWSResponse(
+        "https://json.amazonaws.com/", status, {"Content-Type": "application/x-amz-json-1.1"}, _Body(body)
+    )
+
+
 @dataclass
 class Fault:
     """Answers the first `times` sends of an operation with an error (None: every send); then lets moto answer."""

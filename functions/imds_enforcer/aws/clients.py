@@ -14,11 +14,19 @@ from botocore.config import Config
 
 if TYPE_CHECKING:
     from mypy_boto3_autoscaling import AutoScalingClient
+    from mypy_boto3_batch import BatchClient
     from mypy_boto3_cloudwatch import CloudWatchClient
     from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_ec2 import EC2Client
+    from mypy_boto3_ecs import ECSClient
+    from mypy_boto3_eks import EKSClient
+    from mypy_boto3_elasticbeanstalk import ElasticBeanstalkClient
+    from mypy_boto3_emr import EMRClient
+    from mypy_boto3_lightsail import LightsailClient
+    from mypy_boto3_sagemaker import SageMakerClient
     from mypy_boto3_secretsmanager import SecretsManagerClient
     from mypy_boto3_sns import SNSClient
+    from mypy_boto3_ssm import SSMClient
 
 # Standard retries back off on throttling (RequestLimitExceeded, Throttling) with jitter: up to 5 retries, 6 sends.
 RETRY_CONFIG = Config(
@@ -68,6 +76,55 @@ def sns() -> SNSClient:
 def secretsmanager() -> SecretsManagerClient:
     client: SecretsManagerClient = _client("secretsmanager")
     return client
+
+
+# The IMDS doors outside EC2 instances, and SSM for the caller analysis.
+
+
+def sagemaker() -> SageMakerClient:
+    client: SageMakerClient = _client("sagemaker")
+    return client
+
+
+def lightsail() -> LightsailClient:
+    client: LightsailClient = _client("lightsail")
+    return client
+
+
+def elasticbeanstalk() -> ElasticBeanstalkClient:
+    client: ElasticBeanstalkClient = _client("elasticbeanstalk")
+    return client
+
+
+def batch() -> BatchClient:
+    client: BatchClient = _client("batch")
+    return client
+
+
+def eks() -> EKSClient:
+    client: EKSClient = _client("eks")
+    return client
+
+
+def ecs() -> ECSClient:
+    client: ECSClient = _client("ecs")
+    return client
+
+
+def emr() -> EMRClient:
+    client: EMRClient = _client("emr")
+    return client
+
+
+def ssm() -> SSMClient:
+    client: SSMClient = _client("ssm")
+    return client
+
+
+def available_regions(service: str) -> list[str]:
+    """The regions botocore's own endpoint data lists for a service (no network call)."""
+    regions: list[str] = _session().get_available_regions(service)
+    return regions
 
 
 def reset_clients() -> None:

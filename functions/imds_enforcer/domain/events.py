@@ -17,6 +17,8 @@ from typing import Any
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
+from imds_enforcer.domain.door_events import DOOR_EVENT_SOURCES, DOOR_EVENTS, DoorTrigger, door_ids
+
 INSTANCE_ID = re.compile(r"^i-[0-9a-zA-Z]{1,32}$")
 LAUNCH_TEMPLATE_ID = re.compile(r"^lt-[0-9a-zA-Z]{1,32}$")
 IMAGE_ID = re.compile(r"^ami-[0-9a-zA-Z]{1,32}$")
@@ -166,7 +168,7 @@ class Ignored:
 
 def read_launch_event(
     raw: object, *, account: str, region: str, service_role_path: str = ""
-) -> LaunchTrigger | SourceTrigger | Ignored:
+) -> LaunchTrigger | SourceTrigger | DoorTrigger | Ignored:
     """Decide what an incoming event asks of the launch watch. Never raises on bad input."""
     if not isinstance(raw, Mapping):
         return Ignored(f"event is a {type(raw).__name__}, not a JSON object")
@@ -178,6 +180,8 @@ def read_launch_event(
         return Ignored(f"event from account {event.account}; this deployment serves {account}", event.id)
     if event.region != region:
         return Ignored(f"event from region {event.region}; this deployment serves {region}", event.id)
+    if event.source in DOOR_EVENT_SOURCES and event.detail_type == CLOUDTRAIL_CALL:
+        return _read_door_call(event, account=account, service_role_path=service_role_path)
     if event.source not in EVENT_SOURCES:
         return Ignored(f"event source is {event.source!r}, not 'aws.ec2' or 'aws.autoscaling'", event.id)
     if event.detail_type == STATE_CHANGE and event.source == "aws.ec2":
@@ -288,6 +292,34 @@ def _read_source_event(call: CloudTrailCall, event_id: str, service_role_path: s
     if not valid:
         return Ignored(f"{name} names {found!r}, not a valid {kind.value.replace('_', ' ')} id", event_id)
     return SourceTrigger(kind=kind, resource_ids=(found,), event_id=event_id, event_name=name)
+
+
+def _read_door_call(event: EnforcerEvent, *, account: str, service_role_path: str) -> DoorTrigger | Ignored:
+    """A call that created or changed a door outside EC2 instances (SageMaker, Lightsail, Beanstalk, ...)."""
+    try:
+        call = CloudTrailCall.model_validate(event.detail)
+    except ValidationError as error:
+        return Ignored(f"malformed CloudTrail detail: {_describe(error)}", event.id)
+    name = call.eventName
+    expected_source = DOOR_EVENT_SOURCES[event.source]
+    if call.eventSource != expected_source:
+        return Ignored(f"{name} from {call.eventSource}, not {expected_source}", event.id)
+    if call.recipientAccountId not in (None, account):
+        return Ignored(f"{name} recorded for account {call.recipientAccountId}, not {account}", event.id)
+    if call.errorCode:
+        return Ignored(f"{name} failed with {call.errorCode}: it changed nothing", event.id)
+    door = DOOR_EVENTS[expected_source].get(name)
+    if door is None:
+        return Ignored(f"CloudTrail event {name} is not one the launch watch handles", event.id)
+    caller = _caller_role_arn(call.userIdentity)
+    if service_role_path and caller and f":role{service_role_path}" in caller:
+        return Ignored(f"{name} was made by this service ({caller})", event.id)
+    ids = door_ids(door, call.requestParameters, call.responseElements)
+    if not ids:
+        return Ignored(f"{name} names no {door.resource_type.replace('_', ' ')} the launch watch can read", event.id)
+    return DoorTrigger(
+        resource_type=door.resource_type, resource_ids=tuple(dict.fromkeys(ids)), event_id=event.id, event_name=name
+    )
 
 
 def _find_string(node: object, key: str, depth: int = 4) -> str | None:

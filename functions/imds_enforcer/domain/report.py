@@ -67,10 +67,49 @@ ACTION_ORDER: tuple[Action, ...] = (
 SEVERITY_RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.HIGH: 2}
 
 
+# The resource types findings use (open: a consumer must accept others). The last seven are the IMDS doors outside
+# EC2 instances (domain.doors); a Lightsail instance and a SageMaker notebook are named by name, an EKS node group
+# as "cluster/nodegroup", an EMR cluster by its id.
+RESOURCE_TYPES = (
+    "instance",
+    "launch_template",
+    "launch_configuration",
+    "image",
+    "account",
+    "auto_scaling_group",
+    "sagemaker_notebook",
+    "lightsail_instance",
+    "elastic_beanstalk_environment",
+    "batch_compute_environment",
+    "eks_nodegroup",
+    "ecs_capacity_provider",
+    "emr_cluster",
+)
+
+
+class ImdsCaller(BaseModel):
+    """A process seen making IMDSv1 calls on an instance (ImdsPacketAnalyzer, run by the gate's opt-in caller
+    analysis): its command line and its parents' (secrets in them masked), and how many calls it made."""
+
+    model_config = ConfigDict(frozen=True)
+
+    process: str
+    command_line: str
+    count: int
+    # Parent, grandparent, ... as "process: command line" (the analyzer records up to three).
+    parent_chain: list[str] = Field(default_factory=list)
+    # The metadata paths it asked for (e.g. /latest/meta-data/iam/security-credentials/), most frequent first.
+    paths: list[str] = Field(default_factory=list)
+
+
 class Finding(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    resource_type: str = "instance"
+    resource_type: str = Field(
+        default="instance",
+        description="What the finding is about; the IMDS doors outside EC2 instances each have their own.",
+        examples=list(RESOURCE_TYPES),
+    )
     resource_id: str
     action: Action
     reason: str
@@ -79,6 +118,8 @@ class Finding(BaseModel):
     metadata_no_token_rejected: float | None = None
     last_imdsv1_call_at: datetime | None = None
     details: dict[str, str] = Field(default_factory=dict)
+    # The processes that made the IMDSv1 calls of a `blocked` instance, most calls first (opt-in caller analysis).
+    callers: list[ImdsCaller] | None = None
 
     @computed_field  # type: ignore[prop-decorator]
     @property

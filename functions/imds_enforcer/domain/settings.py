@@ -31,6 +31,17 @@ class EnforcementMode(StrEnum):
     FIX = "fix"
 
 
+class CallerAnalysis(StrEnum):
+    """Which process makes a blocked instance's IMDSv1 calls (ImdsPacketAnalyzer through SSM Run Command).
+
+    `off`: nothing; `read`: attach the results of analyses already run (no command is sent: the CLI audit's mode);
+    `run`: also select blocked instances, tag them and start the analyzer on them."""
+
+    OFF = "off"
+    READ = "read"
+    RUN = "run"
+
+
 # What Secrets Manager accepts as a secret name, and a secret's ARN (with or without the random 6-character suffix).
 _SECRET_NAME = re.compile(r"^[A-Za-z0-9/_+=.@-]{1,512}$")
 _SECRET_ARN = re.compile(r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:[A-Za-z0-9/_+=.@-]{1,512}$")
@@ -61,7 +72,9 @@ class Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore", str_strip_whitespace=True)
 
     # Set by the stack itself (the topic it creates, the path of the roles it creates): not a cdk.json key.
-    SET_BY_STACK: ClassVar[frozenset[str]] = frozenset({"REPORT_TOPIC_ARN", "SERVICE_ROLE_PATH", "LEDGER_TABLE_NAME"})
+    SET_BY_STACK: ClassVar[frozenset[str]] = frozenset(
+        {"REPORT_TOPIC_ARN", "SERVICE_ROLE_PATH", "LEDGER_TABLE_NAME", "CALLER_ANALYSIS_DOCUMENT"}
+    )
     # Read by the Slack notifier only; the enforcing functions get every other setting.
     SLACK_NOTIFIER_ONLY: ClassVar[frozenset[str]] = frozenset({"SLACK_WEBHOOK_SECRET"})
 
@@ -98,6 +111,16 @@ class Settings(BaseModel):
     # The stack's state table (what was last reported about each instance, so a restart is reported only when its
     # verdict changed). Empty: no table, every verdict is reported.
     LEDGER_TABLE_NAME: Annotated[str, Field(pattern=r"^([A-Za-z0-9_.-]{3,255})?$")] = ""
+    # IMDS doors outside EC2 instances. Opt-in on top of fix mode: SageMaker notebooks (only stopped ones: the API
+    # refuses a running one) and Lightsail instances. Elastic Beanstalk, Batch, EKS, ECS and EMR are only flagged.
+    FIX_SAGEMAKER_NOTEBOOKS: bool = False
+    FIX_LIGHTSAIL_INSTANCES: bool = False
+    # The caller analysis of blocked instances (ImdsPacketAnalyzer through SSM Run Command): off, read or run; at
+    # most this many new instances a run, each traced this many minutes; the stack's own command document.
+    CALLER_ANALYSIS: CallerAnalysis = CallerAnalysis.OFF
+    CALLER_ANALYSIS_MAX_INSTANCES: Annotated[int, Field(ge=1, le=50)] = 5
+    CALLER_ANALYSIS_MINUTES: Annotated[int, Field(ge=1, le=30)] = 10
+    CALLER_ANALYSIS_DOCUMENT: Annotated[str, Field(pattern=r"^([a-zA-Z0-9_.-]{3,128})?$")] = ""
 
     @field_validator("CONTAINER_HOST_TAG_KEYS", mode="before")
     @classmethod

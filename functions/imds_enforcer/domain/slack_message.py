@@ -235,7 +235,24 @@ def _finding_text(finding: Finding, *, region: str) -> str:
         lines.append(f"last IMDSv1 call: {finding.last_imdsv1_call_at.isoformat(timespec='minutes')}")
     if finding.error_code:
         lines.append(f"error: `{_escape(finding.error_code, 100)}`")
+    lines.extend(_caller_lines(finding))
     return "\n".join(lines)
+
+
+MAX_CALLERS_SHOWN = 3
+
+
+def _caller_lines(finding: Finding) -> list[str]:
+    """The processes that made a blocked instance's IMDSv1 calls (opt-in caller analysis), most calls first."""
+    if not finding.callers:
+        return []
+    lines = ["IMDSv1 callers (ImdsPacketAnalyzer):"]
+    for caller in finding.callers[:MAX_CALLERS_SHOWN]:
+        chain = " ← ".join(_escape(parent, 80) for parent in caller.parent_chain[:2])
+        lines.append(
+            f"• *{caller.count}* calls: `{_escape(caller.command_line, 200)}`" + (f" ← {chain}" if chain else "")
+        )
+    return lines
 
 
 def _footer(report: Report) -> str:

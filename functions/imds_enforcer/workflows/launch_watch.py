@@ -24,6 +24,7 @@ from imds_enforcer.aws import ec2, ledger
 from imds_enforcer.aws.errors import AwsError, UnexpectedAwsError
 from imds_enforcer.aws.sns import publish_report
 from imds_enforcer.domain.deployment import Deployment
+from imds_enforcer.domain.door_events import DoorTrigger
 from imds_enforcer.domain.events import (
     Ignored,
     LaunchTrigger,
@@ -38,7 +39,7 @@ from imds_enforcer.domain.report import Action, Finding, Report
 from imds_enforcer.domain.settings import ENFORCED_AT_TAG, Settings
 from imds_enforcer.domain.usage import gate_decision, rejected_calls, set_back_finding
 from imds_enforcer.observability import logger
-from imds_enforcer.workflows import evidence, launch_source_sweep
+from imds_enforcer.workflows import door_sweep, evidence, launch_source_sweep
 from imds_enforcer.workflows.enforcement import Pacer, enforce
 
 ENFORCED_BY = "launch_watch"
@@ -77,6 +78,8 @@ def watch_launch(
         return LaunchOutcome(status="ignored", reason=trigger.reason)
     if isinstance(trigger, SourceTrigger):
         return _watch_source(trigger, settings, deployment)
+    if isinstance(trigger, DoorTrigger):
+        return _watch_door(trigger, settings, deployment)
     if trigger.rejected_ids:
         logger.warning("event names invalid instance ids", extra={"ids": list(trigger.rejected_ids)})
     logger.info("event accepted", extra={"kind": trigger.kind.value, "instances": list(trigger.instance_ids)})
@@ -270,5 +273,17 @@ def _watch_source(trigger: SourceTrigger, settings: Settings, deployment: Deploy
         outcome = launch_source_sweep.sweep_launch_configurations(settings, names=ids)
     else:
         outcome = launch_source_sweep.sweep_images(settings, image_ids=ids)
+    totals = {"resources_in_event": len(ids)}
+    return _finish(outcome.findings, outcome.unexpected_errors, totals, trigger.event_id, settings, deployment)
+
+
+def _watch_door(trigger: DoorTrigger, settings: Settings, deployment: Deployment) -> LaunchOutcome:
+    """Check the doors outside EC2 instances the event names, with the same rules (and opt-ins) as the gate."""
+    logger.info(
+        "event accepted",
+        extra={"kind": trigger.resource_type, "event": trigger.event_name, "ids": trigger.resource_ids},
+    )
+    ids = list(trigger.resource_ids)
+    outcome = door_sweep.DOOR_SWEEPS[trigger.resource_type](settings, names=ids)
     totals = {"resources_in_event": len(ids)}
     return _finish(outcome.findings, outcome.unexpected_errors, totals, trigger.event_id, settings, deployment)

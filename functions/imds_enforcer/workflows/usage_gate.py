@@ -54,7 +54,7 @@ from imds_enforcer.domain.usage import (
     under_watch,
 )
 from imds_enforcer.observability import logger
-from imds_enforcer.workflows import evidence, launch_source_sweep, rejection_watch
+from imds_enforcer.workflows import caller_analysis, door_sweep, evidence, launch_source_sweep, rejection_watch
 from imds_enforcer.workflows.enforcement import Pacer, enforce, prepare
 
 ENFORCED_BY = "usage_gate"
@@ -137,6 +137,10 @@ def run_gate(
     run.findings.extend(watch.findings)
     run.unexpected.extend(watch.unexpected)
     plans, preparations = _decide(optional, usage, run)
+    # Opt-in: which processes make the blocked instances' IMDSv1 calls (annotates their findings; never fails the run).
+    callers = caller_analysis.attach_callers(run.findings, optional, settings, now=run.now)
+    run.findings[:] = callers.findings
+    run.unexpected.extend(callers.unexpected_errors)
     outcome = enforce(plans, enforced_by=ENFORCED_BY, pacer=run.pacer, now=run.now, should_stop=should_stop)
     run.findings.extend(outcome.findings)
     run.unexpected.extend(outcome.unexpected_errors)
@@ -166,6 +170,7 @@ def run_gate(
         "rolled_back": watch.rolled_back,
         "modify_wait_seconds": round(run.pacer.waited_seconds),
         "source_checks_skipped": skipped_sources,
+        **callers.totals,
     }
     report = Report(
         account=deployment.account,
@@ -187,6 +192,7 @@ SOURCE_CHECKS: tuple[tuple[str, Callable[[Settings], launch_source_sweep.SourceO
     ("launch templates", launch_source_sweep.sweep_launch_templates),
     ("launch configurations", launch_source_sweep.sweep_launch_configurations),
     ("images", launch_source_sweep.sweep_images),
+    *door_sweep.DOOR_CHECKS,
 )
 
 

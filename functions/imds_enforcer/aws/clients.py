@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from mypy_boto3_cloudwatch import CloudWatchClient
     from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_ec2 import EC2Client
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_scheduler import EventBridgeSchedulerClient
     from mypy_boto3_secretsmanager import SecretsManagerClient
     from mypy_boto3_sns import SNSClient
 
@@ -27,6 +29,11 @@ RETRY_CONFIG = Config(
     read_timeout=30,
     user_agent_appid="imds-enforcer",  # type: ignore[call-arg]  # botocore-stubs lag botocore here
 )
+# ModifyInstanceMetadataOptions, paced by workflows/pacing.Pacer: one retry absorbs a lone transient error (a 5xx, a
+# dropped connection, one throttle), and a throttle that persists reaches the pacer at once, which then slows down
+# (AIMD), instead of botocore sleeping through 5 retries on its own backoff while the pacer keeps its old rate. Its own
+# client also gives it its own retry quota.
+MODIFY_RETRY_CONFIG = RETRY_CONFIG.merge(Config(retries={"mode": "standard", "total_max_attempts": 2}))
 
 
 @functools.cache
@@ -36,12 +43,29 @@ def _session() -> boto3.session.Session:
 
 
 @functools.cache
-def _client(service: str) -> Any:
-    return _session().client(service, config=RETRY_CONFIG)  # type: ignore[call-overload]
+def _client(service: str, paced: bool = False) -> Any:
+    config = MODIFY_RETRY_CONFIG if paced else RETRY_CONFIG
+    return _session().client(service, config=config)  # type: ignore[call-overload]
 
 
 def ec2() -> EC2Client:
     client: EC2Client = _client("ec2")
+    return client
+
+
+def ec2_paced() -> EC2Client:
+    """The EC2 client for the paced modifies (one retry: see MODIFY_RETRY_CONFIG)."""
+    client: EC2Client = _client("ec2", paced=True)
+    return client
+
+
+def s3() -> S3Client:
+    client: S3Client = _client("s3")
+    return client
+
+
+def scheduler() -> EventBridgeSchedulerClient:
+    client: EventBridgeSchedulerClient = _client("scheduler")
     return client
 
 

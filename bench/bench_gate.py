@@ -1,6 +1,7 @@
 """Benchmark the usage gate against a moto server: API calls per operation against the floor, wall time, memory.
 
     python -m bench.bench_gate [--sizes 1000,10000] [--ready 20]
+    python -m bench.bench_gate --time-model      # time to enforce 1k/10k/50k ready instances (bench/time_model.py)
 
 moto runs in a child process (taught what it lacks there, where it serves), so that the memory figures measure the
 gate alone. The fleet is seeded inside that process, one instance per reservation: moto counts reservations against
@@ -213,7 +214,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--sizes", default="1000,10000", help="fleet sizes, comma-separated")
     parser.add_argument("--ready", type=int, default=20, help="instances per fleet with 14 clean days (enforced)")
+    parser.add_argument(
+        "--time-model",
+        action="store_true",
+        help="model the time to enforce 1k, 10k and 50k ready instances (the real gate on a simulated clock)",
+    )
     args = parser.parse_args(argv)
+    if args.time_model:
+        from bench import time_model
+
+        time_model.main()
+        return
     sizes = [int(size) for size in args.sizes.split(",") if size.strip()]
 
     port = _free_port()

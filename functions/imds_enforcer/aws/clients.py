@@ -34,6 +34,23 @@ RETRY_CONFIG = Config(
 # (AIMD), instead of botocore sleeping through 5 retries on its own backoff while the pacer keeps its old rate. Its own
 # client also gives it its own retry quota.
 MODIFY_RETRY_CONFIG = RETRY_CONFIG.merge(Config(retries={"mode": "standard", "total_max_attempts": 2}))
+# The codes AWS uses for "slow down" (EC2 answers RequestLimitExceeded).
+THROTTLE_CODES = frozenset({"RequestLimitExceeded", "Throttling", "ThrottlingException", "EC2ThrottledException"})
+
+
+class ThrottleLog:
+    """Counts every throttled response the paced client receives, the one its retry absorbs included, so the pacer
+    learns from each of them (botocore emits needs-retry for every attempt, retried or not)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, response: Any = None, **_: Any) -> None:
+        if response is not None and response[1].get("Error", {}).get("Code") in THROTTLE_CODES:
+            self.count += 1
+
+
+PACED_THROTTLES = ThrottleLog()
 
 
 @functools.cache
@@ -45,7 +62,10 @@ def _session() -> boto3.session.Session:
 @functools.cache
 def _client(service: str, paced: bool = False) -> Any:
     config = MODIFY_RETRY_CONFIG if paced else RETRY_CONFIG
-    return _session().client(service, config=config)  # type: ignore[call-overload]
+    client = _session().client(service, config=config)  # type: ignore[call-overload]
+    if paced:
+        client.meta.events.register(f"needs-retry.{service}", PACED_THROTTLES)
+    return client
 
 
 def ec2() -> EC2Client:

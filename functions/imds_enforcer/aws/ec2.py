@@ -80,6 +80,12 @@ def require_tokens(instance_id: str, *, hop_limit: int | None, paced: bool = Fal
             )
 
 
+def throttled_attempts() -> int:
+    """How many RequestLimitExceeded the paced client has received so far (retried or not): the pacer compares it
+    before and after a modify."""
+    return clients.PACED_THROTTLES.count
+
+
 def raise_hop_limit(instance_id: str, hop_limit: int, *, paced: bool = False) -> None:
     """Only the hop limit: the tokens (and everything else) stay as they are."""
     client = clients.ec2_paced() if paced else clients.ec2()

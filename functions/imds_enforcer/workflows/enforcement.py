@@ -212,16 +212,20 @@ def _paced(
                 deferred.extend(retry)
                 return changed
             pacer.acquire()
+            throttled_before = ec2.throttled_attempts()
             try:
                 modify(plan)
             except AwsError as error:
                 if adaptive and is_throttle(error):
-                    pacer.throttled()
+                    pacer.throttled(max(1, ec2.throttled_attempts() - throttled_before))
                     retry.append(plan)
                     continue
                 outcome.findings.append(failed(plan, error))
                 _note_unexpected(outcome, plan.instance_id, error)
                 continue
+            absorbed = ec2.throttled_attempts() - throttled_before
+            if adaptive and absorbed:
+                pacer.throttled(absorbed)  # the client's retry got through, but EC2 said slow down first
             pacer.succeeded()
             changed.append(plan)
     return changed

@@ -14,7 +14,8 @@ the pacer is `exhausted` and the caller stops modifying for this run (the gate c
 
 botocore's standard retry mode would retry a throttle up to 5 times inside one call, sleeping on its own backoff while
 the pacer keeps its old rate: the modifies therefore use a client with one retry only (aws/clients.py), which absorbs
-a lone transient error, and a throttle that persists reaches the pacer, which learns from it.
+a lone transient error, and a throttle that persists reaches the caller at once. The pacer learns from every
+RequestLimitExceeded all the same, the one that retry absorbed included (the client counts them).
 """
 
 from __future__ import annotations
@@ -25,10 +26,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
+from imds_enforcer.aws.clients import THROTTLE_CODES
 from imds_enforcer.aws.errors import AwsError
 
-# The codes EC2 (and the Query/JSON protocols generally) use for "slow down".
-THROTTLE_CODES = frozenset({"RequestLimitExceeded", "Throttling", "ThrottlingException", "EC2ThrottledException"})
 DECREASE_FACTOR = 0.5
 # From half the documented rate back to all of it in 50 successes (about 10-20 s at those rates).
 INCREASE_PER_SUCCESS = 0.05
@@ -121,9 +121,10 @@ class Pacer:
         self._consecutive_throttles = 0
         self._rate = min(self._ceiling, self._rate + INCREASE_PER_SUCCESS)
 
-    def throttled(self) -> None:
-        """EC2 answered RequestLimitExceeded: its bucket is empty, and someone else is drawing on it."""
-        self.throttles += 1
+    def throttled(self, count: int = 1) -> None:
+        """EC2 answered RequestLimitExceeded (`count` times in one call): its bucket is empty, and someone else is
+        drawing on it. One decrease per call, like one loss event."""
+        self.throttles += count
         self._consecutive_throttles += 1
         self._refill()
         self._tokens = 0.0

@@ -110,8 +110,9 @@ class Result:
     @property
     def floor(self) -> dict[str, int]:
         return {
-            # The optional listing, plus one page for the watch listing (instances tagged enforced-at).
-            "DescribeInstances": math.ceil(self.size / 1000) + 1,
+            # The optional listing, plus one page for the watch listing (instances tagged enforced-at), plus one
+            # re-check of the live instances per paced batch of 50 modifies.
+            "DescribeInstances": math.ceil(self.size / 1000) + 1 + math.ceil(self.ready / 50),
             # The instances' AMIs (one AMI here: one call per 200 distinct AMIs), and the own-AMI launch-source check.
             "DescribeImages": 2,
             # MetadataNoToken and the running reference (CPUUtilization) for every optional instance, 500 a call.
@@ -164,7 +165,9 @@ def run_size(size: int, ready: int, commands: Connection) -> Result:
     seed_seconds = time.perf_counter() - started
 
     clients.reset_clients()
-    counter = CallCounter().attach(clients.ec2(), clients.cloudwatch(), clients.sns(), clients.autoscaling())
+    counter = CallCounter().attach(
+        clients.ec2(), clients.ec2_paced(), clients.cloudwatch(), clients.sns(), clients.autoscaling()
+    )
 
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     tracemalloc.start()

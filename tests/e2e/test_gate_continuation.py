@@ -13,6 +13,7 @@ import pytest
 
 from emulator.fleet import backdate_launch
 from imds_enforcer.aws import clients
+from imds_enforcer.aws.errors import UnexpectedAwsError
 from imds_enforcer.domain.settings import ENFORCED_BY_TAG
 from imds_enforcer.handlers.usage_gate import handler
 from tests.support.aws import SCHEDULED, ReportInbox, launch, metadata_options, tags_of
@@ -26,7 +27,7 @@ from tests.support.continuation import (
     pending_schedules,
     saved_sweep,
 )
-from tests.support.faults import count_calls
+from tests.support.faults import Fault, count_calls, inject, rest_json_error
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("aws")]
 
@@ -231,4 +232,30 @@ def test_the_continuations_are_bounded_and_the_rest_is_reported_deferred(
     deferred = [f for f in message.report["findings"] if f["action"] == "ready"]
     assert len(deferred) == totals["deferred"]
     assert all(f["details"]["deferred"] == "true" for f in deferred)
+    assert saved_sweep() is None
+
+
+def test_a_continuation_that_cannot_be_scheduled_ends_the_sweep_with_its_report(
+    gate: ModifyLog, inbox: ReportInbox
+) -> None:
+    # Given a sweep that needs more than one run, and EventBridge Scheduler refusing to create its continuation
+    ids = ready_fleet(2 * PER_RUN + 10)
+    inject(clients.scheduler(), "CreateSchedule", Fault(rest_json_error("AccessDeniedException", status=403)))
+
+    # When the first run stops for its time budget
+    with pytest.raises(UnexpectedAwsError, match="CreateSchedule"):
+        run(SCHEDULED, gate, [])
+
+    # Then nothing is lost: what it enforced and what it left are in the sweep's one report (published before the
+    # error is raised for Lambda's retry and the dead-letter queue), and no saved sweep is left to report them twice
+    (message,) = inbox.drain()
+    findings = {finding["resource_id"]: finding for finding in message.report["findings"]}
+    assert set(findings) == set(ids)
+    enforced = [i for i in ids if findings[i]["action"] == "enforced"]
+    assert len(enforced) == PER_RUN
+    left = [findings[i] for i in ids if i not in enforced]
+    assert {f["action"] for f in left} <= {"ready", "insufficient_data"}
+    assert all(f["details"]["deferred"] == "true" for f in left)
+    assert message.report["totals"]["deferred"] == len(left)
+    assert pending_schedules() == []
     assert saved_sweep() is None

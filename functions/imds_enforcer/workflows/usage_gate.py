@@ -522,10 +522,13 @@ def _finish(
     report, then the saved state goes."""
     leftovers: list[Finding] = [deferred_finding(record.modify_plan()) for record in state.to_enforce]
     leftovers += [deferred_preparation_finding(record.prepare_plan()) for record in state.to_prepare]
+    # Only when the sweep could not continue (its state or schedule could not be written): instances whose evidence
+    # was never read. Not proven quiet, so reported as such; the next scheduled sweep decides them.
+    leftovers += [_not_decided(record.facts()) for record in state.undecided]
     state.findings.extend(leftovers)
     run.findings.extend(leftovers)
-    state.add({"deferred": len(state.to_enforce)})
-    state.to_enforce, state.to_prepare = [], []
+    state.add({"deferred": len(state.to_enforce) + len(state.undecided)})
+    state.to_enforce, state.to_prepare, state.undecided = [], [], []
 
     if run.settings.SET_ACCOUNT_DEFAULT:
         left_open = (
@@ -556,8 +559,9 @@ def _finish(
     )
     logger.info("gate decided", extra={"sweep_id": state.sweep_id, "totals": totals, "counts": report.counts})
     message_ids = publish_report(report, topic_arn=run.settings.REPORT_TOPIC_ARN) if publish else []
-    if continuing and state.runs > 1:
+    if continuing:
         # After the report is out: had the publish failed, the next run would find the sweep and publish it then.
+        # (A single-run sweep saved nothing, but a run whose continuation failed did.)
         try:
             sweep_store.delete(run.settings.SWEEP_STATE_BUCKET)
         except AwsError as error:
@@ -596,6 +600,16 @@ def _check_sources(run: _Run, should_stop: Callable[[], bool]) -> int:
         run.findings.extend(outcome.findings)
         run.unexpected.extend(outcome.unexpected_errors)
     return skipped
+
+
+def _not_decided(facts: InstanceFacts) -> Finding:
+    return Finding(
+        resource_id=facts.instance_id,
+        action=Action.INSUFFICIENT_DATA,
+        reason="not decided in this sweep: its evidence was not read before the sweep had to stop (it could not "
+        "continue); the next scheduled sweep decides it",
+        details={"state": facts.state, "deferred": "true"},
+    )
 
 
 def _account(deployment: Deployment) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Benchmark the usage gate against a moto server: API calls per operation against the floor, wall time, memory.
 
     python -m bench.bench_gate [--sizes 1000,10000] [--ready 20]
+    python -m bench.bench_gate --time-model      # time to enforce 1k/10k/50k ready instances (bench/time_model.py)
 
 moto runs in a child process (taught what it lacks there, where it serves), so that the memory figures measure the
 gate alone. The fleet is seeded inside that process, one instance per reservation: moto counts reservations against
@@ -109,8 +110,9 @@ class Result:
     @property
     def floor(self) -> dict[str, int]:
         return {
-            # The optional listing, plus one page for the watch listing (instances tagged enforced-at).
-            "DescribeInstances": math.ceil(self.size / 1000) + 1,
+            # The optional listing, plus one page for the watch listing (instances tagged enforced-at), plus one
+            # re-check of the live instances per paced batch of 50 modifies.
+            "DescribeInstances": math.ceil(self.size / 1000) + 1 + math.ceil(self.ready / 50),
             # The instances' AMIs (one AMI here: one call per 200 distinct AMIs), and the own-AMI launch-source check.
             "DescribeImages": 2,
             # MetadataNoToken and the running reference (CPUUtilization) for every optional instance, 500 a call.
@@ -163,7 +165,9 @@ def run_size(size: int, ready: int, commands: Connection) -> Result:
     seed_seconds = time.perf_counter() - started
 
     clients.reset_clients()
-    counter = CallCounter().attach(clients.ec2(), clients.cloudwatch(), clients.sns(), clients.autoscaling())
+    counter = CallCounter().attach(
+        clients.ec2(), clients.ec2_paced(), clients.cloudwatch(), clients.sns(), clients.autoscaling()
+    )
 
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     tracemalloc.start()
@@ -213,7 +217,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--sizes", default="1000,10000", help="fleet sizes, comma-separated")
     parser.add_argument("--ready", type=int, default=20, help="instances per fleet with 14 clean days (enforced)")
+    parser.add_argument(
+        "--time-model",
+        action="store_true",
+        help="model the time to enforce 1k, 10k and 50k ready instances (the real gate on a simulated clock)",
+    )
     args = parser.parse_args(argv)
+    if args.time_model:
+        from bench import time_model
+
+        time_model.main()
+        return
     sizes = [int(size) for size in args.sizes.split(",") if size.strip()]
 
     port = _free_port()

@@ -15,7 +15,9 @@ from aws_cdk import aws_sns as sns
 from constructs import Construct
 
 from imds_enforcer.domain.metric_names import (
+    CONTINUATIONS,
     EC2_NAMESPACE,
+    MODIFY_THROTTLES,
     NAMESPACE,
     NO_TOKEN,
     NO_TOKEN_REJECTED,
@@ -126,6 +128,7 @@ class Monitoring(Construct):
                 [_markdown()],
                 self._imdsv1_usage_row(),
                 self._progress_row(rejected),
+                self._pacing_row(),
                 [
                     cloudwatch.GraphWidget(
                         title="Handler errors",
@@ -175,6 +178,21 @@ class Monitoring(Construct):
                 )
             )
         return row
+
+    @staticmethod
+    def _pacing_row() -> list[cloudwatch.IWidget]:
+        return [
+            cloudwatch.GraphWidget(
+                title="Modifies throttled by EC2 (RequestLimitExceeded: the gate slowed down, nothing failed)",
+                left=[service_metric(MODIFY_THROTTLES, statistic="Sum", period=HOUR, label="Throttled")],
+                width=12,
+            ),
+            cloudwatch.GraphWidget(
+                title="Gate continuations (a sweep carried on past one run's time budget)",
+                left=[service_metric(CONTINUATIONS, statistic="Sum", period=HOUR, label="Continuations")],
+                width=12,
+            ),
+        ]
 
     @staticmethod
     def _progress_row(rejected: cloudwatch.Metric) -> list[cloudwatch.IWidget]:

@@ -439,6 +439,41 @@ def usage_gate_permissions(
     return permissions
 
 
+def gate_continuation_permissions(
+    *, bucket_arn: str, state_prefix: str, schedule_arns: str, scheduler_role_arn: str
+) -> list[Permission]:
+    """The usage gate's continuation: read, write and delete its sweep object (under one prefix of the stack's own
+    bucket; listing the bucket only so a missing object reads as 404, not 403), create one-time schedules in the
+    stack's own schedule group, and hand those schedules the stack's scheduler role (and no other role, to no other
+    service)."""
+    return [
+        Permission(
+            iam.PolicyStatement(
+                sid="SweepStateObject",
+                actions=["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+                resources=[f"{bucket_arn}/{state_prefix}*"],
+            ),
+            f"The sweep state lives under {state_prefix} of the stack's own sweep bucket; the wildcard is that prefix.",
+        ),
+        Permission(iam.PolicyStatement(sid="SweepBucketListing", actions=["s3:ListBucket"], resources=[bucket_arn])),
+        Permission(
+            iam.PolicyStatement(
+                sid="ScheduleContinuations", actions=["scheduler:CreateSchedule"], resources=[schedule_arns]
+            ),
+            "Each continuation is a new one-time schedule named after its sweep and run, so CreateSchedule is "
+            "allowed on the schedules of the stack's own schedule group only (schedule/<group>/*).",
+        ),
+        Permission(
+            iam.PolicyStatement(
+                sid="PassSchedulerRole",
+                actions=["iam:PassRole"],
+                resources=[scheduler_role_arn],
+                conditions={"StringEquals": {"iam:PassedToService": "scheduler.amazonaws.com"}},
+            )
+        ),
+    ]
+
+
 def rejection_watch_permissions(*, instance_arn: str, exempt_tag_key: str, rollback: bool) -> list[Permission]:
     """Find the instances rejecting IMDSv1 calls (one Metrics Insights query), read them, and (opt-in) roll back the
     ones this service switched: nothing else."""

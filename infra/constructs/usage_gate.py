@@ -9,13 +9,14 @@ from constructs import Construct
 
 from imds_enforcer.domain.settings import CallerAnalysis
 from infra.constructs.enforcer_function import EnforcerFunction, FunctionWiring
+from infra.constructs.gate_continuation import GateContinuation
 from infra.constructs.permissions import DoorArns, ResourceArns, usage_gate_permissions
 
 HANDLER = "imds_enforcer.handlers.usage_gate.handler"
 
 
 class UsageGate(Construct):
-    """The usage gate Lambda and its schedule.
+    """The usage gate Lambda, its schedule, and its continuation (a sweep longer than one run goes on at once).
 
     ``fix_launch_templates`` / ``fix_images`` grant the writes that fix those launch sources (opt-in);
     ``fix_sagemaker_notebooks`` / ``fix_lightsail_instances`` those of the doors outside EC2 (opt-in);
@@ -43,6 +44,7 @@ class UsageGate(Construct):
     ) -> None:
         super().__init__(scope, construct_id)
         arns = ResourceArns.of(self)
+        self.continuation = GateContinuation(self, "Continuation")
         self.enforcer = EnforcerFunction(
             self,
             "Enforcer",
@@ -63,12 +65,15 @@ class UsageGate(Construct):
                 fix_lightsail_instances=fix_lightsail_instances,
                 caller_analysis=caller_analysis,
                 analyzer_document_arn=analyzer_document_arn,
-            ),
+            )
+            + self.continuation.permissions(),
             memory_size=memory_mb,
             timeout=cdk.Duration.minutes(timeout_minutes),
-            # Never two sweeps at once: they would race to switch (and report) the same instances.
+            # Never two runs at once: they would race to switch (and report) the same instances, and pace against
+            # each other in EC2's one bucket. A continuation that fires while a run is still going waits its turn.
             reserved_concurrency=1,
         )
+        self.continuation.connect(self.enforcer)
         self.schedule_rule = events.Rule(
             self,
             "Schedule",

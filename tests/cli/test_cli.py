@@ -343,9 +343,12 @@ def test_enforce_apply_yes_enforces_only_the_ready_instance(
 def test_enforce_apply_that_hits_an_unexpected_error_still_prints_what_it_did(
     fleet: SmallFleet, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Given a caller that may not modify the ready instance (the fault sits on the product's cached client)
+    # Given a caller that may not modify the ready instance (the fault sits on the product's cached client for the
+    # paced modifies)
     inject(
-        clients.ec2(), "ModifyInstanceMetadataOptions", Fault(ec2_error("UnauthorizedOperation"), only_for=fleet.ready)
+        clients.ec2_paced(),
+        "ModifyInstanceMetadataOptions",
+        Fault(ec2_error("UnauthorizedOperation"), only_for=fleet.ready),
     )
     monkeypatch.setattr(clients, "reset_clients", lambda: None)
 

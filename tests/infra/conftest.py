@@ -38,6 +38,7 @@ CONTEXT: dict[str, Any] = {
     "gate_schedule_hours": "4",
     "gate_memory_mb": "1024",
     "gate_timeout_minutes": "10",
+    "max_continuations": "12",
     # Everything optional on: the Slack notifier (secret by name, with its customer managed key), e-mail filtering...
     "slack_webhook_secret": SLACK_SECRET_NAME,
     "slack_webhook_secret_kms_key_arn": SLACK_SECRET_KEY_ARN,

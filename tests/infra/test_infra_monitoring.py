@@ -7,7 +7,14 @@ from typing import Any
 import pytest
 from aws_cdk.assertions import Template
 
-from imds_enforcer.domain.metric_names import NAMESPACE, OPTIONAL_REMAINING, SERVICE, action_metric
+from imds_enforcer.domain.metric_names import (
+    CONTINUATIONS,
+    MODIFY_THROTTLES,
+    NAMESPACE,
+    OPTIONAL_REMAINING,
+    SERVICE,
+    action_metric,
+)
 from imds_enforcer.domain.report import Action
 
 HANDLERS = (
@@ -65,6 +72,9 @@ def test_dashboard_shows_the_services_own_metrics_with_their_statistics(template
         (action_metric(Action.ENFORCED), "Sum", 86400),
         (action_metric(Action.REJECTED), "Sum", 3600),
         (action_metric(Action.FAILED), "Sum", 3600),
+        # the gate's pacing and continuations: throttles it slowed down for, runs that carried a sweep on
+        (MODIFY_THROTTLES, "Sum", 3600),
+        (CONTINUATIONS, "Sum", 3600),
     ):
         start = body.index(f'"{NAMESPACE}","{name}","service","{SERVICE}",{{')
         options = body[start : body.index("}", start)]

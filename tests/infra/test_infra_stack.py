@@ -55,8 +55,14 @@ def _role_policy_statements(template: Template, handler: str) -> list[dict[str, 
     ]
 
 
-def _only_logical_id(template: Template, resource_type: str) -> str:
-    (logical_id,) = template.find_resources(resource_type).keys()
+def _only_resource(template: Template, resource_type: str) -> dict[str, Any]:
+    (resource,) = template.find_resources(resource_type).values()
+    return dict(resource)
+
+
+def _only_logical_id(template: Template, resource_type: str, containing: str = "") -> str:
+    """The one resource of that type (whose logical id contains `containing`, when given)."""
+    (logical_id,) = (found for found in template.find_resources(resource_type) if containing in found)
     return logical_id
 
 
@@ -96,6 +102,8 @@ def test_every_cdk_nag_acknowledgement_is_narrow_and_explained(synthesized: Any)
         "UsageGate/Enforcer/DeadLetterQueue": {"AwsSolutions::AwsSolutions-SQS3"},
         "RejectionWatch/Enforcer/DeadLetterQueue": {"AwsSolutions::AwsSolutions-SQS3"},
         "SlackNotifier/Enforcer/DeadLetterQueue": {"AwsSolutions::AwsSolutions-SQS3"},
+        # The gate's sweep bucket holds one transient object: no server access log bucket to outlive it.
+        "UsageGate/Continuation/SweepBucket": {"AwsSolutions::AwsSolutions-S1"},
     }
 
 
@@ -216,6 +224,23 @@ def test_function_environment_parses_with_the_runtime_settings(synthesized: Any,
     table_id = _only_logical_id(template, "AWS::DynamoDB::GlobalTable")
     assert env.pop("REPORT_TOPIC_ARN") == {"Ref": topic_id}
     assert env.pop("LEDGER_TABLE_NAME") == {"Ref": table_id}
+    # (the gate alone knows where its continuation lives: the stack's sweep bucket, schedule group, scheduler role,
+    # and its own dead-letter queue)
+    continuation = {name: env.pop(name) for name in sorted(Settings.GATE_ONLY) if name in env}
+    if handler == HANDLERS["usage_gate"]:
+        assert continuation == {
+            "CONTINUATION_DEAD_LETTER_ARN": {
+                "Fn::GetAtt": [_only_logical_id(template, "AWS::SQS::Queue", "UsageGate"), "Arn"]
+            },
+            "CONTINUATION_ROLE_ARN": {"Fn::GetAtt": [_only_logical_id(template, "AWS::IAM::Role", "Scheduler"), "Arn"]},
+            # (a name the L2 construct generates at synth)
+            "CONTINUATION_SCHEDULE_GROUP": _only_resource(template, "AWS::Scheduler::ScheduleGroup")["Properties"][
+                "Name"
+            ],
+            "SWEEP_STATE_BUCKET": {"Ref": _only_logical_id(template, "AWS::S3::Bucket")},
+        }
+    else:
+        assert continuation == {}
 
     # ...when the handler reads it (the topic and table are only known at deploy time)...
     placeholders = {"REPORT_TOPIC_ARN": PLACEHOLDER_TOPIC_ARN, "LEDGER_TABLE_NAME": PLACEHOLDERS["LEDGER_TABLE_NAME"]}
@@ -240,6 +265,7 @@ def test_function_environment_parses_with_the_runtime_settings(synthesized: Any,
         CALLER_ANALYSIS_MINUTES=15,
         # The stack's own analyzer document, one per regional stack.
         CALLER_ANALYSIS_DOCUMENT=f"ImdsEnforcer-{region}-ImdsPacketAnalyzer",
+        MAX_CONTINUATIONS=12,
     )
     assert env["POWERTOOLS_SERVICE_NAME"] == "imds-enforcer"
     assert env["POWERTOOLS_METRICS_NAMESPACE"] == "ImdsEnforcer"
@@ -548,8 +574,9 @@ def test_no_identity_policy_grants_a_wildcard_action(synthesized: Any, region: s
     # away and grants nothing, so the guardrail's Deny "*" (every call made with IMDSv1-delivered role
     # credentials, as AWS documents it) is not a wildcard grant; it is checked to be exactly that one statement.
     policies = list(_identity_policies(synthesized.templates[f"ImdsEnforcer-{region}"]))
-    # One policy per Lambda role everywhere; the guardrail managed policy only in the first region's stack.
-    assert len(policies) == len(ALL_HANDLERS) + (1 if region == REGIONS[0] else 0)
+    # One policy per Lambda role and the continuation's scheduler role everywhere; the guardrail managed policy only in
+    # the first region's stack.
+    assert len(policies) == len(ALL_HANDLERS) + 1 + (1 if region == REGIONS[0] else 0)
     wildcard_denies = []
     for logical_id, document in policies:
         for statement in document["Statement"]:
@@ -574,12 +601,14 @@ def test_roles_live_under_the_path_the_launch_watch_recognises_as_its_own(templa
     )
     assert len(lambda_roles) == len(ALL_HANDLERS)
     assert {role["Properties"]["Path"] for role in lambda_roles.values()} == {Settings().SERVICE_ROLE_PATH}
-    # The only other role is the Slack channel's (AWS Chatbot); the service path would exempt it from the guardrails.
-    (chat_role,) = template.find_resources(
-        "AWS::IAM::Role", {"Properties": {"AssumeRolePolicyDocument": _trusting("chatbot.amazonaws.com")}}
-    ).values()
-    assert "Path" not in chat_role["Properties"]
-    assert len(template.find_resources("AWS::IAM::Role")) == len(ALL_HANDLERS) + 1
+    # The only other roles are the Slack channel's (AWS Chatbot) and the one EventBridge Scheduler assumes to start
+    # the gate's continuation; the service path would exempt them from the guardrails.
+    for service in ("chatbot.amazonaws.com", "scheduler.amazonaws.com"):
+        (role,) = template.find_resources(
+            "AWS::IAM::Role", {"Properties": {"AssumeRolePolicyDocument": _trusting(service)}}
+        ).values()
+        assert "Path" not in role["Properties"]
+    assert len(template.find_resources("AWS::IAM::Role")) == len(ALL_HANDLERS) + 2
 
 
 def _trusting(service: str) -> Matcher:

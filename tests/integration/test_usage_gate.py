@@ -257,7 +257,7 @@ def test_fleet_stays_at_the_call_floor(inbox: ReportInbox, lambda_context: FakeL
     when = aged(2).replace(microsecond=0)
     watched = launch(tokens="required", count=100, tags={ENFORCED_AT_TAG: when.strftime("%Y-%m-%dT%H:%M:%SZ")})
     put_points(watched[0], [(when + timedelta(hours=3), 1.0)], metric="MetadataNoTokenRejected")
-    log = count_calls(clients.ec2(), clients.cloudwatch(), clients.sns())
+    log = count_calls(clients.ec2(), clients.ec2_paced(), clients.cloudwatch(), clients.sns())
 
     # When the gate runs once
     handler(SCHEDULED, lambda_context)
@@ -267,10 +267,10 @@ def test_fleet_stays_at_the_call_floor(inbox: ReportInbox, lambda_context: FakeL
     queries = 2 * (len(fleet) + len(ready)) + len(watched)
     assert log.metric_queries == [500, queries - 500]
     assert log.counts["GetMetricData"] == math.ceil(queries / 500)
-    # And DescribeInstances was one page per listing, DescribeImages one call for the instances' AMIs (one AMI here)
-    # and one for the account's own AMIs (the launch-source check), one modify per ready instance, one tag call,
-    # one publish
-    assert log.counts["DescribeInstances"] == 2
+    # And DescribeInstances was one page per listing plus one re-check of the ready ones just before their modifies
+    # (one batch: up to 50), DescribeImages one call for the instances' AMIs (one AMI here) and one for the account's
+    # own AMIs (the launch-source check), one modify per ready instance, one tag call, one publish
+    assert log.counts["DescribeInstances"] == 2 + 1
     assert log.counts["DescribeImages"] == 2
     assert log.counts["ModifyInstanceMetadataOptions"] == len(ready)
     assert log.counts["CreateTags"] == 1
@@ -288,24 +288,35 @@ def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ExponentialBackoff, "delay_amount", lambda self, context: 0)
 
 
-def test_throttling_is_retried_and_every_instance_reported(
-    inbox: ReportInbox, lambda_context: FakeLambdaContext, fix_mode: None, no_backoff: None
+def test_throttling_slows_the_pacer_and_is_never_a_failure(
+    inbox: ReportInbox,
+    lambda_context: FakeLambdaContext,
+    fix_mode: None,
+    no_backoff: None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Given 6 ready instances and EC2 throttling the first 8 ModifyInstanceMetadataOptions sends
+    # Given 6 ready instances and EC2 throttling the first 8 ModifyInstanceMetadataOptions sends (a fast documented
+    # rate, so the pacer's back-off takes milliseconds here)
+    monkeypatch.setenv("MODIFY_RATE_PER_SECOND", "100")
     ready = [ready_instance() for _ in range(6)]
-    throttled = throttle_first(clients.ec2(), "ModifyInstanceMetadataOptions", 8)
+    throttled = throttle_first(clients.ec2_paced(), "ModifyInstanceMetadataOptions", 8)
+    log = count_calls(clients.ec2_paced())
 
     # When the gate runs
-    handler(SCHEDULED, lambda_context)
+    summary = handler(SCHEDULED, lambda_context)
 
-    # Then the first instance's call gave up after 6 sends (max_attempts=5 counts retries), the others got through
+    # Then the paced client retried each throttle once (2 sends), so 4 calls failed and the pacer, which counted all
+    # 8 throttled answers, slowed down and tried those instances again later in the run: every instance is enforced,
+    # none reported failed
     assert throttled.injected == 8
-    findings = by_instance(only_report(inbox))
-    actions = [findings[instance_id]["action"] for instance_id in ready]
-    assert actions == ["failed", *["enforced"] * 5]
-    assert findings[ready[0]]["error_code"] == "RequestLimitExceeded"
-    assert "after 5 retries" in findings[ready[0]]["reason"]
-    assert [metadata_options(i)["HttpTokens"] for i in ready] == ["optional", *["required"] * 5]
+    assert log.counts["ModifyInstanceMetadataOptions"] == 6 + 4
+    report = only_report(inbox)
+    findings = by_instance(report)
+    assert [findings[instance_id]["action"] for instance_id in ready] == ["enforced"] * 6
+    assert [metadata_options(i)["HttpTokens"] for i in ready] == ["required"] * 6
+    assert report["totals"]["throttles"] == 8
+    assert report["totals"]["enforced"] == 6
+    assert summary["totals"]["throttles"] == 8  # type: ignore[index]
 
 
 class RunningOutContext(FakeLambdaContext):

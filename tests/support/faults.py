@@ -42,6 +42,13 @@ def json_error(code: str, message: str = "injected fault", status: int = 400) ->
     )
 
 
+def rest_json_error(code: str, message: str = "injected fault", status: int = 400) -> AWSResponse:
+    """An error of a REST-JSON service (EventBridge Scheduler, Lambda): the code travels in x-amzn-ErrorType."""
+    body = f'{{"Message": "{message}"}}'.encode()
+    headers = {"Content-Type": "application/json", "x-amzn-ErrorType": code}
+    return AWSResponse("https://scheduler.amazonaws.com/", status, headers, _Body(body))
+
+
 @dataclass
 class Fault:
     """Answers the first `times` sends of an operation with an error (None: every send); then lets moto answer."""

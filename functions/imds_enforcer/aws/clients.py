@@ -23,7 +23,9 @@ if TYPE_CHECKING:
     from mypy_boto3_elasticbeanstalk import ElasticBeanstalkClient
     from mypy_boto3_emr import EMRClient
     from mypy_boto3_lightsail import LightsailClient
+    from mypy_boto3_s3 import S3Client
     from mypy_boto3_sagemaker import SageMakerClient
+    from mypy_boto3_scheduler import EventBridgeSchedulerClient
     from mypy_boto3_secretsmanager import SecretsManagerClient
     from mypy_boto3_sns import SNSClient
     from mypy_boto3_ssm import SSMClient
@@ -35,6 +37,28 @@ RETRY_CONFIG = Config(
     read_timeout=30,
     user_agent_appid="imds-enforcer",  # type: ignore[call-arg]  # botocore-stubs lag botocore here
 )
+# ModifyInstanceMetadataOptions, paced by workflows/pacing.Pacer: one retry absorbs a lone transient error (a 5xx, a
+# dropped connection, one throttle), and a throttle that persists reaches the pacer at once, which then slows down
+# (AIMD), instead of botocore sleeping through 5 retries on its own backoff while the pacer keeps its old rate. Its own
+# client also gives it its own retry quota.
+MODIFY_RETRY_CONFIG = RETRY_CONFIG.merge(Config(retries={"mode": "standard", "total_max_attempts": 2}))
+# The codes AWS uses for "slow down" (EC2 answers RequestLimitExceeded).
+THROTTLE_CODES = frozenset({"RequestLimitExceeded", "Throttling", "ThrottlingException", "EC2ThrottledException"})
+
+
+class ThrottleLog:
+    """Counts every throttled response the paced client receives, the one its retry absorbs included, so the pacer
+    learns from each of them (botocore emits needs-retry for every attempt, retried or not)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, response: Any = None, **_: Any) -> None:
+        if response is not None and response[1].get("Error", {}).get("Code") in THROTTLE_CODES:
+            self.count += 1
+
+
+PACED_THROTTLES = ThrottleLog()
 
 
 @functools.cache
@@ -44,12 +68,32 @@ def _session() -> boto3.session.Session:
 
 
 @functools.cache
-def _client(service: str) -> Any:
-    return _session().client(service, config=RETRY_CONFIG)  # type: ignore[call-overload]
+def _client(service: str, paced: bool = False) -> Any:
+    config = MODIFY_RETRY_CONFIG if paced else RETRY_CONFIG
+    client = _session().client(service, config=config)  # type: ignore[call-overload]
+    if paced:
+        client.meta.events.register(f"needs-retry.{service}", PACED_THROTTLES)
+    return client
 
 
 def ec2() -> EC2Client:
     client: EC2Client = _client("ec2")
+    return client
+
+
+def ec2_paced() -> EC2Client:
+    """The EC2 client for the paced modifies (one retry: see MODIFY_RETRY_CONFIG)."""
+    client: EC2Client = _client("ec2", paced=True)
+    return client
+
+
+def s3() -> S3Client:
+    client: S3Client = _client("s3")
+    return client
+
+
+def scheduler() -> EventBridgeSchedulerClient:
+    client: EventBridgeSchedulerClient = _client("scheduler")
     return client
 
 

@@ -67,21 +67,30 @@ def iter_instances_tagged(tag_key: str) -> Iterator[InstanceFacts]:
     )
 
 
-def require_tokens(instance_id: str, *, hop_limit: int | None) -> None:
-    """HttpTokens=required. Only the fields we change are sent: AWS keeps the endpoint and the rest as they are."""
+def require_tokens(instance_id: str, *, hop_limit: int | None, paced: bool = False) -> None:
+    """HttpTokens=required. Only the fields we change are sent: AWS keeps the endpoint and the rest as they are.
+    `paced`: through the paced client (one retry), whose caller's pacer handles throttles (workflows/pacing.py)."""
+    client = clients.ec2_paced() if paced else clients.ec2()
     with translated("ModifyInstanceMetadataOptions"):
         if hop_limit is None:
-            clients.ec2().modify_instance_metadata_options(InstanceId=instance_id, HttpTokens="required")
+            client.modify_instance_metadata_options(InstanceId=instance_id, HttpTokens="required")
         else:
-            clients.ec2().modify_instance_metadata_options(
+            client.modify_instance_metadata_options(
                 InstanceId=instance_id, HttpTokens="required", HttpPutResponseHopLimit=hop_limit
             )
 
 
-def raise_hop_limit(instance_id: str, hop_limit: int) -> None:
+def throttled_attempts() -> int:
+    """How many RequestLimitExceeded the paced client has received so far (retried or not): the pacer compares it
+    before and after a modify."""
+    return clients.PACED_THROTTLES.count
+
+
+def raise_hop_limit(instance_id: str, hop_limit: int, *, paced: bool = False) -> None:
     """Only the hop limit: the tokens (and everything else) stay as they are."""
+    client = clients.ec2_paced() if paced else clients.ec2()
     with translated("ModifyInstanceMetadataOptions"):
-        clients.ec2().modify_instance_metadata_options(InstanceId=instance_id, HttpPutResponseHopLimit=hop_limit)
+        client.modify_instance_metadata_options(InstanceId=instance_id, HttpPutResponseHopLimit=hop_limit)
 
 
 def image_names(image_ids: Sequence[str]) -> dict[str, str]:

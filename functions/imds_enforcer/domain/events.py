@@ -375,18 +375,46 @@ def _raw_id(raw: Mapping[Any, Any]) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class GateTrigger:
-    kind: str  # "schedule" or "manual"
+    kind: str  # "schedule", "manual" or "continuation"
     event_id: str | None = None
+    # A continuation: the sweep it continues, and the number of the run it starts (2 for the first continuation).
+    sweep_id: str | None = None
+    run: int | None = None
+
+
+# The gate's own continuation (an EventBridge Scheduler one-time schedule's input): EventBridge-shaped, so the
+# logger's correlation id and the checks below read it like the other events.
+CONTINUATION_SOURCE = "imds-enforcer.gate"
+CONTINUATION_DETAIL_TYPE = "Gate Continuation"
+SWEEP_ID = re.compile(r"^[0-9A-Za-z-]{1,48}$")
+MAX_RUN = 1000
+
+
+def continuation_event(*, account: str, region: str, sweep_id: str, run: int, at: datetime) -> dict[str, Any]:
+    """What the continuation schedule delivers: which sweep, which run. The plan itself stays in the sweep bucket."""
+    return {
+        "version": "0",
+        "id": f"{sweep_id}-run-{run}",
+        "source": CONTINUATION_SOURCE,
+        "detail-type": CONTINUATION_DETAIL_TYPE,
+        "account": account,
+        "region": region,
+        "time": at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "resources": [],
+        "detail": {"sweep_id": sweep_id, "run": run},
+    }
 
 
 def read_gate_event(raw: object, *, account: str) -> GateTrigger | Ignored:
-    """A scheduled event of this account, or an empty manual invoke (`{}`), runs the sweep; anything else is
-    logged and changes nothing (a foreign event must not make the gate modify instances)."""
+    """A scheduled event of this account, the gate's own continuation, or an empty manual invoke (`{}`), runs the
+    sweep; anything else is logged and changes nothing (a foreign event must not make the gate modify instances)."""
     if raw is None or (isinstance(raw, Mapping) and not raw):
         return GateTrigger(kind="manual")
     if not isinstance(raw, Mapping):
         return Ignored(f"event is a {type(raw).__name__}, not a JSON object")
     event_id = raw.get("id") if isinstance(raw.get("id"), str) else None
+    if raw.get("source") == CONTINUATION_SOURCE and raw.get("detail-type") == CONTINUATION_DETAIL_TYPE:
+        return _continuation(raw, event_id, account=account)
     if raw.get("source") != "aws.events" or raw.get("detail-type") != SCHEDULED_EVENT:
         return Ignored(
             f"source {raw.get('source')!r} / detail-type {raw.get('detail-type')!r} is not an EventBridge "
@@ -396,6 +424,19 @@ def read_gate_event(raw: object, *, account: str) -> GateTrigger | Ignored:
     if raw.get("account") not in (None, account):
         return Ignored(f"scheduled event from account {raw.get('account')}; this deployment serves {account}", event_id)
     return GateTrigger(kind="schedule", event_id=event_id)
+
+
+def _continuation(raw: Mapping[Any, Any], event_id: str | None, *, account: str) -> GateTrigger | Ignored:
+    if raw.get("account") != account:
+        return Ignored(f"continuation from account {raw.get('account')}; this deployment serves {account}", event_id)
+    detail = raw.get("detail")
+    detail = detail if isinstance(detail, Mapping) else {}
+    sweep_id, run = detail.get("sweep_id"), detail.get("run")
+    if not isinstance(sweep_id, str) or not SWEEP_ID.match(sweep_id):
+        return Ignored(f"continuation names no valid sweep id (got {sweep_id!r})", event_id)
+    if isinstance(run, bool) or not isinstance(run, int) or not 2 <= run <= MAX_RUN:
+        return Ignored(f"continuation names no valid run number (got {run!r})", event_id)
+    return GateTrigger(kind="continuation", event_id=event_id, sweep_id=sweep_id, run=run)
 
 
 # --- the rejection alarm's trigger --------------------------------------------------------------------------------

@@ -19,6 +19,10 @@ EVENTS_PROCESSED = "EventsProcessed"
 EVENTS_IGNORED = "EventsIgnored"
 OPTIONAL_REMAINING = "OptionalInstancesRemaining"
 DEFERRED = "DeferredInstances"
+# The usage gate's pacing and continuation: RequestLimitExceeded answers to its modifies (each one slowed the pacer;
+# none is a failure), and the runs it scheduled to continue a sweep past one run's time budget.
+MODIFY_THROTTLES = "ModifyThrottles"
+CONTINUATIONS = "GateContinuations"
 SLACK_POSTS = "SlackPosts"
 SLACK_RECORDS_SKIPPED = "SlackRecordsSkipped"
 SLACK_POSTS_FAILED = "SlackPostsFailed"

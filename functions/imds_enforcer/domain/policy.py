@@ -55,6 +55,8 @@ class ModifyPlan:
     hop_limit: int | None  # None: leave the hop limit as it is
     container_reason: str | None = None  # why the hop limit is raised
     why: str = ""  # the grounds, for the report: the evidence, or "a new instance"
+    # The tag that stops the change: checked again on the live instance just before the modify (the world moves).
+    exempt_tag_key: str = ""
 
     @property
     def instance_id(self) -> str:
@@ -68,6 +70,7 @@ class PreparePlan:
 
     instance: InstanceFacts
     finding: Finding  # the `prepared` finding, with the evidence that blocks enforcement
+    exempt_tag_key: str = ""
 
     @property
     def instance_id(self) -> str:
@@ -82,7 +85,13 @@ def modify_plan(
     nothing reached IMDS through the extra hop, and raising it would hand pods the node's credentials."""
     reason = instance_container_reason(instance, settings) if raise_container_hop else None
     raise_to = CONTAINER_HOP_LIMIT if reason and instance.hop_limit < CONTAINER_HOP_LIMIT else None
-    return ModifyPlan(instance=instance, hop_limit=raise_to, container_reason=reason if raise_to else None, why=why)
+    return ModifyPlan(
+        instance=instance,
+        hop_limit=raise_to,
+        container_reason=reason if raise_to else None,
+        why=why,
+        exempt_tag_key=settings.EXEMPT_TAG_KEY,
+    )
 
 
 def is_exempt(instance: InstanceFacts, settings: Settings) -> bool:
@@ -114,3 +123,67 @@ def launch_decision(instance: InstanceFacts, settings: Settings) -> Finding | Mo
             details={"state": instance.state, "hop_limit": str(instance.hop_limit)},
         )
     return modify_plan(instance, settings)
+
+
+# Checked again just before a paced modify: the plan was made from facts read earlier (a listing minutes ago, or a
+# continuation's plan from the last run), and the instance may have changed since.
+
+
+@dataclass(frozen=True, slots=True)
+class Recheck:
+    """What the live instance says about a plan: go ahead with `plan` (adjusted to the live facts), or skip it."""
+
+    skip: str | None = None  # "gone", "already_required", "already_prepared", "exempt"
+    finding: Finding | None = None  # what to report for a skip, when anything (an exemption)
+
+
+def recheck_exempt(plan_instance: InstanceFacts, live: InstanceFacts, exempt_tag_key: str) -> Recheck | None:
+    if exempt_tag_key and exempt_tag_key in live.tags:
+        value = live.tags[exempt_tag_key]
+        return Recheck(
+            skip="exempt",
+            finding=Finding(
+                resource_id=live.instance_id,
+                action=Action.EXEMPT,
+                reason=f"carries the exemption tag {exempt_tag_key}"
+                + (f" ({value})" if value else "")
+                + ": tagged after the gate planned its change, which was not made",
+                details={"state": live.state},
+            ),
+        )
+    return None
+
+
+def recheck_modify(plan: ModifyPlan, live: InstanceFacts | None) -> ModifyPlan | Recheck:
+    """The plan on the live instance's facts, or why it is skipped: gone, exempt since, or already required (by
+    someone else since: the launch watch, a person). A hop limit raised since is never lowered."""
+    if live is None or live.gone:
+        return Recheck(skip="gone")
+    exempt = recheck_exempt(plan.instance, live, plan.exempt_tag_key)
+    if exempt is not None:
+        return exempt
+    if not live.accepts_imdsv1:
+        return Recheck(skip="already_required")
+    hop_limit = plan.hop_limit if plan.hop_limit is not None and live.hop_limit < plan.hop_limit else None
+    return ModifyPlan(
+        instance=live,
+        hop_limit=hop_limit,
+        container_reason=plan.container_reason if hop_limit is not None else None,
+        why=plan.why,
+        exempt_tag_key=plan.exempt_tag_key,
+    )
+
+
+def recheck_prepare(plan: PreparePlan, live: InstanceFacts | None) -> PreparePlan | Recheck:
+    """The preparation on the live instance, or why it is skipped (its hop limit already 2 or more, tokens already
+    required: nothing left to prepare)."""
+    if live is None or live.gone:
+        return Recheck(skip="gone")
+    exempt = recheck_exempt(plan.instance, live, plan.exempt_tag_key)
+    if exempt is not None:
+        return exempt
+    if not live.accepts_imdsv1:
+        return Recheck(skip="already_required")
+    if live.hop_limit >= CONTAINER_HOP_LIMIT:
+        return Recheck(skip="already_prepared")
+    return PreparePlan(instance=live, finding=plan.finding, exempt_tag_key=plan.exempt_tag_key)

@@ -137,6 +137,9 @@ class Report(BaseModel):
     mode: str
     generated_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     source_event_id: str | None = None
+    # The usage gate's sweep this report closes (one report per sweep, however many runs it took): every part of
+    # the report carries it, in the body and as a message attribute, so a subscriber can tie the parts together.
+    sweep_id: str | None = None
     # Run-level figures beyond the findings (the gate's fleet totals, deferred work, ...).
     totals: dict[str, int] = Field(default_factory=dict)
     part: int = 1
@@ -177,6 +180,10 @@ def subject_for(report: Report, *, counts: dict[str, int] | None = None) -> str:
     summary = ", ".join(f"{count} {action.replace('_', ' ')}" for action, count in counts.items()) or "no findings"
     where = f" in {report.account}/{report.region}"
     part = f" (part {report.part}/{report.parts})" if report.parts > 1 else ""
+    runs = report.totals.get("runs", 1)
+    if runs > 1:
+        # "over 3 runs in 34 min": a sweep continued past one Lambda run's time budget.
+        summary += f" over {runs} runs in {max(1, round(report.totals.get('sweep_seconds', 0) / 60))} min"
     subject = f"IMDSv2: {summary}{where}{part}"
     if len(subject) > SUBJECT_LIMIT:
         subject = subject[: SUBJECT_LIMIT - len(where + part) - 3].rstrip(", ") + "..." + where + part
@@ -211,6 +218,7 @@ def render_messages(report: Report, *, max_bytes: int = MAX_MESSAGE_BYTES) -> li
                     "trigger": report.trigger,
                     "mode": report.mode,
                     "schema": SCHEMA_ID,
+                    **({"sweep_id": report.sweep_id} if report.sweep_id else {}),
                 },
             )
         )
@@ -236,7 +244,8 @@ def report_json_schema() -> dict[str, object]:
     """The JSON Schema of a published message (docs/report-schema.json is generated from this)."""
     schema = Report.model_json_schema(by_alias=True, mode="serialization")
     # Fields with a non-None default are always written; only the None-able ones may be absent (exclude_none).
-    schema["required"] = sorted(name for name, prop in schema["properties"].items() if name != "source_event_id")
+    optional = {"source_event_id", "sweep_id"}
+    schema["required"] = sorted(name for name in schema["properties"] if name not in optional)
     finding = schema["$defs"]["Finding"]
     finding["required"] = sorted(
         name for name, prop in finding["properties"].items() if "null" not in json.dumps(prop.get("anyOf", ""))

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 SERVICE_TAG_PREFIX = "imdsv2-enforcer:"
 ENFORCED_AT_TAG = "imdsv2-enforcer:enforced-at"
@@ -73,7 +73,20 @@ class Settings(BaseModel):
 
     # Set by the stack itself (the topic it creates, the path of the roles it creates): not a cdk.json key.
     SET_BY_STACK: ClassVar[frozenset[str]] = frozenset(
-        {"REPORT_TOPIC_ARN", "SERVICE_ROLE_PATH", "LEDGER_TABLE_NAME", "CALLER_ANALYSIS_DOCUMENT"}
+        {
+            "REPORT_TOPIC_ARN",
+            "SERVICE_ROLE_PATH",
+            "LEDGER_TABLE_NAME",
+            "CALLER_ANALYSIS_DOCUMENT",
+            "SWEEP_STATE_BUCKET",
+            "CONTINUATION_SCHEDULE_GROUP",
+            "CONTINUATION_ROLE_ARN",
+            "CONTINUATION_DEAD_LETTER_ARN",
+        }
+    )
+    # Set by the stack for the usage gate only: the resources of its continuation.
+    GATE_ONLY: ClassVar[frozenset[str]] = frozenset(
+        {"SWEEP_STATE_BUCKET", "CONTINUATION_SCHEDULE_GROUP", "CONTINUATION_ROLE_ARN", "CONTINUATION_DEAD_LETTER_ARN"}
     )
     # Read by the Slack notifier only; the enforcing functions get every other setting.
     SLACK_NOTIFIER_ONLY: ClassVar[frozenset[str]] = frozenset({"SLACK_WEBHOOK_SECRET"})
@@ -121,6 +134,19 @@ class Settings(BaseModel):
     CALLER_ANALYSIS_MAX_INSTANCES: Annotated[int, Field(ge=1, le=50)] = 5
     CALLER_ANALYSIS_MINUTES: Annotated[int, Field(ge=1, le=30)] = 10
     CALLER_ANALYSIS_DOCUMENT: Annotated[str, Field(pattern=r"^([a-zA-Z0-9_.-]{3,128})?$")] = ""
+    # The usage gate's continuation: when a run stops for its time budget with work left, the sweep goes on at once
+    # in a new run (an EventBridge Scheduler one-time schedule), from the plan it left in the sweep bucket. At most
+    # this many continuations per sweep; 0 leaves the rest to the next scheduled sweep.
+    MAX_CONTINUATIONS: Annotated[int, Field(ge=0, le=100)] = 24
+    # Set by the stack (empty: no continuation, as with MAX_CONTINUATIONS=0).
+    SWEEP_STATE_BUCKET: Annotated[str, Field(pattern=r"^([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])?$")] = ""
+    CONTINUATION_SCHEDULE_GROUP: Annotated[str, Field(pattern=r"^([0-9A-Za-z_.-]{1,64})?$")] = ""
+    CONTINUATION_ROLE_ARN: Annotated[
+        str, Field(pattern=r"^(arn:aws[a-z-]*:iam::\d{12}:role/[A-Za-z0-9+=,.@_/-]{1,512})?$")
+    ] = ""
+    CONTINUATION_DEAD_LETTER_ARN: Annotated[
+        str, Field(pattern=r"^(arn:aws[a-z-]*:sqs:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,80})?$")
+    ] = ""
 
     @field_validator("CONTAINER_HOST_TAG_KEYS", mode="before")
     @classmethod
@@ -142,6 +168,23 @@ class Settings(BaseModel):
         if lookback is not None and value > lookback:
             raise ValueError(f"is more than LOOKBACK_DAYS={lookback}: no instance could ever qualify")
         return value
+
+    @model_validator(mode="after")
+    def _continuation_complete(self) -> Settings:
+        # All three or none: state without a schedule (or a schedule without its state) would strand a sweep.
+        parts = {
+            "SWEEP_STATE_BUCKET": self.SWEEP_STATE_BUCKET,
+            "CONTINUATION_SCHEDULE_GROUP": self.CONTINUATION_SCHEDULE_GROUP,
+            "CONTINUATION_ROLE_ARN": self.CONTINUATION_ROLE_ARN,
+        }
+        if any(parts.values()) and not all(parts.values()):
+            missing = ", ".join(name for name, value in parts.items() if not value)
+            raise ValueError(f"the gate's continuation needs {missing} as well")
+        return self
+
+    @property
+    def continuation_enabled(self) -> bool:
+        return bool(self.SWEEP_STATE_BUCKET) and self.MAX_CONTINUATIONS > 0
 
     @classmethod
     def context_key(cls, name: str) -> str:

@@ -188,7 +188,11 @@ def gate_decision(
         prepare = settings.PREPARE_CONTAINER_HOSTS if prepare_container_hosts is None else prepare_container_hosts
         container = instance_container_reason(instance, settings)
         if prepare and settings.fix and container and instance.hop_limit < CONTAINER_HOP_LIMIT:
-            return PreparePlan(instance=instance, finding=_prepared_finding(blocked, container))
+            return PreparePlan(
+                instance=instance,
+                finding=_prepared_finding(blocked, container),
+                exempt_tag_key=settings.EXEMPT_TAG_KEY,
+            )
         return blocked
     missing = _missing_evidence(instance, evidence, window, settings)
     if missing:
@@ -370,3 +374,14 @@ def rollback_tag_value(rejected: float, *, now: datetime) -> str:
 
 def _stamp(moment: datetime | None) -> str:
     return "unknown" if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def deferred_finding(plan: ModifyPlan, *, because: str = "time budget") -> Finding:
+    """A planned enforcement the sweep did not get to: `ready` (it would be enforced and was not), with the evidence
+    the plan was made on and why it waits for the next scheduled sweep."""
+    return Finding(
+        resource_id=plan.instance_id,
+        action=Action.READY,
+        reason=f"{plan.why}; deferred to the next run: {because}",
+        details={"state": plan.instance.state, "deferred": "true"},
+    )

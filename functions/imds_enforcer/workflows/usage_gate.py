@@ -1,38 +1,58 @@
-"""The usage gate: one scheduled sweep of the region that switches instances to IMDSv2 on evidence.
+"""The usage gate: a scheduled sweep of the region that switches instances to IMDSv2 on evidence.
 
-A run, in order (the gate is stateless: the live API says what is left, so every run starts from scratch):
+A sweep, in order:
 1. list the instances whose tokens are optional (server-side filter, 1000 a page) and the ones the service
    enforced within WATCH_DAYS (tag `imdsv2-enforcer:enforced-at`, any tokens value); look up their AMIs' names
    (container hosts are recognised by AMI family as well as by tags);
-2. fetch `MetadataNoToken` and the running reference (`CPUUtilization`) for the first and `MetadataNoTokenRejected`
-   for the second in the same batched GetMetricData calls (500 queries a call, whatever the metric);
-3. report (and, opt-in, roll back) the enforced instances that reject IMDSv1 calls (workflows/rejection_watch),
-   before anything new is switched;
-4. decide every optional instance (usage.gate_decision) and, in fix mode, enforce the ready ones and prepare the
-   container hosts that still call IMDSv1 at hop limit 1 (hop limit 2, tokens left optional), paced, stopping when
-   the Lambda's time budget runs low;
-5. when the region is clean, set the account default (opt-in), with hop limit 2 when container hosts run here;
-6. check where new instances come from (launch templates, launch configurations, own AMIs: launch_source_sweep), unless
-   the time budget is already low (then the next run does it, and totals["source_checks_skipped"] says so);
-7. publish one report (trigger `gate`) in which every optional instance appears, with the run's totals.
+2. fetch `MetadataNoTokenRejected` for the watched ones, and report (and, opt-in, roll back) the enforced instances
+   that reject IMDSv1 calls (workflows/rejection_watch), before anything new is switched;
+3. fetch `MetadataNoToken` and the running reference (`CPUUtilization`) of the optional ones in batched GetMetricData
+   calls (500 queries a call), decide each one (usage.gate_decision) and, in fix mode, enforce the ready ones and
+   prepare the container hosts that still call IMDSv1 at hop limit 1 (hop limit 2, tokens left optional): paced to
+   EC2's limit with AIMD (workflows/pacing), each paced batch re-checked on the live instances just before its
+   modifies (workflows/enforcement), stopping when the Lambda's time budget runs low;
+4. when the region is clean, set the account default (opt-in), with hop limit 2 when container hosts run here;
+5. check where new instances come from (launch templates, launch configurations, own AMIs: launch_source_sweep),
+   unless the time budget is already low (totals["source_checks_skipped"] says so);
+6. publish one report (trigger `gate`) in which every optional instance appears, with the sweep's totals.
 
-Deferred instances (fix mode, ready, but the time budget ran out before their turn) are reported as `ready` with
-details `{"deferred": "true"}`: `ready` already means "would be enforced, and was not", which is exactly their
-state, and the contract's list of actions stays closed. The reason says why, and totals["deferred"] counts them.
+Continuation: when a run stops for its time budget with work left (and the stack configured it), the run saves the
+sweep (domain/sweep.py: undecided instances, plans not carried out, findings so far, counters, the pacer's state) to
+the sweep bucket and creates an EventBridge Scheduler one-time schedule that invokes the gate again at once with a
+continuation marker (the sweep's id and the next run's number). That run carries on from the saved sweep; the last
+run publishes the one report of the sweep and deletes the saved state. Evidence is read in chunks of 250 instances
+(one full GetMetricData call) just before the plans it yields are carried out, so each instance's evidence is read
+once per sweep and is minutes old, not hours, when its instance is switched; a carried plan older than
+sweep.PLAN_MAX_AGE is decided again. The last run a sweep may have (MAX_CONTINUATIONS reached, or no continuation
+configured) reads all the remaining evidence first, so every instance is decided and reported.
+
+Runs never overlap: the function's reserved concurrency is 1, and a run that finds a sweep in progress (a schedule
+that fired while a sweep was still going) continues that sweep instead of starting a second one; a continuation
+whose run was already done (a duplicate delivery) or whose sweep is over changes nothing.
+
+Deferred instances (fix mode, ready, but the sweep's last run ran out of time before their turn) are reported as
+`ready` with details `{"deferred": "true"}`: `ready` already means "would be enforced, and was not", which is exactly
+their state, and the contract's list of actions stays closed. The reason says why, and totals["deferred"] counts them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import json
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from imds_enforcer.aws import ec2
+from pydantic import ValidationError
+
+from imds_enforcer.aws import ec2, scheduler, sweep_store
+from imds_enforcer.aws.cloudwatch import MAX_QUERIES_PER_CALL
 from imds_enforcer.aws.errors import AwsError, UnexpectedAwsError
 from imds_enforcer.aws.sns import publish_report
 from imds_enforcer.domain.deployment import Deployment
-from imds_enforcer.domain.events import Ignored, read_gate_event
+from imds_enforcer.domain.events import GateTrigger, Ignored, continuation_event, read_gate_event
 from imds_enforcer.domain.instances import InstanceFacts
 from imds_enforcer.domain.policy import (
     CONTAINER_HOP_LIMIT,
@@ -43,33 +63,67 @@ from imds_enforcer.domain.policy import (
     is_exempt,
 )
 from imds_enforcer.domain.report import Action, Finding, Report
-from imds_enforcer.domain.settings import ENFORCED_AT_TAG, Settings
+from imds_enforcer.domain.settings import ENFORCED_AT_TAG, CallerAnalysis, Settings
+from imds_enforcer.domain.sweep import (
+    FactsRecord,
+    PacerRecord,
+    PlanRecord,
+    SweepState,
+    records,
+    stale_plans_undecided,
+)
 from imds_enforcer.domain.usage import (
     MetadataUsage,
-    UsageWindow,
+    deferred_finding,
     gate_decision,
-    read_evidence,
-    ready_finding,
     rejected_calls,
     under_watch,
 )
 from imds_enforcer.observability import logger
 from imds_enforcer.workflows import caller_analysis, door_sweep, evidence, launch_source_sweep, rejection_watch
-from imds_enforcer.workflows.enforcement import Pacer, enforce, prepare
+from imds_enforcer.workflows.enforcement import EnforcementOutcome, deferred_preparation_finding, enforce, prepare
+from imds_enforcer.workflows.pacing import Clock, Pacer, PacerSnapshot, SystemClock
 
 ENFORCED_BY = "usage_gate"
 TRIGGER = "gate"
 ACCOUNT_RESOURCE = "account"
+# One full GetMetricData call: two queries (MetadataNoToken, the running reference) per instance.
+EVIDENCE_CHUNK = MAX_QUERIES_PER_CALL // 2
+# The continuation's at() time: a moment in the future (EventBridge Scheduler refuses one in the past), fired within
+# the minute (its documented precision is 60 s).
+CONTINUATION_DELAY = timedelta(seconds=5)
+# The order the report's totals are written in (every sweep writes each of them).
+TOTALS = (
+    "instances_scanned",
+    "optional_remaining",
+    "enforced",
+    "prepared",
+    "deferred",
+    "watched",
+    "rejected",
+    "rolled_back",
+    "already_required",
+    "gone",
+    "throttles",
+    "modify_wait_seconds",
+    "source_checks_skipped",
+    "runs",
+    "continuations",
+    "sweep_seconds",
+)
 
 
 @dataclass
 class GateOutcome:
-    status: str  # "ignored" or "processed"
+    status: str  # "ignored", "processed" (the sweep's report is out) or "continued" (the next run is scheduled)
     reason: str = ""
-    findings: list[Finding] = field(default_factory=list)
-    totals: dict[str, int] = field(default_factory=dict)
+    findings: list[Finding] = field(default_factory=list)  # this run's own findings (the metrics count them)
+    totals: dict[str, int] = field(default_factory=dict)  # the sweep's, so far
     message_ids: list[str] = field(default_factory=list)
     report: Report | None = None
+    sweep_id: str | None = None
+    run: int = 0
+    throttles: int = 0  # this run's
 
     @property
     def counts(self) -> dict[str, int]:
@@ -80,6 +134,8 @@ class GateOutcome:
         return {
             "status": self.status,
             "reason": self.reason,
+            "sweep_id": self.sweep_id,
+            "run": self.run,
             "totals": self.totals,
             "counts": self.counts,
             "published": len(self.message_ids),
@@ -91,8 +147,31 @@ class _Run:
     settings: Settings
     now: datetime
     pacer: Pacer
-    findings: list[Finding] = field(default_factory=list)
+    clock: Clock
+    started: float  # the clock's monotonic reading when the run began
+    findings: list[Finding] = field(default_factory=list)  # this run's
     unexpected: list[str] = field(default_factory=list)
+
+    def wall(self) -> datetime:
+        return self.now + timedelta(seconds=self.clock.monotonic() - self.started)
+
+
+@dataclass
+class _Work:
+    """A sweep's queues while a run works on them (deques; the saved SweepState holds lists)."""
+
+    undecided: deque[FactsRecord]
+    to_enforce: deque[PlanRecord]
+    to_prepare: deque[PlanRecord]
+
+    @classmethod
+    def of(cls, state: SweepState) -> _Work:
+        return cls(deque(state.undecided), deque(state.to_enforce), deque(state.to_prepare))
+
+    def into(self, state: SweepState) -> None:
+        state.undecided = list(self.undecided)
+        state.to_enforce = list(self.to_enforce)
+        state.to_prepare = list(self.to_prepare)
 
 
 def run_gate(
@@ -103,30 +182,118 @@ def run_gate(
     remaining_ms: Callable[[], int] | None = None,
     now: datetime | None = None,
     publish: bool = True,
+    function_arn: str = "",
+    clock: Clock | None = None,
 ) -> GateOutcome:
-    """One sweep. `publish=False` (the CLI) returns the report instead of sending it to the topic."""
+    """One run of a sweep. `publish=False` (the CLI) returns the report instead of sending it to the topic (and
+    never continues: the whole sweep is one run). `function_arn` is the gate's own (the continuation invokes it)."""
     trigger = read_gate_event(raw_event, account=deployment.account)
     if isinstance(trigger, Ignored):
         logger.warning("event ignored", extra={"reason": trigger.reason, "event_id": trigger.event_id})
         return GateOutcome(status="ignored", reason=trigger.reason)
-    logger.info("gate run", extra={"trigger": trigger.kind, "event_id": trigger.event_id})
+    logger.info("gate run", extra={"trigger": trigger.kind, "event_id": trigger.event_id, "run": trigger.run})
 
+    clock = clock or SystemClock()
     run = _Run(
         settings=settings,
-        now=now or datetime.now(UTC),
-        pacer=Pacer(burst=settings.MODIFY_BURST, rate_per_second=settings.MODIFY_RATE_PER_SECOND),
+        now=now or clock.now(),
+        pacer=Pacer(
+            burst=settings.MODIFY_BURST,
+            rate_per_second=settings.MODIFY_RATE_PER_SECOND,
+            clock=clock.monotonic,
+            sleep=clock.sleep,
+        ),
+        clock=clock,
+        started=clock.monotonic(),
     )
     margin_ms = settings.DEADLINE_MARGIN_SECONDS * 1000
 
     def should_stop() -> bool:
         return remaining_ms is not None and remaining_ms() < margin_ms
 
+    continuing = settings.continuation_enabled and publish and bool(function_arn)
+    if trigger.kind == "continuation" and not continuing:
+        reason = "a continuation, but this deployment has no continuation configured"
+        logger.warning("event ignored", extra={"reason": reason, "event_id": trigger.event_id})
+        return GateOutcome(status="ignored", reason=reason)
+    state = _load_sweep(settings) if continuing else None
+    if trigger.kind == "continuation":
+        not_now = _continuation_mismatch(trigger, state, run, deployment, function_arn)
+        if not_now is not None:
+            return not_now
+    elif state is not None:
+        # A schedule (or a person) while a sweep is going on: carry on with it, never start a second one.
+        logger.info("a sweep is in progress: this run continues it", extra={"sweep_id": state.sweep_id})
+
+    if state is None:
+        state = _start_sweep(trigger, run, deployment, eager=not continuing or settings.MAX_CONTINUATIONS == 0)
+    else:
+        _resume(state, run)
+    this_run = state.runs + 1
+    last_allowed = not continuing or this_run - 1 >= settings.MAX_CONTINUATIONS
+    work = _Work.of(state)
+    if last_allowed and work.undecided:
+        # No run after this one: decide everything now, so every instance is in the report.
+        _decide_all(work, state, run, at=run.now if this_run == 1 else run.wall())
+    _instances(work, state, run, should_stop, lazy=not last_allowed)
+    work.into(state)
+    state.runs = this_run
+    state.continuations += trigger.kind == "continuation"
+    state.add({"throttles": run.pacer.throttles, "modify_wait_seconds": round(run.pacer.waited_seconds)})
+
+    if state.work_left and not last_allowed:
+        continued = _continue(state, run, deployment, function_arn)
+        if continued is not None:
+            return continued
+    return _finish(state, run, deployment, should_stop, publish, continuing)
+
+
+def _load_sweep(settings: Settings) -> SweepState | None:
+    """The sweep in progress, if any. One that cannot be read (a deploy changed its shape mid-sweep) is dropped with
+    an error in the log: its instances are simply swept again from scratch."""
+    try:
+        text = sweep_store.load(settings.SWEEP_STATE_BUCKET)
+    except AwsError as error:
+        # Without the state no run may start work (it could start a second sweep over a running one): fail loudly.
+        logger.error("sweep state unreadable", extra={"code": error.code})
+        raise
+    if text is None:
+        return None
+    try:
+        return SweepState.model_validate_json(text)
+    except ValidationError as error:
+        logger.error("sweep state invalid: starting afresh", extra={"error": str(error)[:500]})
+        return None
+
+
+def _continuation_mismatch(
+    trigger: GateTrigger, state: SweepState | None, run: _Run, deployment: Deployment, function_arn: str
+) -> GateOutcome | None:
+    """Whether this continuation is the run the sweep in progress expects; if not, the outcome (nothing done)."""
+    if state is None or state.sweep_id != trigger.sweep_id:
+        reason = f"continuation of sweep {trigger.sweep_id}, which is over (its report is out)"
+    elif trigger.run == state.next_run:
+        return None
+    elif trigger.run == state.runs:
+        # Delivered again after its run was done (asynchronous delivery is at-least-once, or the run was retried):
+        # make sure the run it scheduled exists (it may have stopped in between), and do nothing else.
+        reason = f"run {trigger.run} of sweep {state.sweep_id} is already done"
+        _schedule(state, run, deployment, function_arn)
+    else:
+        reason = f"run {trigger.run} of sweep {state.sweep_id} is not the next one ({state.next_run})"
+    logger.info("continuation ignored", extra={"reason": reason, "event_id": trigger.event_id})
+    return GateOutcome(status="ignored", reason=reason, sweep_id=trigger.sweep_id, run=trigger.run or 0)
+
+
+def _start_sweep(trigger: GateTrigger, run: _Run, deployment: Deployment, *, eager: bool) -> SweepState:
+    """The first run's listing and the watch after the switch; the optional instances start undecided (or, eager:
+    decided at once on evidence fetched with the watch's, in the same batched calls)."""
+    settings = run.settings
     optional = evidence.with_image_names(list(ec2.iter_instances_by_tokens("optional")))
     watched = [
         facts for facts in ec2.iter_instances_tagged(ENFORCED_AT_TAG) if under_watch(facts, settings, now=run.now)
     ]
-    usage = evidence.fetch_usage(optional, watched, settings=settings, now=run.now)
-
+    usage = evidence.fetch_usage(optional if eager else [], watched, settings=settings, now=run.now)
     watch = rejection_watch.watch(
         watched,
         {facts.instance_id: rejected_calls(facts, usage[facts.instance_id]) for facts in watched},
@@ -136,56 +303,282 @@ def run_gate(
     )
     run.findings.extend(watch.findings)
     run.unexpected.extend(watch.unexpected)
-    plans, preparations = _decide(optional, usage, run)
-    # Opt-in: which processes make the blocked instances' IMDSv1 calls (annotates their findings; never fails the run).
-    callers = caller_analysis.attach_callers(run.findings, optional, settings, now=run.now)
-    run.findings[:] = callers.findings
-    run.unexpected.extend(callers.unexpected_errors)
-    outcome = enforce(plans, enforced_by=ENFORCED_BY, pacer=run.pacer, now=run.now, should_stop=should_stop)
+    state = SweepState(
+        sweep_id=f"{run.now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}",
+        started_at=run.now,
+        source_event_id=trigger.event_id,
+        mode=settings.ENFORCEMENT_MODE.value,
+        findings=list(watch.findings),
+        unexpected=list(watch.unexpected),
+        totals={
+            "instances_scanned": len(optional),
+            "watched": len(watched),
+            "rejected": watch.rejected,
+            "rolled_back": watch.rolled_back,
+        },
+        open_candidates=sum(1 for facts in optional if not is_exempt(facts, settings)),
+        container_host_seen=_container_host_seen([*optional, *watched], settings),
+    )
+    if eager:
+        findings, state.to_enforce, state.to_prepare = _decide(optional, usage, run, at=run.now)
+        state.findings.extend(findings)
+    else:
+        state.undecided = records(optional)
+    return state
+
+
+def _resume(state: SweepState, run: _Run) -> None:
+    if state.pacer is not None:
+        run.pacer.resume(PacerSnapshot(**state.pacer.model_dump()), wall_now=run.now.timestamp())
+    again = stale_plans_undecided(state, run.now)
+    if again:
+        logger.info("plans decided too long ago are decided again", extra={"plans": again})
+    logger.info(
+        "sweep continues",
+        extra={
+            "sweep_id": state.sweep_id,
+            "run": state.next_run,
+            "undecided": len(state.undecided),
+            "to_enforce": len(state.to_enforce),
+            "to_prepare": len(state.to_prepare),
+        },
+    )
+
+
+def _decide(
+    instances: list[InstanceFacts], usage: Mapping[str, MetadataUsage], run: _Run, *, at: datetime
+) -> tuple[list[Finding], list[PlanRecord], list[PlanRecord]]:
+    """Decide each instance on its evidence: findings (also the run's), plans and preparations."""
+    findings: list[Finding] = []
+    plans: list[PlanRecord] = []
+    preparations: list[PlanRecord] = []
+    for facts in instances:
+        decision = gate_decision(facts, usage[facts.instance_id], run.settings, now=at)
+        if isinstance(decision, Finding):
+            findings.append(decision)
+        elif isinstance(decision, ModifyPlan):
+            plans.append(PlanRecord.of_modify(decision, decided_at=at))
+        elif isinstance(decision, PreparePlan):
+            preparations.append(PlanRecord.of_prepare(decision, decided_at=at))
+        else:
+            logger.info("nothing to do", extra={"instance_id": facts.instance_id, "tokens": facts.http_tokens})
+    run.findings.extend(findings)
+    return findings, plans, preparations
+
+
+def _decide_chunk(work: _Work, state: SweepState, run: _Run) -> None:
+    """Read the evidence of the next EVIDENCE_CHUNK undecided instances (one GetMetricData call) and decide them.
+    If CloudWatch fails, those instances are reported failed (never decided blind), and the sweep goes on."""
+    chunk = [work.undecided.popleft().facts() for _ in range(min(EVIDENCE_CHUNK, len(work.undecided)))]
+    at = run.wall()
+    try:
+        usage = evidence.fetch_usage(chunk, [], settings=run.settings, now=at)
+    except AwsError as error:
+        failed = [
+            error.finding(facts.instance_id, "GetMetricData (evidence not read; nothing changed)") for facts in chunk
+        ]
+        state.findings.extend(failed)
+        run.findings.extend(failed)
+        if not error.expected:
+            run.unexpected.append(f"{error.operation}: {error.code}")
+        return
+    findings, plans, preparations = _decide(chunk, usage, run, at=at)
+    state.findings.extend(findings)
+    work.to_enforce.extend(plans)
+    work.to_prepare.extend(preparations)
+
+
+def _decide_all(work: _Work, state: SweepState, run: _Run, *, at: datetime) -> None:
+    """Decide every undecided instance now (the sweep's last run: nobody comes after it)."""
+    instances = [record.facts() for record in work.undecided]
+    work.undecided.clear()
+    usage = evidence.fetch_usage(instances, [], settings=run.settings, now=at)
+    findings, plans, preparations = _decide(instances, usage, run, at=at)
+    state.findings.extend(findings)
+    work.to_enforce.extend(plans)
+    work.to_prepare.extend(preparations)
+
+
+def _instances(work: _Work, state: SweepState, run: _Run, should_stop: Callable[[], bool], *, lazy: bool) -> None:
+    """This run's share of the instance work: decide (lazily, chunk by chunk, when `lazy`), enforce, prepare."""
+    if not run.settings.fix:
+        while work.undecided and not should_stop():
+            _decide_chunk(work, state, run)
+        return
+    taken: dict[str, PlanRecord] = {}
+
+    def plans() -> Iterator[ModifyPlan]:
+        while True:
+            while work.to_enforce:
+                record = work.to_enforce.popleft()
+                taken[record.instance.instance_id] = record
+                yield record.modify_plan()
+            if not (lazy and work.undecided) or should_stop():
+                return
+            _decide_chunk(work, state, run)
+
+    enforced = enforce(
+        plans(),
+        enforced_by=ENFORCED_BY,
+        pacer=run.pacer,
+        now=run.now,
+        should_stop=should_stop,
+        adaptive=True,
+        facts_read_now=False,
+    )
+    _tally(enforced, state, run, counter="enforced")
+    work.to_enforce.extendleft(reversed([taken[plan.instance_id] for plan in enforced.deferred_plans]))
+    if work.to_enforce or work.undecided:
+        return  # the time budget (or EC2's throttling) stopped the enforcements: container hosts wait their turn
+    preparing: dict[str, PlanRecord] = {}
+
+    def preparations() -> Iterator[PreparePlan]:
+        while work.to_prepare:
+            record = work.to_prepare.popleft()
+            preparing[record.instance.instance_id] = record
+            yield record.prepare_plan()
+
+    prepared = prepare(
+        preparations(), pacer=run.pacer, now=run.now, should_stop=should_stop, adaptive=True, facts_read_now=False
+    )
+    _tally(prepared, state, run, counter="prepared")
+    work.to_prepare.extendleft(reversed([preparing[plan.instance_id] for plan in prepared.deferred_preparations]))
+
+
+def _tally(outcome: EnforcementOutcome, state: SweepState, run: _Run, *, counter: str) -> None:
+    state.findings.extend(outcome.findings)
     run.findings.extend(outcome.findings)
     run.unexpected.extend(outcome.unexpected_errors)
-    usage_window = UsageWindow.ending_at(run.now, settings.LOOKBACK_DAYS)
-    for instance in outcome.deferred:
-        run.findings.append(
-            ready_finding(instance, read_evidence(usage[instance.instance_id], usage_window), deferred=True)
+    state.unexpected.extend(outcome.unexpected_errors)
+    state.add(
+        {counter: len(outcome.enforced), "already_required": len(outcome.already_done), "gone": len(outcome.gone)}
+    )
+    state.exempt_since += sum(1 for finding in outcome.findings if finding.action is Action.EXEMPT)
+
+
+def _continue(state: SweepState, run: _Run, deployment: Deployment, function_arn: str) -> GateOutcome | None:
+    """Save the sweep and schedule its next run. None when that fails: the caller then ends the sweep here (its
+    report goes out with the rest deferred), rather than leave findings nobody will publish."""
+    snapshot = run.pacer.snapshot(wall_now=run.wall().timestamp())
+    state.pacer = PacerRecord(rate=snapshot.rate, tokens=snapshot.tokens, at=snapshot.at)
+    try:
+        size = sweep_store.save(run.settings.SWEEP_STATE_BUCKET, state.model_dump_json())
+        _schedule(state, run, deployment, function_arn)
+    except AwsError as error:
+        logger.error("the sweep cannot continue: it ends with this run", extra={"code": error.code})
+        state.unexpected.append(f"{error.operation} (continuation): {error.code}")
+        return None
+    totals = _totals(state, run)
+    logger.info(
+        "sweep continues in a new run",
+        extra={"sweep_id": state.sweep_id, "next_run": state.next_run, "state_bytes": size, "totals": totals},
+    )
+    return GateOutcome(
+        status="continued",
+        findings=run.findings,
+        totals=totals,
+        sweep_id=state.sweep_id,
+        run=state.runs,
+        throttles=run.pacer.throttles,
+    )
+
+
+def _schedule(state: SweepState, run: _Run, deployment: Deployment, function_arn: str) -> None:
+    at = run.wall() + CONTINUATION_DELAY
+    event = continuation_event(
+        account=deployment.account, region=deployment.region, sweep_id=state.sweep_id, run=state.next_run, at=at
+    )
+    created = scheduler.schedule_once(
+        group=run.settings.CONTINUATION_SCHEDULE_GROUP,
+        name=f"gate-{state.sweep_id}-run-{state.next_run}",
+        at=at,
+        target_arn=function_arn,
+        role_arn=run.settings.CONTINUATION_ROLE_ARN,
+        payload=json.dumps(event),
+        dead_letter_arn=run.settings.CONTINUATION_DEAD_LETTER_ARN,
+    )
+    logger.info("continuation scheduled" if created else "continuation already scheduled", extra={"at": str(at)})
+
+
+def _totals(state: SweepState, run: _Run) -> dict[str, int]:
+    totals = dict.fromkeys(TOTALS, 0)
+    totals.update(state.totals)
+    totals["optional_remaining"] = totals["instances_scanned"] - totals["enforced"] + totals["rolled_back"]
+    totals["runs"] = state.runs
+    totals["continuations"] = state.continuations
+    totals["sweep_seconds"] = max(0, round((run.wall() - state.started_at).total_seconds()))
+    return totals
+
+
+def _finish(
+    state: SweepState,
+    run: _Run,
+    deployment: Deployment,
+    should_stop: Callable[[], bool],
+    publish: bool,
+    continuing: bool,
+) -> GateOutcome:
+    """The sweep's last run: what is left is deferred to the next scheduled sweep, the region-wide steps, the one
+    report, then the saved state goes."""
+    leftovers: list[Finding] = [deferred_finding(record.modify_plan()) for record in state.to_enforce]
+    leftovers += [deferred_preparation_finding(record.prepare_plan()) for record in state.to_prepare]
+    # Only when the sweep could not continue (its state or schedule could not be written): instances whose evidence
+    # was never read. Not proven quiet, so reported as such; the next scheduled sweep decides them.
+    leftovers += [_not_decided(record.facts()) for record in state.undecided]
+    state.findings.extend(leftovers)
+    run.findings.extend(leftovers)
+    state.add({"deferred": len(state.to_enforce) + len(state.undecided)})
+    state.to_enforce, state.to_prepare, state.undecided = [], [], []
+
+    if run.settings.SET_ACCOUNT_DEFAULT:
+        left_open = (
+            state.open_candidates
+            - state.totals.get("enforced", 0)
+            - state.totals.get("already_required", 0)
+            - state.totals.get("gone", 0)
+            - state.exempt_since
         )
-    prepared = prepare(preparations, pacer=run.pacer, now=run.now, should_stop=should_stop)
-    run.findings.extend(prepared.findings)
-    run.unexpected.extend(prepared.unexpected_errors)
+        before = len(run.findings)
+        _account_default(run, deployment, left_open=left_open, rejected=state.totals.get("rejected", 0), state=state)
+        state.findings.extend(run.findings[before:])
+    before = len(run.findings)
+    state.add({"source_checks_skipped": _check_sources(run, should_stop)})
+    state.findings.extend(run.findings[before:])
+    _attach_callers(state, run)
+    state.unexpected.extend(error for error in run.unexpected if error not in state.unexpected)
 
-    enforced = set(outcome.enforced)
-    left_open = [facts for facts in optional if facts.instance_id not in enforced and not is_exempt(facts, settings)]
-    if settings.SET_ACCOUNT_DEFAULT:
-        _account_default(run, deployment, left_open=len(left_open), rejected=watch.rejected, seen=[*optional, *watched])
-    skipped_sources = _check_sources(run, should_stop)
-
-    totals = {
-        "instances_scanned": len(optional),
-        "optional_remaining": len(optional) - len(enforced) + watch.rolled_back,
-        "enforced": len(enforced),
-        "prepared": len(prepared.enforced),
-        "deferred": len(outcome.deferred),
-        "watched": len(watched),
-        "rejected": watch.rejected,
-        "rolled_back": watch.rolled_back,
-        "modify_wait_seconds": round(run.pacer.waited_seconds),
-        "source_checks_skipped": skipped_sources,
-        **callers.totals,
-    }
+    totals = _totals(state, run)
     report = Report(
         account=deployment.account,
         region=deployment.region,
         trigger=TRIGGER,
-        mode=settings.ENFORCEMENT_MODE.value,
-        source_event_id=trigger.event_id,
+        mode=run.settings.ENFORCEMENT_MODE.value,
+        source_event_id=state.source_event_id,
+        sweep_id=state.sweep_id,
         totals=totals,
-        findings=run.findings,
+        findings=state.findings,
     )
-    logger.info("gate decided", extra={"totals": totals, "counts": report.counts})
-    message_ids = publish_report(report, topic_arn=settings.REPORT_TOPIC_ARN) if publish else []
-    if run.unexpected:
-        raise UnexpectedAwsError("; ".join(run.unexpected), report=report)
-    return GateOutcome(status="processed", findings=run.findings, totals=totals, message_ids=message_ids, report=report)
+    logger.info("gate decided", extra={"sweep_id": state.sweep_id, "totals": totals, "counts": report.counts})
+    message_ids = publish_report(report, topic_arn=run.settings.REPORT_TOPIC_ARN) if publish else []
+    if continuing:
+        # After the report is out: had the publish failed, the next run would find the sweep and publish it then.
+        # (A single-run sweep saved nothing, but a run whose continuation failed did.)
+        try:
+            sweep_store.delete(run.settings.SWEEP_STATE_BUCKET)
+        except AwsError as error:
+            state.unexpected.append(f"{error.operation} (the sweep's saved state): {error.code}")
+    if state.unexpected:
+        raise UnexpectedAwsError("; ".join(state.unexpected), report=report)
+    return GateOutcome(
+        status="processed",
+        findings=run.findings,
+        totals=totals,
+        message_ids=message_ids,
+        report=report,
+        sweep_id=state.sweep_id,
+        run=state.runs,
+        throttles=run.pacer.throttles,
+    )
 
 
 SOURCE_CHECKS: tuple[tuple[str, Callable[[Settings], launch_source_sweep.SourceOutcome]], ...] = (
@@ -211,22 +604,40 @@ def _check_sources(run: _Run, should_stop: Callable[[], bool]) -> int:
     return skipped
 
 
-def _decide(
-    optional: list[InstanceFacts], usage: dict[str, MetadataUsage], run: _Run
-) -> tuple[list[ModifyPlan], list[PreparePlan]]:
-    plans: list[ModifyPlan] = []
-    preparations: list[PreparePlan] = []
-    for facts in optional:
-        decision = gate_decision(facts, usage[facts.instance_id], run.settings, now=run.now)
-        if isinstance(decision, Finding):
-            run.findings.append(decision)
-        elif isinstance(decision, ModifyPlan):
-            plans.append(decision)
-        elif isinstance(decision, PreparePlan):
-            preparations.append(decision)
-        else:
-            logger.info("nothing to do", extra={"instance_id": facts.instance_id, "tokens": facts.http_tokens})
-    return plans, preparations
+def _attach_callers(state: SweepState, run: _Run) -> None:
+    """Opt-in: which processes make the blocked instances' IMDSv1 calls (annotates their findings in the sweep's
+    report; never fails it). The blocked instances are read again here, at the sweep's end: the analysis' own tags on
+    them say what was already sent."""
+    if run.settings.CALLER_ANALYSIS is CallerAnalysis.OFF:
+        return
+    blocked = [f.resource_id for f in state.findings if f.action is Action.BLOCKED and f.resource_type == "instance"]
+    if not blocked:
+        return
+    try:
+        instances = ec2.describe_by_ids(blocked)
+    except AwsError as error:
+        logger.warning("caller analysis skipped: blocked instances unreadable", extra={"code": error.code})
+        if not error.expected:
+            run.unexpected.append(f"{error.operation} (caller analysis): {error.code}")
+        return
+    before = list(state.findings)
+    callers = caller_analysis.attach_callers(before, instances, run.settings, now=run.wall())
+    state.findings[:] = callers.findings
+    # This run's own findings (what the CLI shows, what the metrics count) carry the same annotations.
+    annotated = {id(old): new for old, new in zip(before, callers.findings, strict=True)}
+    run.findings[:] = [annotated.get(id(finding), finding) for finding in run.findings]
+    run.unexpected.extend(callers.unexpected_errors)
+    state.add(callers.totals)
+
+
+def _not_decided(facts: InstanceFacts) -> Finding:
+    return Finding(
+        resource_id=facts.instance_id,
+        action=Action.INSUFFICIENT_DATA,
+        reason="not decided in this sweep: its evidence was not read before the sweep had to stop (it could not "
+        "continue); the next scheduled sweep decides it",
+        details={"state": facts.state, "deferred": "true"},
+    )
 
 
 def _account(deployment: Deployment) -> dict[str, Any]:
@@ -234,16 +645,14 @@ def _account(deployment: Deployment) -> dict[str, Any]:
     return {"resource_type": ACCOUNT_RESOURCE, "resource_id": deployment.account}
 
 
-def _account_default(
-    run: _Run, deployment: Deployment, *, left_open: int, rejected: int, seen: list[InstanceFacts]
-) -> None:
+def _account_default(run: _Run, deployment: Deployment, *, left_open: int, rejected: int, state: SweepState) -> None:
     """Require IMDSv2 for new launches once the region is clean: no optional instance left but exempt ones,
     and nothing rejected in the watch period. A default set by a declarative policy is reported, not fought.
 
     The hop limit follows the evidence: container hosts that launch later without their own metadata options would
     get hop limit 1 from the default, their pods' SDKs could not get tokens, and the launch would break them. So
-    where container hosts run in the region (among the instances seen, or any live instance with a container-host
-    tag), the default also gets hop limit 2."""
+    where container hosts run in the region (among the instances the sweep saw, or any live instance with a
+    container-host tag), the default also gets hop limit 2."""
     if left_open or rejected:
         logger.info("account default not yet", extra={"optional_not_exempt": left_open, "rejected": rejected})
         return
@@ -261,7 +670,7 @@ def _account_default(
     if tokens == "required":
         logger.info("account default already requires IMDSv2", extra=details)
         return
-    hop_limit, hop_reason = _default_hop_limit(run, seen)
+    hop_limit, hop_reason = _default_hop_limit(run, state.container_host_seen)
     if defaults.get("ManagedBy") == "declarative-policy":
         message = defaults.get("ManagedExceptionMessage")
         run.findings.append(
@@ -306,14 +715,21 @@ def _account_default(
     )
 
 
-def _default_hop_limit(run: _Run, seen: list[InstanceFacts]) -> tuple[int | None, str]:
-    """The hop limit the account default gets (None: left as it is), and why, in words for the report."""
-    for facts in seen:
-        reason = instance_container_reason(facts, run.settings)
+def _container_host_seen(instances: list[InstanceFacts], settings: Settings) -> str:
+    """The first container host among `instances`, in words for the report ("" when there is none)."""
+    for facts in instances:
+        reason = instance_container_reason(facts, settings)
         if reason:
-            return CONTAINER_HOP_LIMIT, (
-                f"hop limit {CONTAINER_HOP_LIMIT} because container hosts run here ({facts.instance_id}: {reason})"
-            )
+            return f"{facts.instance_id}: {reason}"
+    return ""
+
+
+def _default_hop_limit(run: _Run, container_host_seen: str) -> tuple[int | None, str]:
+    """The hop limit the account default gets (None: left as it is), and why, in words for the report."""
+    if container_host_seen:
+        return CONTAINER_HOP_LIMIT, (
+            f"hop limit {CONTAINER_HOP_LIMIT} because container hosts run here ({container_host_seen})"
+        )
     keys = [*CONTAINER_HOST_TAG_KEYS, *run.settings.CONTAINER_HOST_TAG_KEYS, "kubernetes.io/cluster/*"]
     try:
         tagged = ec2.any_instance_tagged(keys)

@@ -59,7 +59,9 @@ class Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore", str_strip_whitespace=True)
 
     # Set by the stack itself (the topic it creates, the path of the roles it creates): not a cdk.json key.
-    SET_BY_STACK: ClassVar[frozenset[str]] = frozenset({"REPORT_TOPIC_ARN", "SERVICE_ROLE_PATH"})
+    SET_BY_STACK: ClassVar[frozenset[str]] = frozenset(
+        {"REPORT_TOPIC_ARN", "SERVICE_ROLE_PATH", "CENTRAL_REPORT_TOPIC_ARN", "ORGANIZATIONAL_UNIT"}
+    )
     # Read by the Slack notifier only; the enforcing functions get every other setting.
     SLACK_NOTIFIER_ONLY: ClassVar[frozenset[str]] = frozenset({"SLACK_WEBHOOK_SECRET"})
 
@@ -87,6 +89,12 @@ class Settings(BaseModel):
     # an AMI's ImdsSupport=v2.0. Launch configurations cannot be changed: they are only ever flagged.
     FIX_LAUNCH_TEMPLATES: bool = False
     FIX_IMAGES: bool = False
+    # Organization mode (set by the StackSet's member template): every report also goes to the security account's
+    # topic, and carries the OU (or root) the StackSet deployed this account through. Empty: a stand-alone account.
+    CENTRAL_REPORT_TOPIC_ARN: Annotated[
+        str, Field(pattern=r"^(arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256})?$")
+    ] = ""
+    ORGANIZATIONAL_UNIT: Annotated[str, Field(pattern=r"^(ou-[a-z0-9]{4,32}-[a-z0-9]{8,32}|r-[a-z0-9]{4,32})?$")] = ""
 
     @field_validator("CONTAINER_HOST_TAG_KEYS", mode="before")
     @classmethod

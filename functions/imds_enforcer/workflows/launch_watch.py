@@ -90,7 +90,12 @@ def _finish(
         totals=totals,
         findings=findings,
     )
-    message_ids = publish_report(report, topic_arn=settings.REPORT_TOPIC_ARN)
+    message_ids = publish_report(
+        report,
+        topic_arn=settings.REPORT_TOPIC_ARN,
+        central_topic_arn=settings.CENTRAL_REPORT_TOPIC_ARN,
+        organizational_unit=settings.ORGANIZATIONAL_UNIT,
+    )
     if unexpected_errors:
         raise UnexpectedAwsError("; ".join(unexpected_errors), report=report)
     return LaunchOutcome(status="processed", findings=findings, message_ids=message_ids)

@@ -160,7 +160,16 @@ def run_gate(
         findings=run.findings,
     )
     logger.info("gate decided", extra={"totals": totals, "counts": report.counts})
-    message_ids = publish_report(report, topic_arn=settings.REPORT_TOPIC_ARN) if publish else []
+    message_ids = (
+        publish_report(
+            report,
+            topic_arn=settings.REPORT_TOPIC_ARN,
+            central_topic_arn=settings.CENTRAL_REPORT_TOPIC_ARN,
+            organizational_unit=settings.ORGANIZATIONAL_UNIT,
+        )
+        if publish
+        else []
+    )
     if run.unexpected:
         raise UnexpectedAwsError("; ".join(run.unexpected), report=report)
     return GateOutcome(status="processed", findings=run.findings, totals=totals, message_ids=message_ids, report=report)

@@ -27,6 +27,9 @@ def _flatten(value: object) -> str:
         return value
     if isinstance(value, dict) and "Ref" in value:
         return f"<{value['Ref']}>"
+    if isinstance(value, dict) and "Fn::GetAtt" in value:
+        logical_id, attribute = value["Fn::GetAtt"]
+        return f"<{logical_id}.{attribute}>"
     if isinstance(value, dict) and "Fn::Join" in value:
         separator, parts = value["Fn::Join"]
         return str(separator).join(_flatten(part) for part in parts)

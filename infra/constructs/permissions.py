@@ -19,6 +19,7 @@ import aws_cdk as cdk
 from aws_cdk import aws_iam as iam
 from constructs import Construct
 
+from imds_enforcer.domain.organization import AUDIT_READ_ACTIONS
 from imds_enforcer.domain.settings import ENFORCED_AT_TAG, ENFORCED_BY_TAG
 
 
@@ -64,6 +65,8 @@ UNSCOPABLE_ACTIONS = frozenset(
         "ec2:DescribeImages",
         "autoscaling:DescribeAutoScalingGroups",
         "autoscaling:DescribeLaunchConfigurations",
+        # The organization audit lists an account's enabled regions (--all-regions).
+        "ec2:DescribeRegions",
     }
 )
 _NO_RESOURCE_LEVEL = "supports no resource-level permissions; IAM only accepts Resource '*' for it."
@@ -239,3 +242,36 @@ def slack_notifier_permissions(*, secret_arn: str, kms_key_arn: str, secret_regi
             )
         )
     return permissions
+
+
+def audit_permissions() -> list[Permission]:
+    """The member accounts' audit role (organization mode): exactly what `imds-enforcer audit --org` reads there
+    (declared once, in the domain, and measured by a test), nothing that writes."""
+    return [_unscopable("ReadImdsPosture", AUDIT_READ_ACTIONS)]
+
+
+def central_report_permissions(*, topic_arn: str, key_arn: str, key_alias: str, region: str) -> list[Permission]:
+    """Publish to the security account's report topic (organization mode), and use its key for that only.
+
+    Across accounts the key policy (in the security account) and this identity policy must both allow it. The key's
+    id is generated over there, so ``key_arn`` ends in ``key/*``: ``kms:ResourceAliases`` pins it to the one key
+    under ``key_alias``, and ``kms:ViaService`` to SNS's use of it in that region.
+    """
+    return [
+        Permission(
+            iam.PolicyStatement(sid="PublishToOrganizationTopic", actions=["sns:Publish"], resources=[topic_arn])
+        ),
+        Permission(
+            iam.PolicyStatement(
+                sid="UseOrganizationTopicKey",
+                actions=["kms:GenerateDataKey", "kms:Decrypt"],
+                resources=[key_arn],
+                conditions={
+                    "ForAnyValue:StringEquals": {"kms:ResourceAliases": [key_alias]},
+                    "StringEquals": {"kms:ViaService": f"sns.{region}.{cdk.Aws.URL_SUFFIX}"},
+                },
+            ),
+            f"The organization's report key is created in the security account with a generated id: the grant names "
+            f"key/* there, and kms:ResourceAliases pins it to the key under {key_alias} (kms:ViaService to SNS).",
+        ),
+    ]

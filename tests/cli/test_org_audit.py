@@ -399,3 +399,17 @@ def test_the_audit_role_allows_exactly_what_the_audit_calls(fleet: OrgFleet) -> 
     assert result.complete
     assert {item.region for item in result.results} == set(REGIONS)
     assert called == set(AUDIT_READ_ACTIONS)
+
+
+@pytest.mark.usefixtures("two_enabled_regions")
+def test_all_regions_are_each_accounts_own_and_an_unreadable_account_has_no_region_to_name(
+    fleet: OrgFleet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(capsys, "audit", "--org", "--all-regions", "--format", "json")
+
+    assert code == 3
+    regions = {(report["account_name"], report["region"]) for report in json.loads(out)}
+    # Each readable account in the two regions it has enabled; the account that cannot be entered once, region "*"
+    assert ("legacy", "*") in regions
+    assert {region for name, region in regions if name == "payments"} == set(REGIONS)
+    assert len(regions) == 4 * len(REGIONS) + 1

@@ -62,7 +62,7 @@ class OrgAssetsStack(cdk.Stack):
             scope,
             construct_id,
             env=env,
-            description="IMDSv2 Enforcer: the code StackSet members in this region deploy, readable by the organization",
+            description="IMDSv2 Enforcer: the code this region's StackSet members deploy, readable by the organization",
         )
         self.assets = OrgAssets(
             self, "Assets", code_dir=FUNCTIONS_DIR, layer_dir=layer_dir, organization_id=config.organization_id

@@ -12,7 +12,8 @@ pytestmark = pytest.mark.e2e
 
 def test_the_org_benchmark_runs_and_its_calls_stay_at_the_floor(capsys: pytest.CaptureFixture[str]) -> None:
     # Given 2 member accounts x 2 regions x 6 instances; When the benchmark runs
-    bench = bench_org.main(["--accounts", "2", "--regions", "us-east-1,eu-west-1", "--instances", "6", "--metrics", "2"])
+    argv = ["--accounts", "2", "--regions", "us-east-1,eu-west-1", "--instances", "6", "--metrics", "2"]
+    bench = bench_org.main(argv)
 
     # Then both runs audited every account-region alike (it checks they agree), the management account too
     assert len(bench.parallel.result.results) == (2 + 1) * 2

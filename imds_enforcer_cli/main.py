@@ -311,7 +311,7 @@ def _audit(args: argparse.Namespace) -> int:
 
 
 def _org_audit(args: argparse.Namespace) -> int:
-    from imds_enforcer_cli.org_audit import run_org_audit
+    from imds_enforcer_cli.org_audit import Status, run_org_audit
     from imds_enforcer_cli.org_render import render_org
     from imds_enforcer_cli.org_render import summary_lines as org_summary_lines
 
@@ -350,7 +350,7 @@ def _org_audit(args: argparse.Namespace) -> int:
     if not result.complete:
         # Everything readable is printed above; the exit code says the picture has holes (as an AWS error would).
         unreadable = [row.account.id for row in result.unreadable]
-        partial = sum(1 for item in result.results if item.status.value != "audited")
+        partial = sum(1 for item in result.results if item.status is not Status.AUDITED)
         print(
             f"{PROG}: incomplete audit: {len(unreadable)} account(s) could not be entered"
             + (f" ({', '.join(unreadable[:5])}{', ...' if len(unreadable) > 5 else ''})" if unreadable else "")

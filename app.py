@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """CDK app: read context -> validated DeployConfig -> one stack per region -> cdk-nag -> synth.
 
+With ``-c deployment=organization`` (or in cdk.json) the same app synthesizes the organization's StackSet path
+instead (``infra.organization``).
+
 Run with the project's virtualenv active (``cdk synth``, or ``python app.py`` which writes to a temporary folder).
 """
 
@@ -16,6 +19,7 @@ from cdk_nag import AwsSolutionsChecks
 
 from infra import REPO_ROOT
 from infra.config import ConfigError, DeployConfig
+from infra.organization import add_organization
 from infra.stack import ImdsEnforcerStack, stack_name
 
 
@@ -34,9 +38,13 @@ def build_app(context: Mapping[str, Any] | None = None, outdir: str | None = Non
     names = DeployConfig.context_keys()
     config = DeployConfig.from_context({name: app.node.try_get_context(name) for name in names})
 
-    for region in config.regions:
-        name = stack_name(region)
-        ImdsEnforcerStack(app, name, config=config, env=cdk.Environment(account=config.account, region=region))
+    if config.organization_mode:
+        # The StackSet path: asset stacks per region, the StackSet, the security account's topic (infra.organization).
+        add_organization(app, config)
+    else:
+        for region in config.regions:
+            name = stack_name(region)
+            ImdsEnforcerStack(app, name, config=config, env=cdk.Environment(account=config.account, region=region))
 
     # cdk-nag 3 is a policy-validation plugin: any unacknowledged finding makes synth fail.
     cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))

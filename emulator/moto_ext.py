@@ -17,10 +17,12 @@
 - SSM Run Command for the caller analysis: DescribeInstanceInformation (from instances registered as managed),
   SendCommand by InstanceIds reaching only those instances (moto adds every instance of the region), refusing an
   unknown document or an unmanaged instance, and the output an instance's command returns (recorded analyzer output).
+- AssumeRole refuses a role that does not exist or does not trust the caller's account (moto grants any role ARN).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -88,6 +90,7 @@ def teach_moto() -> None:
     teach_beanstalk_option_settings()
     teach_ecs_capacity_provider_listing()
     teach_ssm_run_command()
+    teach_assume_role_checks()
 
 
 # GetInstanceMetadataDefaults / ModifyInstanceMetadataDefaults, for the gate's opt-in account default.
@@ -557,3 +560,55 @@ def teach_ssm_run_command() -> None:
     SimpleSystemManagerBackend.send_command = send_command  # type: ignore[method-assign]
     Command._get_instance_ids_from_targets = instance_ids_from_targets  # type: ignore[method-assign]
     Command.invocation_response = invocation_response  # type: ignore[method-assign]
+
+
+# AssumeRole as AWS answers it: AccessDenied when the role does not exist, or when its trust policy does not name the
+# caller's account (moto hands out credentials for any role ARN, which is how it switches accounts). This is what
+# "the StackSet has not reached this account yet" looks like to the organization audit. Trust conditions are not
+# evaluated (moto evaluates no IAM policy); a Principal of "*", the account id, or any ARN in the caller's account
+# counts as trusting it.
+
+_ROLE_ARN = re.compile(r"^arn:(aws[a-z-]*):iam::(\d{12}):role/.+$")
+
+
+def _trusts(policy_document: Any, caller_account: str, partition: str) -> bool:
+    document = json.loads(policy_document) if isinstance(policy_document, str) else policy_document
+    statements = document.get("Statement", [])
+    for statement in statements if isinstance(statements, list) else [statements]:
+        actions = statement.get("Action", [])
+        actions = actions if isinstance(actions, list) else [actions]
+        if statement.get("Effect") != "Allow" or not {"sts:AssumeRole", "sts:*", "*"} & set(actions):
+            continue
+        principal = statement.get("Principal", {})
+        principals = principal.get("AWS", []) if isinstance(principal, dict) else [principal]
+        for name in principals if isinstance(principals, list) else [principals]:
+            if name in ("*", caller_account) or str(name).startswith(f"arn:{partition}:iam::{caller_account}:"):
+                return True
+    return False
+
+
+def teach_assume_role_checks() -> None:
+    """Idempotent; part of teach_moto()."""
+    from moto.core.exceptions import AccessDeniedError
+    from moto.iam.models import iam_backends
+    from moto.sts.models import STSBackend
+
+    original = getattr(STSBackend, "_imds_enforcer_original_assume_role", STSBackend.assume_role)
+
+    def assume_role(self: STSBackend, **kwargs: Any) -> Any:
+        role_arn = str(kwargs.get("role_arn", ""))
+        match = _ROLE_ARN.match(role_arn)
+        trusted = False
+        if match is not None:
+            partition, account = match.group(1), match.group(2)
+            roles = iam_backends[account][partition].roles.values()
+            role = next((candidate for candidate in roles if candidate.arn == role_arn), None)
+            trusted = role is not None and _trusts(role.assume_role_policy_document, self.account_id, partition)
+        if not trusted:
+            raise AccessDeniedError(
+                user_arn=f"arn:aws:iam::{self.account_id}:root", action=f"sts:AssumeRole on resource: {role_arn}"
+            )
+        return original(self, **kwargs)
+
+    STSBackend._imds_enforcer_original_assume_role = original  # type: ignore[attr-defined]
+    STSBackend.assume_role = assume_role  # type: ignore[method-assign,assignment]

@@ -242,7 +242,7 @@ def _audit_region(
     required = sum(1 for _ in ec2.iter_instances_by_tokens("required"))
 
     step(region, AUDIT_STEPS[2])
-    default, default_finding = _account_default(account)
+    default, default_finding = read_account_default(account)
     if default_finding is not None:
         findings.append(default_finding)
 
@@ -269,7 +269,7 @@ def _audit_region(
     )
 
 
-def _account_default(account: str) -> tuple[AccountDefault, Finding | None]:
+def read_account_default(account: str) -> tuple[AccountDefault, Finding | None]:
     try:
         defaults = ec2.instance_metadata_defaults()
     except AwsError as error:

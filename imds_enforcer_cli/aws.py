@@ -89,6 +89,14 @@ def caller_account(session: boto3.session.Session, *, region: str, endpoint_url:
     return str(sts.get_caller_identity()["Account"])
 
 
+def caller_identity(session: boto3.session.Session, *, region: str, endpoint_url: str | None = None) -> tuple[str, str]:
+    """(account, partition) of the credentials: the partition (from the caller's ARN) names the roles to assume."""
+    sts = session.client("sts", region_name=region, endpoint_url=endpoint_url, config=PREFLIGHT_CONFIG)
+    identity = sts.get_caller_identity()
+    partition = str(identity.get("Arn", "arn:aws:")).split(":")[1] or "aws"
+    return str(identity["Account"]), partition
+
+
 @contextmanager
 def aws_scope(region: str, *, endpoint_url: str | None = None) -> Iterator[None]:
     """Point the product's clients at `region` (and `endpoint_url`) for the duration of the block."""

@@ -57,6 +57,12 @@ _SERVICE_OF_OPERATION = {
     "GetMetricData": "cloudwatch",
     "DescribeLaunchConfigurations": "autoscaling",
     "GetCallerIdentity": "sts",
+    # audit --org: the organization's structure (management account or delegated administrator), and the members.
+    "AssumeRole": "sts",
+    "ListRoots": "organizations",
+    "ListAccountsForParent": "organizations",
+    "ListOrganizationalUnitsForParent": "organizations",
+    "DescribeOrganizationalUnit": "organizations",
 }
 # AWS error messages can carry an encoded authorization message of several kilobytes: one line stays readable.
 MESSAGE_LIMIT = 300

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, TextIO
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from imds_enforcer.domain.organization import AUDIT_DEFAULT_WORKERS, AUDIT_ROLE_NAME
 from imds_enforcer.domain.report import Severity
 from imds_enforcer_cli.errors import CliError, ExitCode, describe
 from imds_enforcer_cli.render import OutputFormat, render, summary_lines
@@ -37,7 +38,8 @@ exit codes:
      high: rejected, rolled back, failed)
   2  usage error: bad arguments or settings, unknown region, --apply not confirmed
   3  AWS error: no credentials, access denied (the message names the permission), endpoint unreachable, or any
-     other failed AWS call
+     other failed AWS call; with --org: an account, region or step that could not be read (every other account
+     is still audited and printed, the unreadable ones as rows saying why)
 
 Credentials and region come from the default chain (AWS_PROFILE, ~/.aws, SSO, environment, instance role);
 --endpoint-url (or AWS_ENDPOINT_URL) points every call at an emulator such as a local moto server.
@@ -112,6 +114,33 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--region", action="append", default=[], metavar="REGION", help="a region to audit (repeatable)")
     where.add_argument("--all-regions", action="store_true", help="every region enabled for the account")
     _common(audit)
+    org = audit.add_argument_group(
+        "organization",
+        "Run from the management account or a delegated administrator: every account of the organization (or of "
+        "the OUs), through the read-only role the StackSet deploys in each member, in parallel. One row per "
+        "account-region and the organization's totals; JSON is one report per account-region.",
+    )
+    org.add_argument("--org", action="store_true", help="audit every account of the organization")
+    org.add_argument(
+        "--role-name",
+        default=None,
+        metavar="NAME",
+        help=f"the role to assume in each member account (default: {AUDIT_ROLE_NAME}, from the StackSet)",
+    )
+    org.add_argument(
+        "--ou",
+        action="append",
+        default=[],
+        metavar="OU-ID",
+        help="only the accounts under this OU or root, recursively (repeatable; default: the whole organization)",
+    )
+    org.add_argument(
+        "--max-workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"account-regions audited at once (default {AUDIT_DEFAULT_WORKERS})",
+    )
 
     enforce = commands.add_parser(
         "enforce",
@@ -236,6 +265,19 @@ def _finish(result_format: OutputFormat, fail_on: Severity | None, result: Audit
 def _audit(args: argparse.Namespace) -> int:
     from imds_enforcer_cli.audit import run_audit
 
+    if args.org:
+        return _org_audit(args)
+    given = [
+        flag
+        for flag, value in (
+            ("--role-name", args.role_name),
+            ("--ou", args.ou or None),
+            ("--max-workers", args.max_workers),
+        )
+        if value is not None
+    ]
+    if given:
+        raise CliError(f"{', '.join(given)}: only with --org", ExitCode.USAGE)
     if not _stderr_tty():
         result = run_audit(
             regions=args.region,
@@ -266,6 +308,59 @@ def _audit(args: argparse.Namespace) -> int:
             on_step=on_step,
         )
     return _finish(args.output_format, args.fail_on, result)
+
+
+def _org_audit(args: argparse.Namespace) -> int:
+    from imds_enforcer_cli.org_audit import Status, run_org_audit
+    from imds_enforcer_cli.org_render import render_org
+    from imds_enforcer_cli.org_render import summary_lines as org_summary_lines
+
+    options = {
+        "role_name": args.role_name or AUDIT_ROLE_NAME,
+        "ou_ids": args.ou,
+        "regions": args.region,
+        "all_regions": args.all_regions,
+        "lookback_days": args.lookback_days,
+        "endpoint_url": args.endpoint_url,
+        "max_workers": AUDIT_DEFAULT_WORKERS if args.max_workers is None else args.max_workers,
+    }
+    if _stderr_tty():
+        progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("account-regions"),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
+        with progress:
+            task = progress.add_task("listing the organization's accounts", total=None)
+
+            def on_step(done: int, total: int, label: str) -> None:
+                progress.update(task, completed=done, total=total, description=label)
+
+            result = run_org_audit(**options, on_step=on_step)
+    else:
+        result = run_org_audit(**options)
+    render_org(result, args.output_format, _stdout_console())
+    if args.output_format in (OutputFormat.JSON, OutputFormat.CSV) and _stderr_tty():
+        for line in org_summary_lines(result):
+            print(line, file=sys.stderr)
+    if not result.complete:
+        # Everything readable is printed above; the exit code says the picture has holes (as an AWS error would).
+        unreadable = [row.account.id for row in result.unreadable]
+        partial = sum(1 for item in result.results if item.status is not Status.AUDITED)
+        print(
+            f"{PROG}: incomplete audit: {len(unreadable)} account(s) could not be entered"
+            + (f" ({', '.join(unreadable[:5])}{', ...' if len(unreadable) > 5 else ''})" if unreadable else "")
+            + f", {partial} account-region(s) not fully read; the rows say why",
+            file=sys.stderr,
+        )
+        return int(ExitCode.AWS)
+    if args.fail_on is not None and result.needs_action(args.fail_on):
+        return int(ExitCode.FINDINGS)
+    return int(ExitCode.OK)
 
 
 def _confirm(account: str, region: str) -> None:

@@ -23,6 +23,14 @@ from imds_enforcer.domain.guardrails import (
     iam_policy_document,
     scp_document,
 )
+from imds_enforcer.domain.organization import (
+    ACCOUNT_ID,
+    AUDIT_ROLE_NAME,
+    ORGANIZATION_ID,
+    ROLE_NAME,
+    is_ou_or_root,
+    org_report_topic_arn,
+)
 from imds_enforcer.domain.report import Severity
 from imds_enforcer.domain.settings import Settings, SettingsError, split_list
 from infra.constructs.guardrails import SCP_TARGET, GuardrailsMode
@@ -52,7 +60,14 @@ PLACEHOLDERS = {
     "REPORT_TOPIC_ARN": PLACEHOLDER_TOPIC_ARN,
     "LEDGER_TABLE_NAME": "imds-enforcer-placeholder",
     "CALLER_ANALYSIS_DOCUMENT": "imds-enforcer-placeholder",
+    # A StackSet parameter in the member template.
+    "ORGANIZATIONAL_UNIT": "ou-abcd-placeholder",
 }
+PLACEHOLDER_OU = PLACEHOLDERS["ORGANIZATIONAL_UNIT"]
+
+# "account": one stack per region in one account (cdk deploy). "organization": the StackSet path, run from the
+# management account or a delegated administrator (see infra.organization).
+DeploymentMode = Literal["account", "organization"]
 
 
 class ConfigError(ValueError):
@@ -118,6 +133,24 @@ class DeployConfig(BaseModel):
     # Roots (r-...), OUs (ou-...-...) or accounts the SCP is attached to; required when guardrails is "scp".
     # (Validated even when absent: "scp" without targets must fail, not deploy an SCP attached to nothing.)
     scp_target_ids: Annotated[list[str], Field(validate_default=True)] = []
+    # Organization mode: the same enforcer in every account of the target OUs (and every account that joins them
+    # later) and every region above, through a service-managed CloudFormation StackSet; reports also reach a
+    # topic in the security account (central_reports_account, in regions[0]), where the e-mail subscriptions, the
+    # Slack notifier and the chat channel then live. The org keys are validated even when absent: organization
+    # mode without them must fail, not deploy a StackSet that targets nothing.
+    deployment: DeploymentMode = "account"
+    organization_id: Annotated[str, Field(validate_default=True)] = ""
+    stackset_target_ou_ids: Annotated[list[str], Field(validate_default=True)] = []
+    central_reports_account: Annotated[str, Field(validate_default=True)] = ""
+    # SELF from the management account; DELEGATED_ADMIN from a delegated administrator for StackSets.
+    stackset_call_as: Literal["self", "delegated_admin"] = "self"
+    # How a StackSet operation rolls out: regions one after another or in parallel, how many accounts at once (per
+    # region), and how many may fail (per region) before the operation stops.
+    stackset_region_concurrency: Literal["parallel", "sequential"] = "parallel"
+    stackset_max_concurrent_percentage: Annotated[int, Field(ge=1, le=100)] = 25
+    stackset_failure_tolerance_percentage: Annotated[int, Field(ge=0, le=100)] = 10
+    # The read-only role in every member account that `imds-enforcer audit --org` assumes.
+    audit_role_name: str = AUDIT_ROLE_NAME
 
     @model_validator(mode="before")
     @classmethod
@@ -129,7 +162,14 @@ class DeployConfig(BaseModel):
         values["runtime"] = {RUNTIME_KEYS[key]: values.pop(key) for key in list(values) if key in RUNTIME_KEYS}
         return values
 
-    @field_validator("regions", "notification_emails", "break_glass_role_arns", "scp_target_ids", mode="before")
+    @field_validator(
+        "regions",
+        "notification_emails",
+        "break_glass_role_arns",
+        "scp_target_ids",
+        "stackset_target_ou_ids",
+        mode="before",
+    )
     @classmethod
     def _lists(cls, value: object) -> object:
         return split_list(value)
@@ -240,6 +280,58 @@ class DeployConfig(BaseModel):
             )
         return value
 
+    @field_validator("deployment")
+    @classmethod
+    def _deployment(cls, value: DeploymentMode, info: ValidationInfo) -> DeploymentMode:
+        if value == "organization" and info.data.get("guardrails") == "iam":
+            # A managed policy per member account and region would only multiply what to attach; the organization's
+            # own tool is the SCP, created once by the management account.
+            raise ValueError('is "organization", but guardrails is "iam": in organization mode use "scp" (or "off")')
+        return value
+
+    @staticmethod
+    def _org_only(value: object, info: ValidationInfo, *, what: str) -> None:
+        """An organization key: required in organization mode, refused in account mode (it would do nothing)."""
+        mode = info.data.get("deployment")
+        if mode == "organization" and not value:
+            raise ValueError(f'is empty, but deployment is "organization": {what}')
+        if mode == "account" and value:
+            raise ValueError('is set, but deployment is "account": set deployment to "organization" to use it')
+
+    @field_validator("organization_id")
+    @classmethod
+    def _organization_id(cls, value: str, info: ValidationInfo) -> str:
+        if value and not ORGANIZATION_ID.match(value):
+            raise ValueError("is not an organization id (o- and 10 to 32 lower-case letters or digits)")
+        cls._org_only(value, info, what="the member accounts' organization (o-...) is what may read the code")
+        return value
+
+    @field_validator("stackset_target_ou_ids")
+    @classmethod
+    def _stackset_targets(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        bad = [target for target in value if not is_ou_or_root(target)]
+        if bad:
+            raise ValueError(f"{', '.join(map(repr, bad))}: not an OU (ou-...-...) or root (r-...) id")
+        if len(set(value)) != len(value):
+            raise ValueError("an OU is listed twice")
+        cls._org_only(value, info, what="name the OUs (or the root) whose accounts get the enforcer")
+        return value
+
+    @field_validator("central_reports_account")
+    @classmethod
+    def _central_account(cls, value: str, info: ValidationInfo) -> str:
+        if value and not ACCOUNT_ID.match(value):
+            raise ValueError("is not a 12-digit account id")
+        cls._org_only(value, info, what="name the security account that receives every member's reports")
+        return value
+
+    @field_validator("audit_role_name")
+    @classmethod
+    def _audit_role_name(cls, value: str) -> str:
+        if not ROLE_NAME.match(value):
+            raise ValueError("is not an IAM role name (1 to 64 of letters, digits and +=,.@_-)")
+        return value
+
     @classmethod
     def context_keys(cls) -> list[str]:
         """Every key cdk.json's context may hold: the deployment's own fields, then the runtime settings'."""
@@ -259,6 +351,41 @@ class DeployConfig(BaseModel):
         regional copy would fail to deploy; identical managed policies per region would only multiply what to attach.
         """
         return None if self.guardrails_mode is None else self.regions[0]
+
+    @property
+    def organization_mode(self) -> bool:
+        return self.deployment == "organization"
+
+    @property
+    def home_region(self) -> str:
+        """The first region: the StackSet, the security account's topic and the members' audit role live there."""
+        return self.regions[0]
+
+    @property
+    def central_report_topic_arn(self) -> str:
+        """The security account's topic (organization mode), from its fixed name; empty in account mode."""
+        if not self.organization_mode:
+            return ""
+        return org_report_topic_arn(
+            partition=partition_of(self.home_region), region=self.home_region, account=self.central_reports_account
+        )
+
+    def member_config(self) -> DeployConfig:
+        """What each member account's stack gets in organization mode: the enforcer without the subscriptions, the
+        Slack notifier, the chat channel and the guardrails, which live centrally (the security account's topic,
+        the management account's SCP). Validated like any configuration."""
+        runtime = self.runtime.model_copy(update={"SLACK_WEBHOOK_SECRET": ""})
+        return self.model_copy(
+            update={
+                "runtime": runtime,
+                "notification_emails": [],
+                "slack_webhook_secret_kms_key_arn": "",
+                "slack_workspace_id": "",
+                "slack_channel_id": "",
+                "guardrails": "off",
+                "scp_target_ids": [],
+            }
+        )
 
     @property
     def slack_enabled(self) -> bool:
@@ -286,10 +413,18 @@ class DeployConfig(BaseModel):
             problems = "; ".join(_describe(issue["loc"], issue.get("input"), issue["msg"]) for issue in error.errors())
             raise ConfigError(f"invalid deploy configuration: {problems}") from None
 
-    def lambda_settings(self, topic_arn: str, *, ledger_table_name: str = "", analyzer_document: str = "") -> Settings:
+    def lambda_settings(
+        self,
+        topic_arn: str,
+        *,
+        ledger_table_name: str = "",
+        analyzer_document: str = "",
+        organizational_unit: str = "",
+    ) -> Settings:
         """What the enforcing Lambdas read: the runtime settings but the Slack notifier's own, with the resources the
-        stack creates (its topic, its ledger table, its caller-analysis document when it has one), checked by the
-        same model the handlers use (through ``from_env``, exactly as a handler reads it).
+        stack creates (its topic, its ledger table, its caller-analysis document when it has one) and, in
+        organization mode, the security account's topic and the account's OU; checked by the same model the handlers
+        use (through ``from_env``, exactly as a handler reads it).
 
         Those values may be unresolved CDK tokens: the model then checks a placeholder and the token is put back
         afterwards (``model_copy`` does not re-validate).
@@ -298,12 +433,14 @@ class DeployConfig(BaseModel):
             "REPORT_TOPIC_ARN": topic_arn,
             "LEDGER_TABLE_NAME": ledger_table_name,
             "CALLER_ANALYSIS_DOCUMENT": analyzer_document,
+            "ORGANIZATIONAL_UNIT": organizational_unit,
         }
         checked = {
             name: PLACEHOLDERS[name] if cdk.Token.is_unresolved(value) else value
             for name, value in stack_values.items()
         }
         env = {name: value for name, value in self.runtime.to_env().items() if name not in Settings.SLACK_NOTIFIER_ONLY}
+        env["CENTRAL_REPORT_TOPIC_ARN"] = self.central_report_topic_arn
         try:
             settings = Settings.from_env({**env, **checked})
         except SettingsError as error:
@@ -311,11 +448,19 @@ class DeployConfig(BaseModel):
         return settings.model_copy(update=stack_values)
 
     def lambda_environment(
-        self, topic_arn: str, *, ledger_table_name: str = "", analyzer_document: str = ""
+        self,
+        topic_arn: str,
+        *,
+        ledger_table_name: str = "",
+        analyzer_document: str = "",
+        organizational_unit: str = "",
     ) -> dict[str, str]:
         """The enforcing Lambdas' environment (empty values dropped: the runtime reads them as defaults)."""
         settings = self.lambda_settings(
-            topic_arn, ledger_table_name=ledger_table_name, analyzer_document=analyzer_document
+            topic_arn,
+            ledger_table_name=ledger_table_name,
+            analyzer_document=analyzer_document,
+            organizational_unit=organizational_unit,
         )
         return {name: value for name, value in settings.to_env().items() if value != ""}
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import aws_cdk as cdk
 from constructs import Construct
 
+from imds_enforcer.domain.organization import ORG_REPORT_KEY_ALIAS
 from imds_enforcer.domain.settings import CallerAnalysis
 from infra import FUNCTIONS_DIR, REPO_ROOT
 from infra.config import DeployConfig, partition_of
@@ -14,6 +15,7 @@ from infra.constructs.caller_analysis import AnalyzerDocument
 from infra.constructs.chat_channel import ChatChannel
 from infra.constructs.enforcer_function import (
     DependenciesLayer,
+    EnforcerFunction,
     FunctionWiring,
     log_retention,
     runtime_python_version,
@@ -21,6 +23,8 @@ from infra.constructs.enforcer_function import (
 from infra.constructs.guardrails import GuardrailPolicy
 from infra.constructs.launch_watch import LaunchWatch
 from infra.constructs.monitoring import Monitoring
+from infra.constructs.organization import Artifacts, AuditRole, StackSetMember
+from infra.constructs.permissions import central_report_permissions
 from infra.constructs.rejection_watch import RejectionWatch
 from infra.constructs.report_topic import ReportTopic
 from infra.constructs.slack_notifier import SlackNotifier
@@ -56,21 +60,34 @@ def add_guardrails(scope: Construct, *, config: DeployConfig, region: str) -> Gu
     )
 
 
+def build_layer(layer_dir: Path = LAYER_BUILD_DIR) -> Path:
+    return build_dependencies_layer(
+        requirements=FUNCTIONS_DIR / "requirements.txt", out_dir=layer_dir, python_version=runtime_python_version()
+    )
+
+
 class ImdsEnforcerStack(cdk.Stack):
+    """One account and region. With ``member`` (organization mode) it is the StackSet's member template: code and
+    layer from the region's asset bucket (no CDK assets), reports also to the security account's topic, and the
+    audit role; ``config`` is then ``DeployConfig.member_config()``."""
+
     def __init__(
         self,
         scope: Construct,
         construct_id: str,
         *,
         config: DeployConfig,
-        env: cdk.Environment,
+        env: cdk.Environment | None = None,
         layer_dir: Path = LAYER_BUILD_DIR,
+        member: Artifacts | None = None,
+        synthesizer: cdk.IStackSynthesizer | None = None,
     ) -> None:
         super().__init__(
             scope,
             construct_id,
             env=env,
             description="IMDSv2 Enforcer: drives this account and region to IMDSv2-only, safely, and reports it",
+            synthesizer=synthesizer,
         )
 
         report = ReportTopic(
@@ -78,15 +95,6 @@ class ImdsEnforcerStack(cdk.Stack):
             "Report",
             notification_emails=config.notification_emails,
             email_min_severity=config.email_min_severity,
-        )
-        layer = DependenciesLayer(
-            self,
-            "Dependencies",
-            layer_dir=build_dependencies_layer(
-                requirements=FUNCTIONS_DIR / "requirements.txt",
-                out_dir=layer_dir,
-                python_version=runtime_python_version(),
-            ),
         )
         state = StateTable(self, "State")
         runtime = config.runtime
@@ -96,16 +104,30 @@ class ImdsEnforcerStack(cdk.Stack):
             if runtime.CALLER_ANALYSIS is CallerAnalysis.RUN
             else None
         )
-        wiring = FunctionWiring.of(
-            code_dir=FUNCTIONS_DIR,
-            layers=[layer.layer],
-            environment=config.lambda_environment(
-                report.topic.topic_arn,
-                ledger_table_name=state.table.table_name,
-                analyzer_document=analyzer.document_name if analyzer else "",
-            ),
-            log_retention=log_retention(config.log_retention_days),
-        )
+        stack_values = {
+            "ledger_table_name": state.table.table_name,
+            "analyzer_document": analyzer.document_name if analyzer else "",
+        }
+        log_days = log_retention(config.log_retention_days)
+        organization: StackSetMember | None = None
+        if member is None:
+            layer = DependenciesLayer(self, "Dependencies", layer_dir=build_layer(layer_dir))
+            wiring = FunctionWiring.of(
+                code_dir=FUNCTIONS_DIR,
+                layers=[layer.layer],
+                environment=config.lambda_environment(report.topic.topic_arn, **stack_values),
+                log_retention=log_days,
+            )
+        else:
+            organization = StackSetMember(self, "Organization", artifacts=member)
+            layer = DependenciesLayer(self, "Dependencies", code=organization.layer_code)
+            ou = organization.organizational_unit.value_as_string
+            wiring = FunctionWiring(
+                code=organization.code,
+                layers=(layer.layer,),
+                environment=config.lambda_environment(report.topic.topic_arn, organizational_unit=ou, **stack_values),
+                log_retention=log_days,
+            )
 
         launch_watch = LaunchWatch(
             self,
@@ -149,6 +171,8 @@ class ImdsEnforcerStack(cdk.Stack):
             "UsageGate": usage_gate.enforcer,
             "RejectionWatch": rejection_watch.enforcer,
         }
+        if organization is not None:
+            self._join_organization(config, organization, list(functions.values()))
 
         if config.slack_enabled:
             slack = SlackNotifier(
@@ -185,7 +209,7 @@ class ImdsEnforcerStack(cdk.Stack):
         )
         report.allow_alarms(monitoring.alarms)
 
-        guardrails = add_guardrails(self, config=config, region=env.region or "")
+        guardrails = add_guardrails(self, config=config, region=(env.region if env else None) or "")
         if guardrails is not None and guardrails.managed_policy is not None:
             cdk.CfnOutput(
                 self,
@@ -207,4 +231,26 @@ class ImdsEnforcerStack(cdk.Stack):
             "DashboardUrl",
             value=f"https://{self.region}.console.aws.amazon.com/cloudwatch/home?region={self.region}"
             f"#dashboards:name={monitoring.dashboard.dashboard_name}",
+        )
+
+    def _join_organization(
+        self, config: DeployConfig, organization: StackSetMember, enforcers: list[EnforcerFunction]
+    ) -> None:
+        """Reports also go to the security account's topic; the organization audit gets its read-only role."""
+        home = config.home_region
+        partition = partition_of(home)
+        central = central_report_permissions(
+            topic_arn=config.central_report_topic_arn,
+            key_arn=f"arn:{partition}:kms:{home}:{config.central_reports_account}:key/*",
+            key_alias=ORG_REPORT_KEY_ALIAS,
+            region=home,
+        )
+        for enforcer in enforcers:
+            enforcer.add_permissions(central)
+        AuditRole(
+            self,
+            "Audit",
+            role_name=config.audit_role_name,
+            trusted_account=organization.trusted_account.value_as_string,
+            home_region=home,
         )

@@ -78,15 +78,24 @@ def runtime_python_version() -> str:
     return RUNTIME.name.removeprefix("python")
 
 
-class DependenciesLayer(Construct):
-    """The vendored third-party packages (see ``infra.layer``), shared by every function."""
+LAYER_EXCLUDES = [".requirements-sha256"]
 
-    def __init__(self, scope: Construct, construct_id: str, *, layer_dir: Path) -> None:
+
+class DependenciesLayer(Construct):
+    """The vendored third-party packages (see ``infra.layer``), shared by every function: from the local build
+    folder, or (a StackSet member, which has no CDK assets) the same zip published to S3, as ``code``."""
+
+    def __init__(
+        self, scope: Construct, construct_id: str, *, layer_dir: Path | None = None, code: lambda_.Code | None = None
+    ) -> None:
         super().__init__(scope, construct_id)
+        if code is None:
+            assert layer_dir is not None, "a layer needs its folder or its code"
+            code = lambda_.Code.from_asset(str(layer_dir), exclude=LAYER_EXCLUDES)
         self.layer = lambda_.LayerVersion(
             self,
             "Layer",
-            code=lambda_.Code.from_asset(str(layer_dir), exclude=[".requirements-sha256"]),
+            code=code,
             compatible_runtimes=[RUNTIME],
             compatible_architectures=[ARCHITECTURE],
             description="IMDSv2 Enforcer dependencies: aws-lambda-powertools, pydantic, slack-sdk",
@@ -201,6 +210,10 @@ class EnforcerFunction(Construct):
             retry_attempts=2,
             on_failure=destinations.SqsDestination(self.dead_letter_queue),
         )
+
+    def add_permissions(self, permissions: Sequence[Permission]) -> None:
+        """More statements for the role (organization mode: the security account's topic), acknowledged alike."""
+        self._grant(permissions)
 
     def _grant(self, permissions: Sequence[Permission]) -> None:
         """Add the statements; acknowledge cdk-nag's wildcard finding once per wildcard resource, with the reasons of

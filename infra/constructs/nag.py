@@ -28,8 +28,8 @@ def _flatten(value: object) -> str:
     if isinstance(value, dict) and "Ref" in value:
         return f"<{value['Ref']}>"
     if isinstance(value, dict) and "Fn::GetAtt" in value:
-        resource, attribute = value["Fn::GetAtt"]
-        return f"<{resource}.{attribute}>"
+        logical_id, attribute = value["Fn::GetAtt"]
+        return f"<{logical_id}.{attribute}>"
     if isinstance(value, dict) and "Fn::Join" in value:
         separator, parts = value["Fn::Join"]
         return str(separator).join(_flatten(part) for part in parts)

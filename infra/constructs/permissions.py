@@ -20,6 +20,7 @@ from aws_cdk import aws_iam as iam
 from constructs import Construct
 
 from imds_enforcer.domain.callers import CALLER_ANALYSIS_TAG, CALLER_ANALYSIS_TAG_KEYS
+from imds_enforcer.domain.organization import AUDIT_READ_ACTIONS
 from imds_enforcer.domain.settings import ENFORCED_AT_TAG, ENFORCED_BY_TAG, PREPARED_AT_TAG, CallerAnalysis
 
 
@@ -75,6 +76,8 @@ UNSCOPABLE_ACTIONS = frozenset(
         # The caller analysis: which instances SSM manages, and a command's result, are not resource-scoped.
         "ssm:DescribeInstanceInformation",
         "ssm:GetCommandInvocation",
+        # The organization audit lists an account's enabled regions (--all-regions).
+        "ec2:DescribeRegions",
     }
 )
 _NO_RESOURCE_LEVEL = "supports no resource-level permissions; IAM only accepts Resource '*' for it."
@@ -193,11 +196,13 @@ class DoorArns:
     emr_cluster: str
 
     @classmethod
-    def of(cls, scope: Construct) -> DoorArns:
+    def of(cls, scope: Construct, *, any_region: bool = False) -> DoorArns:
+        """`any_region`: in every region of the account (the organization audit role: one role, every region)."""
         stack = cdk.Stack.of(scope)
 
         def arn(service: str, resource: str) -> str:
-            return stack.format_arn(service=service, resource=resource, resource_name="*")
+            region = "*" if any_region else None
+            return stack.format_arn(service=service, resource=resource, resource_name="*", region=region)
 
         return cls(
             notebook=arn("sagemaker", "notebook-instance"),
@@ -508,3 +513,41 @@ def slack_notifier_permissions(*, secret_arn: str, kms_key_arn: str, secret_regi
             )
         )
     return permissions
+
+
+def audit_permissions(doors: DoorArns) -> list[Permission]:
+    """The member accounts' audit role (organization mode): exactly what `imds-enforcer audit --org` reads there
+    (declared once, in the domain, and measured by a test), nothing that writes. The reads IAM can scope (one IMDS
+    door of a kind) are scoped to their resource type, in every region (`doors`: the role audits them all)."""
+    doors_read = door_permissions(arns=doors, fix_sagemaker_notebooks=False, fix_lightsail_instances=False)
+    scoped = [permission for permission in doors_read if permission.statement.resources != ["*"]]
+    scoped_actions = {action for permission in scoped for action in permission.statement.actions}
+    unscoped = [action for action in AUDIT_READ_ACTIONS if action not in scoped_actions]
+    return [_unscopable("ReadImdsPosture", unscoped), *scoped]
+
+
+def central_report_permissions(*, topic_arn: str, key_arn: str, key_alias: str, region: str) -> list[Permission]:
+    """Publish to the security account's report topic (organization mode), and use its key for that only.
+
+    Across accounts the key policy (in the security account) and this identity policy must both allow it. The key's
+    id is generated over there, so ``key_arn`` ends in ``key/*``: ``kms:ResourceAliases`` pins it to the one key
+    under ``key_alias``, and ``kms:ViaService`` to SNS's use of it in that region.
+    """
+    return [
+        Permission(
+            iam.PolicyStatement(sid="PublishToOrganizationTopic", actions=["sns:Publish"], resources=[topic_arn])
+        ),
+        Permission(
+            iam.PolicyStatement(
+                sid="UseOrganizationTopicKey",
+                actions=["kms:GenerateDataKey", "kms:Decrypt"],
+                resources=[key_arn],
+                conditions={
+                    "ForAnyValue:StringEquals": {"kms:ResourceAliases": [key_alias]},
+                    "StringEquals": {"kms:ViaService": f"sns.{region}.{cdk.Aws.URL_SUFFIX}"},
+                },
+            ),
+            f"The organization's report key is created in the security account with a generated id: the grant names "
+            f"key/* there, and kms:ResourceAliases pins it to the key under {key_alias} (kms:ViaService to SNS).",
+        ),
+    ]

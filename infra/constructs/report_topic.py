@@ -33,7 +33,12 @@ def email_filter_policy(min_severity: Severity) -> dict[str, Any] | None:
 
 
 class ReportTopic(Construct):
-    """KMS-encrypted SNS topic that denies publishing over plain HTTP, with optional e-mail subscriptions."""
+    """KMS-encrypted SNS topic that denies publishing over plain HTTP, with optional e-mail subscriptions.
+
+    The organization's central topic (in the security account) is the same topic with a fixed name, its key under a
+    fixed alias (so member accounts can name both without a cross-account reference), and ``organization_id``:
+    any principal of that organization may then publish to it and use the key for it, and no one else.
+    """
 
     def __init__(
         self,
@@ -42,6 +47,9 @@ class ReportTopic(Construct):
         *,
         notification_emails: Sequence[str],
         email_min_severity: Severity = Severity.INFO,
+        topic_name: str | None = None,
+        key_alias: str | None = None,
+        organization_id: str = "",
     ) -> None:
         super().__init__(scope, construct_id)
         self.key = kms.Key(
@@ -52,10 +60,19 @@ class ReportTopic(Construct):
             # Only in-flight SNS messages are encrypted with it; nothing outlives the stack.
             removal_policy=cdk.RemovalPolicy.DESTROY,
         )
+        if key_alias is not None:
+            self.key.add_alias(key_alias)
         # enforce_ssl adds the Deny of sns:Publish when aws:SecureTransport is false.
         self.topic = sns.Topic(
-            self, "Topic", display_name="IMDSv2 Enforcer reports", master_key=self.key, enforce_ssl=True
+            self,
+            "Topic",
+            display_name="IMDSv2 Enforcer reports",
+            topic_name=topic_name,
+            master_key=self.key,
+            enforce_ssl=True,
         )
+        if organization_id:
+            self._admit_organization(organization_id)
         filter_policy = email_filter_policy(email_min_severity)
         for address in notification_emails:
             # The subscription's construct id is derived from the address, so each address appears once.
@@ -65,6 +82,33 @@ class ReportTopic(Construct):
                 resource = cast(sns.CfnSubscription, subscription.node.default_child)
                 resource.filter_policy = filter_policy
                 resource.filter_policy_scope = "MessageBody"
+
+    def _admit_organization(self, organization_id: str) -> None:
+        """Every principal of the organization may publish (the member accounts' enforcers, whatever their role
+        names), over TLS (enforce_ssl's Deny still applies). A publisher to an encrypted topic needs a data key and
+        Decrypt on the topic's key; across accounts the key policy must allow it, and only through SNS here."""
+        in_organization = {"aws:PrincipalOrgID": organization_id}
+        self.topic.add_to_resource_policy(
+            iam.PolicyStatement(
+                sid="OrganizationPublish",
+                principals=[iam.AnyPrincipal()],
+                actions=["sns:Publish"],
+                resources=[self.topic.topic_arn],
+                conditions={"StringEquals": in_organization},
+            )
+        )
+        region = cdk.Stack.of(self).region
+        self.key.add_to_resource_policy(
+            iam.PolicyStatement(
+                sid="OrganizationPublishersUseKey",
+                principals=[iam.AnyPrincipal()],
+                actions=["kms:GenerateDataKey", "kms:Decrypt"],
+                resources=["*"],  # in a key policy, "*" is this key
+                conditions={
+                    "StringEquals": {**in_organization, "kms:ViaService": f"sns.{region}.{cdk.Aws.URL_SUFFIX}"}
+                },
+            )
+        )
 
     def grant_publish(self, grantee: iam.IGrantable) -> None:
         """Publish rights, written out exactly: ``Topic.grant_publish`` would add ``kms:GenerateDataKey*``."""

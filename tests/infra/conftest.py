@@ -12,6 +12,7 @@ import pytest
 
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 
+from aws_cdk import cx_api
 from aws_cdk.assertions import Template
 
 from emulator import ACCOUNT
@@ -98,3 +99,73 @@ def synthesized(tmp_path_factory: pytest.TempPathFactory) -> Synthesized:
 @pytest.fixture(scope="session")
 def template(synthesized: Synthesized) -> Template:
     return synthesized.template()
+
+
+# Organization mode: the StackSet path, from a delegated administrator, two OUs (one a root), central reports with
+# e-mail and Slack, and the SCP guardrails (created once, by the management side).
+ORG_ID = "o-abcdefghij"
+ORG_OUS = ("ou-ab12-cdef3456", "r-ab12")
+CENTRAL_ACCOUNT = "222222222222"
+ORG_CONTEXT: dict[str, Any] = {
+    "account": ACCOUNT,
+    "regions": ",".join(REGIONS),
+    "deployment": "organization",
+    "organization_id": ORG_ID,
+    "stackset_target_ou_ids": ",".join(ORG_OUS),
+    "central_reports_account": CENTRAL_ACCOUNT,
+    "stackset_call_as": "delegated_admin",
+    "stackset_region_concurrency": "sequential",
+    "stackset_max_concurrent_percentage": "50",
+    "stackset_failure_tolerance_percentage": "20",
+    "enforcement_mode": "fix",
+    "notification_emails": ["secops@example.com"],
+    "email_min_severity": "warning",
+    "slack_webhook_secret": SLACK_SECRET_NAME,
+    "guardrails": "scp",
+    "scp_target_ids": "r-ab12",
+}
+
+
+@dataclass(frozen=True)
+class OrgSynthesized:
+    outdir: Path
+    config: DeployConfig
+    templates: dict[str, dict[str, Any]]  # stack name -> CloudFormation template (the member's too)
+    environments: dict[str, str]
+    dependencies: dict[str, set[str]]  # stack name -> the stacks it waits for
+
+    def template(self, stack_name: str) -> Template:
+        return Template.from_json(self.templates[stack_name])
+
+    def template_path(self, stack_name: str) -> Path:
+        if stack_name == "ImdsEnforcerMember":
+            return self.outdir / "stackset-member" / "ImdsEnforcerMember.template.json"
+        return self.outdir / f"{stack_name}.template.json"
+
+
+@pytest.fixture(scope="session")
+def org_synthesized(tmp_path_factory: pytest.TempPathFactory) -> OrgSynthesized:
+    from app import build_app
+
+    outdir = tmp_path_factory.mktemp("cdk.org.out")
+    # Given organization mode; when the app synthesizes with cdk-nag (the member app too: findings would raise)...
+    assembly = build_app(context=ORG_CONTEXT, outdir=str(outdir)).synth()
+    templates = {stack.stack_name: json.loads(json.dumps(stack.template)) for stack in assembly.stacks}
+    member = outdir / "stackset-member" / "ImdsEnforcerMember.template.json"
+    templates["ImdsEnforcerMember"] = json.loads(member.read_text())
+    return OrgSynthesized(
+        outdir=outdir,
+        config=DeployConfig.from_context(ORG_CONTEXT, environ={}),
+        templates=templates,
+        environments={
+            stack.stack_name: f"aws://{stack.environment.account}/{stack.environment.region}"
+            for stack in assembly.stacks
+        },
+        # Stack artifacts only (a stack also depends on its own asset manifest).
+        dependencies={
+            stack.stack_name: {
+                dep.id for dep in stack.dependencies if isinstance(dep, cx_api.CloudFormationStackArtifact)
+            }
+            for stack in assembly.stacks
+        },
+    )

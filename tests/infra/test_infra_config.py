@@ -363,3 +363,91 @@ def test_by_default_there_is_no_slack_notifier_and_email_gets_everything() -> No
 
     assert not config.slack_enabled
     assert config.email_min_severity is Severity.INFO
+
+
+# Organization mode (the StackSet path).
+
+ORG = {
+    "deployment": "organization",
+    "organization_id": "o-abcdefghij",
+    "stackset_target_ou_ids": "ou-ab12-cdef3456",
+    "central_reports_account": "222222222222",
+}
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("deployment", "org", "Input should be 'account' or 'organization'"),
+        ("organization_id", "o-short", "is not an organization id"),
+        ("organization_id", "", 'is empty, but deployment is "organization"'),
+        ("stackset_target_ou_ids", "ou-nope", "not an OU (ou-...-...) or root (r-...) id"),
+        ("stackset_target_ou_ids", "123456789012", "not an OU"),  # StackSets target OUs, not accounts
+        ("stackset_target_ou_ids", "ou-ab12-cdef3456,ou-ab12-cdef3456", "an OU is listed twice"),
+        ("stackset_target_ou_ids", "", 'is empty, but deployment is "organization"'),
+        ("central_reports_account", "2222", "is not a 12-digit account id"),
+        ("central_reports_account", "", 'is empty, but deployment is "organization"'),
+        ("stackset_call_as", "SELF", "Input should be 'self' or 'delegated_admin'"),
+        ("stackset_region_concurrency", "all", "Input should be 'parallel' or 'sequential'"),
+        ("stackset_max_concurrent_percentage", "0", "greater than or equal to 1"),
+        ("stackset_failure_tolerance_percentage", "101", "less than or equal to 100"),
+        ("audit_role_name", "has spaces", "is not an IAM role name"),
+    ],
+)
+def test_a_bad_organization_setting_fails_naming_the_key(key: str, value: Any, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(f'cdk.json context "{key}"') + ".*" + re.escape(message)):
+        DeployConfig.from_context({**ORG, key: value}, environ={})
+
+
+@pytest.mark.parametrize("key", ["organization_id", "stackset_target_ou_ids", "central_reports_account"])
+def test_organization_keys_in_account_mode_fail_instead_of_doing_nothing(key: str) -> None:
+    with pytest.raises(ConfigError, match=f'cdk.json context "{key}".*is set, but deployment is "account"'):
+        DeployConfig.from_context({key: ORG[key]}, environ={})
+
+
+def test_organization_mode_takes_the_guardrails_as_an_scp_only() -> None:
+    with pytest.raises(ConfigError, match=r'cdk\.json context "deployment".*guardrails is "iam"'):
+        DeployConfig.from_context({**ORG, "guardrails": "iam"}, environ={})
+    assert DeployConfig.from_context(
+        {**ORG, "guardrails": "scp", "scp_target_ids": "r-ab12"}, environ={}
+    ).guardrails_mode
+
+
+def test_the_member_configuration_keeps_the_enforcer_and_moves_the_rest_to_the_central_side() -> None:
+    config = DeployConfig.from_context(
+        {
+            **ORG,
+            "regions": "eu-west-1,us-east-1",
+            "enforcement_mode": "fix",
+            "notification_emails": "secops@example.com",
+            "slack_webhook_secret": "imds-enforcer/slack-webhook",
+            "slack_workspace_id": "T0123ABCD",
+            "slack_channel_id": "C0123ABCD",
+            "guardrails": "scp",
+            "scp_target_ids": "r-ab12",
+        },
+        environ={},
+    )
+
+    member = config.member_config()
+
+    assert config.organization_mode
+    assert config.home_region == "eu-west-1"
+    assert config.central_report_topic_arn == "arn:aws:sns:eu-west-1:222222222222:imds-enforcer-org-reports"
+    assert member.runtime.ENFORCEMENT_MODE is EnforcementMode.FIX
+    assert (member.notification_emails, member.slack_enabled, member.chat_channel_enabled) == ([], False, False)
+    assert member.guardrails_mode is None
+    # The members' functions publish centrally; the OU comes from the StackSet (a token at synth: a placeholder)
+    env = member.lambda_environment(TOPIC_ARN, organizational_unit="ou-ab12-cdef3456")
+    assert env["CENTRAL_REPORT_TOPIC_ARN"] == config.central_report_topic_arn
+    assert env["ORGANIZATIONAL_UNIT"] == "ou-ab12-cdef3456"
+    token = cdk.Token.as_string(cdk.Fn.ref("OrganizationalUnit"))
+    assert member.lambda_environment(TOPIC_ARN, organizational_unit=token)["ORGANIZATIONAL_UNIT"] == token
+
+
+def test_account_mode_lambdas_get_no_organization_settings() -> None:
+    env = DeployConfig().lambda_environment(TOPIC_ARN)
+
+    assert "CENTRAL_REPORT_TOPIC_ARN" not in env
+    assert "ORGANIZATIONAL_UNIT" not in env
+    assert DeployConfig().central_report_topic_arn == ""

@@ -355,3 +355,17 @@ def test_in_run_mode_the_gate_may_also_write_the_two_analysis_tags() -> None:
         "imdsv2-enforcer:caller-analysis",
         "imdsv2-enforcer:caller-analysis-command",
     ]
+
+
+def test_the_enforcers_read_exactly_the_doors_declared_reads() -> None:
+    # One declaration (domain.doors.DOOR_READ_ACTIONS) serves the enforcers' policies and the organization audit role.
+    from imds_enforcer.domain.doors import DOOR_READ_ACTIONS
+
+    for role in SWEEPERS:
+        door_reads = {
+            action
+            for action in _actions(_statements()[role])
+            if action.split(":")[0] in {"sagemaker", "lightsail", "elasticbeanstalk", "batch", "eks", "ecs"}
+            or action.startswith("elasticmapreduce:")
+        }
+        assert door_reads == set(DOOR_READ_ACTIONS), role

@@ -19,6 +19,7 @@ def put_daily(
     now: datetime | None = None,
     hour_offset: float = 3.0,
     running: Sequence[bool] | None = None,
+    cloudwatch: Any = None,
 ) -> None:
     """One datapoint a day, values[0] for the day before `now`, values[1] for two days before, ...;
     None leaves that day without data (missing evidence, not zero).
@@ -30,14 +31,21 @@ def put_daily(
     points = [
         (now - timedelta(days=day, hours=hour_offset), value) for day, value in enumerate(values) if value is not None
     ]
-    put_points(instance_id, points, metric=metric)
+    put_points(instance_id, points, metric=metric, cloudwatch=cloudwatch)
     if metric == "MetadataNoToken":
         days = running if running is not None else [True] * len(values)
         reference = [(now - timedelta(days=day, hours=hour_offset + 1), 5.0) for day, up in enumerate(days) if up]
-        put_points(instance_id, reference, metric="CPUUtilization")
+        put_points(instance_id, reference, metric="CPUUtilization", cloudwatch=cloudwatch)
 
 
-def put_points(instance_id: str, points: Iterable[tuple[datetime, float]], *, metric: str = "MetadataNoToken") -> None:
+def put_points(
+    instance_id: str,
+    points: Iterable[tuple[datetime, float]],
+    *,
+    metric: str = "MetadataNoToken",
+    cloudwatch: Any = None,
+) -> None:
+    """`cloudwatch`: another account's or region's client (default: the test's own account and region)."""
     data: list[Any] = [
         {
             "MetricName": metric,
@@ -48,7 +56,7 @@ def put_points(instance_id: str, points: Iterable[tuple[datetime, float]], *, me
         }
         for timestamp, value in points
     ]
-    cloudwatch = boto3.client("cloudwatch")
+    cloudwatch = cloudwatch or boto3.client("cloudwatch")
     for start in range(0, len(data), PUT_BATCH):
         cloudwatch.put_metric_data(Namespace="AWS/EC2", MetricData=data[start : start + PUT_BATCH])
 

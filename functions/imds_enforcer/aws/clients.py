@@ -2,11 +2,20 @@
 
 Clients honour AWS_ENDPOINT_URL, so the same code runs against AWS, moto in-process or a moto server.
 Tests call `reset_clients()` after changing the environment.
+
+A caller that works on several accounts or regions at once in one process (the CLI's organization audit, one
+account-region per worker thread) wraps each unit of work in `session_scope(session)`: inside it, and only in that
+thread (a context variable), every adapter's client comes from that session, cached for the scope's lifetime. Outside
+any scope (the Lambdas) nothing changes: one default session, one cached client per service.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import boto3
@@ -61,19 +70,64 @@ class ThrottleLog:
 PACED_THROTTLES = ThrottleLog()
 
 
+@dataclass
+class _Scope:
+    """An explicit session (credentials and region) and the clients made from it so far."""
+
+    session: boto3.session.Session
+    endpoint_url: str | None
+    clients: dict[tuple[str, str | None, bool], Any] = field(default_factory=dict)
+
+
+# Context-local: a worker thread starts with no scope (threads do not inherit the context), so a scope set in one
+# thread is never seen by another.
+_scope: ContextVar[_Scope | None] = ContextVar("imds_enforcer_client_scope", default=None)
+
+
+@contextmanager
+def session_scope(session: boto3.session.Session, *, endpoint_url: str | None = None) -> Iterator[None]:
+    """Inside the block, in this thread only, every client comes from `session` (and `endpoint_url` when given;
+    otherwise AWS_ENDPOINT_URL as usual). The session must not be shared with another thread (boto3 sessions are
+    not thread-safe); the clients made from it are dropped when the block ends."""
+    token = _scope.set(_Scope(session=session, endpoint_url=endpoint_url))
+    try:
+        yield
+    finally:
+        _scope.reset(token)
+
+
 @functools.cache
 def _session() -> boto3.session.Session:
     # One session: each new one reloads botocore's endpoint and service data (~170 ms per client measured).
     return boto3.session.Session()
 
 
-@functools.cache
-def _client(service: str, paced: bool = False) -> Any:
+def _new_client(
+    session: boto3.session.Session, service: str, region: str | None, endpoint_url: str | None, paced: bool
+) -> Any:
     config = MODIFY_RETRY_CONFIG if paced else RETRY_CONFIG
-    client = _session().client(service, config=config)  # type: ignore[call-overload]
+    client = session.client(  # type: ignore[call-overload]
+        service, region_name=region, endpoint_url=endpoint_url, config=config
+    )
     if paced:
         client.meta.events.register(f"needs-retry.{service}", PACED_THROTTLES)
     return client
+
+
+@functools.cache
+def _default_client(service: str, region: str | None, paced: bool) -> Any:
+    return _new_client(_session(), service, region, None, paced)
+
+
+def _client(service: str, region: str | None = None, *, paced: bool = False) -> Any:
+    """`region` None: the session's region (the function's own)."""
+    scope = _scope.get()
+    if scope is None:
+        return _default_client(service, region, paced)
+    key = (service, region, paced)
+    if key not in scope.clients:
+        scope.clients[key] = _new_client(scope.session, service, region, scope.endpoint_url, paced)
+    return scope.clients[key]
 
 
 def ec2() -> EC2Client:
@@ -112,8 +166,9 @@ def dynamodb() -> DynamoDBClient:
     return client
 
 
-def sns() -> SNSClient:
-    client: SNSClient = _client("sns")
+def sns(region: str | None = None) -> SNSClient:
+    """The function's own region's SNS, or `region`'s: SNS serves a topic only from the topic's own region."""
+    client: SNSClient = _client("sns", region)
     return client
 
 
@@ -173,5 +228,5 @@ def available_regions(service: str) -> list[str]:
 
 def reset_clients() -> None:
     """Forget the session and clients (tests, and the CLI moving between regions, call this)."""
-    _client.cache_clear()
+    _default_client.cache_clear()
     _session.cache_clear()

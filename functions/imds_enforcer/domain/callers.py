@@ -452,3 +452,7 @@ def _short(command_line: str, limit: int = 80) -> str:
 
 def blocked_instances(findings: Sequence[Finding]) -> list[Finding]:
     return [finding for finding in findings if finding.action is Action.BLOCKED and finding.resource_type == "instance"]
+
+
+# What reading the caller analysis' results takes (the gate in read mode, and the CLI audit, which never sends).
+CALLER_ANALYSIS_READ_ACTIONS = ("ssm:DescribeInstanceInformation", "ssm:GetCommandInvocation")

@@ -513,3 +513,24 @@ def _finding(resource_type: str, resource_id: str, action: Action, reason: str, 
         reason=reason,
         details={key: value for key, value in details.items() if value is not None},
     )
+
+
+# Every read the door checks make (the gate's sweep, the launch watch, the CLI audit): the enforcers' policies and the
+# organization audit role grant these; the listings take no resource ARN, the rest are scoped where IAM allows.
+DOOR_READ_ACTIONS = (
+    "sagemaker:ListNotebookInstances",
+    "sagemaker:DescribeNotebookInstance",
+    "sagemaker:ListTags",
+    "lightsail:GetInstances",
+    "lightsail:GetInstance",
+    "elasticbeanstalk:DescribeEnvironments",
+    "elasticbeanstalk:DescribeConfigurationSettings",
+    "batch:DescribeComputeEnvironments",
+    "eks:ListClusters",
+    "eks:ListNodegroups",
+    "eks:DescribeNodegroup",
+    "ecs:DescribeCapacityProviders",
+    "elasticmapreduce:ListClusters",
+    "elasticmapreduce:DescribeCluster",
+    "elasticmapreduce:DescribeSecurityConfiguration",
+)

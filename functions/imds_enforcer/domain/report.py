@@ -133,6 +133,9 @@ class Report(BaseModel):
     schema_id: Literal["imds-enforcer/report/v1"] = Field(default=SCHEMA_ID, alias="schema")
     account: str
     region: str
+    # Where the organization knows it (organization mode, the org-wide audit): the account's name and its OU.
+    account_name: str | None = None
+    organizational_unit: str | None = None
     trigger: str
     mode: str
     generated_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
@@ -244,8 +247,9 @@ def report_json_schema() -> dict[str, object]:
     """The JSON Schema of a published message (docs/report-schema.json is generated from this)."""
     schema = Report.model_json_schema(by_alias=True, mode="serialization")
     # Fields with a non-None default are always written; only the None-able ones may be absent (exclude_none).
-    optional = {"source_event_id", "sweep_id"}
-    schema["required"] = sorted(name for name in schema["properties"] if name not in optional)
+    schema["required"] = sorted(
+        name for name, prop in schema["properties"].items() if "null" not in json.dumps(prop.get("anyOf", ""))
+    )
     finding = schema["$defs"]["Finding"]
     finding["required"] = sorted(
         name for name, prop in finding["properties"].items() if "null" not in json.dumps(prop.get("anyOf", ""))

@@ -82,6 +82,8 @@ class Settings(BaseModel):
             "CONTINUATION_SCHEDULE_GROUP",
             "CONTINUATION_ROLE_ARN",
             "CONTINUATION_DEAD_LETTER_ARN",
+            "CENTRAL_REPORT_TOPIC_ARN",
+            "ORGANIZATIONAL_UNIT",
         }
     )
     # Set by the stack for the usage gate only: the resources of its continuation.
@@ -147,6 +149,12 @@ class Settings(BaseModel):
     CONTINUATION_DEAD_LETTER_ARN: Annotated[
         str, Field(pattern=r"^(arn:aws[a-z-]*:sqs:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,80})?$")
     ] = ""
+    # Organization mode (set by the StackSet's member template): every report also goes to the security account's
+    # topic, and carries the OU (or root) the StackSet deployed this account through. Empty: a stand-alone account.
+    CENTRAL_REPORT_TOPIC_ARN: Annotated[
+        str, Field(pattern=r"^(arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256})?$")
+    ] = ""
+    ORGANIZATIONAL_UNIT: Annotated[str, Field(pattern=r"^(ou-[a-z0-9]{4,32}-[a-z0-9]{8,32}|r-[a-z0-9]{4,32})?$")] = ""
 
     @field_validator("CONTAINER_HOST_TAG_KEYS", mode="before")
     @classmethod

@@ -194,7 +194,10 @@ def _header(report: Report) -> dict[str, Any]:
     top = _top_severity(report)
     prefix = {Severity.HIGH: "Action needed: ", Severity.WARNING: ""}.get(top, "") if top else ""
     part = f" (part {report.part}/{report.parts})" if report.parts > 1 else ""
-    text = f"{prefix}IMDSv2 {report.trigger} report · {report.account} · {report.region} · {report.mode} mode{part}"
+    # Organization mode: the account's name and OU, where the report carries them, say whose account this is.
+    known = [value for value in (report.account_name, report.organizational_unit) if value]
+    account = f"{report.account} ({', '.join(known)})" if known else report.account
+    text = f"{prefix}IMDSv2 {report.trigger} report · {account} · {report.region} · {report.mode} mode{part}"
     return {"type": "header", "text": {"type": "plain_text", "text": _clip(text, MAX_HEADER_TEXT), "emoji": True}}
 
 

@@ -20,9 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
-from imds_enforcer.aws import ec2, ledger
+from imds_enforcer.aws import ec2, ledger, sns
 from imds_enforcer.aws.errors import AwsError, UnexpectedAwsError
-from imds_enforcer.aws.sns import publish_report
 from imds_enforcer.domain.deployment import Deployment
 from imds_enforcer.domain.door_events import DoorTrigger
 from imds_enforcer.domain.events import (
@@ -125,7 +124,7 @@ def _finish(
         totals=totals,
         findings=findings,
     )
-    message_ids = publish_report(report, topic_arn=settings.REPORT_TOPIC_ARN)
+    message_ids = sns.publish(report, settings)
     if unexpected_errors:
         raise UnexpectedAwsError("; ".join(unexpected_errors), report=report)
     return LaunchOutcome(status="processed", findings=findings, message_ids=message_ids)

@@ -24,9 +24,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from imds_enforcer.aws import cloudwatch, ec2
+from imds_enforcer.aws import cloudwatch, ec2, sns
 from imds_enforcer.aws.errors import AwsError, UnexpectedAwsError
-from imds_enforcer.aws.sns import publish_report
 from imds_enforcer.domain.deployment import Deployment
 from imds_enforcer.domain.events import Ignored, read_alarm_event
 from imds_enforcer.domain.instances import InstanceFacts
@@ -205,7 +204,7 @@ def run_on_alarm(
         totals={"rejecting": outcome.rejected, "rolled_back": outcome.rolled_back},
         findings=outcome.findings,
     )
-    message_ids = publish_report(report, topic_arn=settings.REPORT_TOPIC_ARN)
+    message_ids = sns.publish(report, settings)
     if outcome.unexpected:
         raise UnexpectedAwsError("; ".join(outcome.unexpected), report=report)
     return AlarmRunOutcome(status="processed", findings=outcome.findings, message_ids=message_ids)

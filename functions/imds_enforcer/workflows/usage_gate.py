@@ -47,10 +47,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from imds_enforcer.aws import ec2, scheduler, sweep_store
+from imds_enforcer.aws import ec2, scheduler, sns, sweep_store
 from imds_enforcer.aws.cloudwatch import MAX_QUERIES_PER_CALL
 from imds_enforcer.aws.errors import AwsError, UnexpectedAwsError
-from imds_enforcer.aws.sns import publish_report
 from imds_enforcer.domain.deployment import Deployment
 from imds_enforcer.domain.events import GateTrigger, Ignored, continuation_event, read_gate_event
 from imds_enforcer.domain.instances import InstanceFacts
@@ -559,7 +558,7 @@ def _finish(
         findings=state.findings,
     )
     logger.info("gate decided", extra={"sweep_id": state.sweep_id, "totals": totals, "counts": report.counts})
-    message_ids = publish_report(report, topic_arn=run.settings.REPORT_TOPIC_ARN) if publish else []
+    message_ids = sns.publish(report, run.settings) if publish else []
     if continuing:
         # After the report is out: had the publish failed, the next run would find the sweep and publish it then.
         # (A single-run sweep saved nothing, but a run whose continuation failed did.)

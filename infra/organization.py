@@ -46,8 +46,9 @@ STACKSET_STACK_NAME = "ImdsEnforcerOrgStackSet"
 REPORTS_STACK_NAME = "ImdsEnforcerOrgReports"
 MEMBER_STACK_NAME = "ImdsEnforcerMember"
 MEMBER_OUTDIR = "stackset-member"
-# CloudFormation takes a StackSet's TemplateBody up to 51,200 bytes.
-TEMPLATE_BODY_LIMIT = 51_200
+# CloudFormation takes a StackSet's TemplateBody up to 51,200 bytes, a TemplateURL's object up to 1 MB: the member
+# template (about 55 KB with every opt-in on) is published next to the code and referenced by URL.
+TEMPLATE_URL_LIMIT = 1_000_000
 
 
 def assets_stack_name(region: str) -> str:
@@ -87,6 +88,14 @@ def member_template(config: DeployConfig, artifacts: Artifacts, outdir: Path) ->
     return template
 
 
+def template_json(template: dict[str, Any]) -> str:
+    """The member template as published (compact, keys sorted: the same template is the same object key)."""
+    body = json.dumps(template, separators=(",", ":"), sort_keys=True)
+    if len(body.encode()) > TEMPLATE_URL_LIMIT:
+        raise RuntimeError(f"the member template is {len(body.encode())} bytes, over the {TEMPLATE_URL_LIMIT} allowed")
+    return body
+
+
 class OrgStackSetStack(cdk.Stack):
     """The service-managed StackSet (and, when configured, the SCP guardrails) in the management account."""
 
@@ -97,7 +106,7 @@ class OrgStackSetStack(cdk.Stack):
         *,
         config: DeployConfig,
         env: cdk.Environment,
-        template: dict[str, Any],
+        template_url: str,
     ) -> None:
         super().__init__(
             scope,
@@ -105,12 +114,6 @@ class OrgStackSetStack(cdk.Stack):
             env=env,
             description="IMDSv2 Enforcer: the StackSet that deploys it to every account of the target OUs",
         )
-        body = json.dumps(template, separators=(",", ":"), sort_keys=True)
-        if len(body.encode()) > TEMPLATE_BODY_LIMIT:
-            raise RuntimeError(
-                f"the member template is {len(body.encode())} bytes, over the {TEMPLATE_BODY_LIMIT} a StackSet takes "
-                "inline (TemplateBody): publish it to S3 and use TemplateURL instead"
-            )
         regions = list(config.regions)
         self.stack_set = cloudformation.CfnStackSet(
             self,
@@ -155,7 +158,7 @@ class OrgStackSetStack(cdk.Stack):
                 )
                 for target in config.stackset_target_ou_ids
             ],
-            template_body=body,
+            template_url=template_url,
         )
         add_guardrails(self, config=config, region=config.home_region)
         cdk.CfnOutput(self, "StackSetName", value=STACKSET_NAME)
@@ -228,12 +231,13 @@ def add_organization(app: cdk.App, config: DeployConfig, *, layer_dir: Path = LA
     # The same content has the same key in every region (checked: a member names one key for all).
     (artifacts,) = {stack.assets.artifacts for stack in assets}
     template = member_template(config, artifacts, Path(app.outdir) / MEMBER_OUTDIR)
+    (home,) = [stack for stack in assets if stack.region == config.home_region]
     stack_set = OrgStackSetStack(
         app,
         STACKSET_STACK_NAME,
         config=config,
         env=cdk.Environment(account=config.account, region=config.home_region),
-        template=template,
+        template_url=home.assets.publish_template(template_json(template)),
     )
     # Every region's code is in place before any stack instance is created or updated.
     for stack in assets:

@@ -8,6 +8,7 @@ that every principal of the organization may read, and the member template names
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from infra.constructs.permissions import DoorArns, audit_permissions
 
 ASSET_BUCKET_PREFIX = "imds-enforcer-assets"
 CODE_PREFIX = "lambda/"
+# The StackSet's member template (read by the management account's CloudFormation only).
+TEMPLATE_PREFIX = "templates/"
 # The member template's parameters (logical ids at the stack's top level, so the StackSet can name them).
 BUCKET_PREFIX_PARAMETER = "AssetBucketPrefix"
 TRUSTED_ACCOUNT_PARAMETER = "AuditTrustedAccount"
@@ -104,6 +107,22 @@ class OrgAssets(Construct):
             )
         self.artifacts = Artifacts(code_key=_key(code), layer_key=_key(layer))
         acknowledge_bucket_deployment(stack)
+
+    def publish_template(self, body: str) -> str:
+        """Publish the StackSet's member template into this (the home region's) bucket, keyed by its content, and
+        return its URL for the StackSet's TemplateURL. Only the management account reads it (CloudFormation, for the
+        StackSet): the organization's read grant covers the code prefix alone."""
+        key = f"{TEMPLATE_PREFIX}{hashlib.sha256(body.encode()).hexdigest()}.json"
+        s3_deployment.BucketDeployment(
+            self,
+            "PublishMemberTemplate",
+            sources=[s3_deployment.Source.data(key, body)],
+            destination_bucket=self.bucket,
+            prune=False,  # an older template stays: a StackSet operation still reading it finishes
+            retain_on_delete=True,
+        )
+        stack = cdk.Stack.of(self)
+        return f"https://{self.bucket.bucket_name}.s3.{stack.region}.{stack.url_suffix}/{key}"
 
 
 def _key(asset: s3_assets.Asset) -> str:

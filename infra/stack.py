@@ -115,6 +115,8 @@ class ImdsEnforcerStack(cdk.Stack):
             rollback=runtime.ROLLBACK_ON_REJECTED,
             fix_launch_templates=runtime.FIX_LAUNCH_TEMPLATES,
             fix_images=runtime.FIX_IMAGES,
+            ledger_table_arn=state.table.table_arn,
+            pending_index_arn=state.pending_index_arn,
         )
         rejection_watch = RejectionWatch(
             self,
@@ -122,6 +124,7 @@ class ImdsEnforcerStack(cdk.Stack):
             wiring=wiring,
             exempt_tag_key=runtime.EXEMPT_TAG_KEY,
             rollback=runtime.ROLLBACK_ON_REJECTED,
+            ledger_table_arn=state.table.table_arn,
         )
         # Only the three that report may publish; the Slack notifier only reads the topic.
         for enforcer in (launch_watch.enforcer, usage_gate.enforcer, rejection_watch.enforcer):

@@ -193,7 +193,8 @@ def launch_watch_permissions(
         Permission(
             iam.PolicyStatement(
                 sid="ReadWriteLedger",
-                actions=["dynamodb:BatchGetItem", "dynamodb:BatchWriteItem"],
+                # PutItem: each switch's conditional record; the batches: verdicts, and settling the records.
+                actions=["dynamodb:BatchGetItem", "dynamodb:BatchWriteItem", "dynamodb:PutItem"],
                 resources=[ledger_table_arn],
             )
         ),
@@ -202,6 +203,23 @@ def launch_watch_permissions(
             image_arn=image_arn,
             fix_launch_templates=fix_launch_templates,
             fix_images=fix_images,
+        ),
+    ]
+
+
+def _switch_records(ledger_table_arn: str, pending_index_arn: str) -> list[Permission]:
+    """The gate's part of the switch records: record its own (conditional PutItem), read the open ones (the sparse
+    index), settle them (BatchWriteItem) and read one another run holds (BatchGetItem)."""
+    return [
+        Permission(
+            iam.PolicyStatement(
+                sid="RecordSwitches",
+                actions=["dynamodb:PutItem", "dynamodb:BatchWriteItem", "dynamodb:BatchGetItem"],
+                resources=[ledger_table_arn],
+            )
+        ),
+        Permission(
+            iam.PolicyStatement(sid="ReadOpenSwitches", actions=["dynamodb:Query"], resources=[pending_index_arn])
         ),
     ]
 
@@ -216,9 +234,11 @@ def usage_gate_permissions(
     image_arn: str,
     fix_launch_templates: bool,
     fix_images: bool,
+    ledger_table_arn: str,
+    pending_index_arn: str,
 ) -> list[Permission]:
     """Sweep instances, read their IMDSv1 usage, switch the ready ones, prepare container hosts (hop limit, tagged
-    prepared-at), roll back (opt-in: tagging the exemption).
+    prepared-at), roll back (opt-in: tagging the exemption), and keep every switch on the record.
 
     The sweep also checks the launch sources that would bring new IMDSv1 instances (see launch_source_permissions).
     """
@@ -231,6 +251,7 @@ def usage_gate_permissions(
         _read_metadata_usage(),
         _modify_metadata_options(instance_arn),
         _tag_instances(instance_arn, tag_keys),
+        *_switch_records(ledger_table_arn, pending_index_arn),
         *launch_source_permissions(
             launch_template_arn=launch_template_arn,
             image_arn=image_arn,
@@ -251,12 +272,21 @@ def usage_gate_permissions(
     return permissions
 
 
-def rejection_watch_permissions(*, instance_arn: str, exempt_tag_key: str, rollback: bool) -> list[Permission]:
+def rejection_watch_permissions(
+    *, instance_arn: str, exempt_tag_key: str, rollback: bool, ledger_table_arn: str
+) -> list[Permission]:
     """Find the instances rejecting IMDSv1 calls (one Metrics Insights query), read them, and (opt-in) roll back the
-    ones this service switched: nothing else."""
+    ones this service switched (an untagged one is known by its switch record): nothing else."""
     permissions = [_describe_instances(), _read_metadata_usage()]
     if rollback:
         permissions += _rollback(instance_arn, exempt_tag_key)
+        permissions.append(
+            Permission(
+                iam.PolicyStatement(
+                    sid="ReadSwitchRecords", actions=["dynamodb:BatchGetItem"], resources=[ledger_table_arn]
+                )
+            )
+        )
     return permissions
 
 

@@ -25,7 +25,14 @@ class RejectionWatch(Construct):
     """The alarm on rejected IMDSv1 calls, the EventBridge rule on its state change, and the function it runs."""
 
     def __init__(
-        self, scope: Construct, construct_id: str, *, wiring: FunctionWiring, exempt_tag_key: str, rollback: bool
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        wiring: FunctionWiring,
+        exempt_tag_key: str,
+        rollback: bool,
+        ledger_table_arn: str,
     ) -> None:
         super().__init__(scope, construct_id)
         arns = ResourceArns.of(self)
@@ -36,7 +43,10 @@ class RejectionWatch(Construct):
             handler=HANDLER,
             description="IMDSv2 Enforcer rejection watch: names (and opt-in rolls back) instances rejecting IMDSv1",
             permissions=rejection_watch_permissions(
-                instance_arn=arns.instance, exempt_tag_key=exempt_tag_key, rollback=rollback
+                instance_arn=arns.instance,
+                exempt_tag_key=exempt_tag_key,
+                rollback=rollback,
+                ledger_table_arn=ledger_table_arn,
             ),
             memory_size=256,
             timeout=cdk.Duration.minutes(2),

@@ -33,6 +33,8 @@ class UsageGate(Construct):
         rollback: bool,
         fix_launch_templates: bool,
         fix_images: bool,
+        ledger_table_arn: str,
+        pending_index_arn: str,
     ) -> None:
         super().__init__(scope, construct_id)
         arns = ResourceArns.of(self)
@@ -51,6 +53,8 @@ class UsageGate(Construct):
                 image_arn=arns.image,
                 fix_launch_templates=fix_launch_templates,
                 fix_images=fix_images,
+                ledger_table_arn=ledger_table_arn,
+                pending_index_arn=pending_index_arn,
             ),
             memory_size=memory_mb,
             timeout=cdk.Duration.minutes(timeout_minutes),

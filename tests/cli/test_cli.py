@@ -340,12 +340,15 @@ def test_enforce_apply_yes_enforces_only_the_ready_instance(
         assert metadata_options(untouched)["HttpTokens"] == "optional"
 
 
+@pytest.mark.usefixtures("retry_delays")
 def test_enforce_apply_that_hits_an_unexpected_error_still_prints_what_it_did(
     fleet: SmallFleet, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Given a caller that may not modify the ready instance (the fault sits on the product's cached client)
+    # Given EC2 failing the ready instance's modify on every retry (the fault sits on the product's cached client)
     inject(
-        clients.ec2(), "ModifyInstanceMetadataOptions", Fault(ec2_error("UnauthorizedOperation"), only_for=fleet.ready)
+        clients.ec2(),
+        "ModifyInstanceMetadataOptions",
+        Fault(ec2_error("InternalError", status=500), only_for=fleet.ready),
     )
     monkeypatch.setattr(clients, "reset_clients", lambda: None)
 

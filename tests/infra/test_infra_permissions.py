@@ -55,9 +55,11 @@ def _statements(
         image_arn=IMAGE_ARN,
         fix_launch_templates=fix_launch_templates,
         fix_images=fix_images,
+        ledger_table_arn=TABLE_ARN,
+        pending_index_arn=f"{TABLE_ARN}/index/pending",
     )
     rejection_watch = rejection_watch_permissions(
-        instance_arn=INSTANCE_ARN, exempt_tag_key="imdsv2-exempt", rollback=rollback
+        instance_arn=INSTANCE_ARN, exempt_tag_key="imdsv2-exempt", rollback=rollback, ledger_table_arn=TABLE_ARN
     )
     return {
         "launch_watch": [p.statement.to_statement_json() for p in launch_watch],
@@ -96,6 +98,8 @@ def test_only_unscopable_actions_get_resource_star_and_no_action_is_a_wildcard(o
         "ec2:ModifyImageAttribute": IMAGE_ARN,
         "dynamodb:BatchGetItem": TABLE_ARN,
         "dynamodb:BatchWriteItem": TABLE_ARN,
+        "dynamodb:PutItem": TABLE_ARN,
+        "dynamodb:Query": f"{TABLE_ARN}/index/pending",
     }
     for statements in _statements(**opt_ins).values():
         for statement in statements:

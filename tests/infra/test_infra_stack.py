@@ -444,6 +444,8 @@ def test_the_rejection_watch_reads_and_only_rolls_back_what_it_may(template: Tem
         "ec2:ModifyInstanceMetadataOptions",
         "ec2:CreateTags",
         "ec2:GetInstanceMetadataDefaults",
+        # an untagged switch is known by its switch record
+        "dynamodb:BatchGetItem",
     }
 
 
@@ -455,27 +457,47 @@ def test_the_state_table_is_encrypted_recoverable_and_expires_its_items(template
             "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}],
             "TimeToLiveSpecification": {"AttributeName": "expires_at", "Enabled": True},
             "Replicas": [Match.object_like({"PointInTimeRecoverySpecification": {"PointInTimeRecoveryEnabled": True}})],
+            # The sparse index of open switch records: only they carry `pending`
+            "GlobalSecondaryIndexes": [
+                {
+                    "IndexName": "pending",
+                    "KeySchema": [
+                        {"AttributeName": "pending", "KeyType": "HASH"},
+                        {"AttributeName": "pk", "KeyType": "RANGE"},
+                    ],
+                    "Projection": {"ProjectionType": "ALL"},
+                }
+            ],
         },
     )
-    # Only the launch watch reads and writes it, one item operation pair, on this table.
+    # Each function gets only the item operations it makes, on this table (the gate's Query on the index only).
     table_id = _only_logical_id(template, "AWS::DynamoDB::GlobalTable")
+    table_arn = {"Fn::GetAtt": [table_id, "Arn"]}
+    index_arn = {"Fn::Join": ["", [table_arn, "/index/pending"]]}
+    expected = {
+        HANDLERS["launch_watch"]: {
+            ("dynamodb:BatchGetItem", json.dumps(table_arn)),
+            ("dynamodb:BatchWriteItem", json.dumps(table_arn)),
+            ("dynamodb:PutItem", json.dumps(table_arn)),
+        },
+        HANDLERS["usage_gate"]: {
+            ("dynamodb:PutItem", json.dumps(table_arn)),
+            ("dynamodb:BatchWriteItem", json.dumps(table_arn)),
+            ("dynamodb:BatchGetItem", json.dumps(table_arn)),
+            ("dynamodb:Query", json.dumps(index_arn)),
+        },
+        REJECTION_WATCH_HANDLER: {("dynamodb:BatchGetItem", json.dumps(table_arn))},
+        SLACK_HANDLER: set(),
+    }
     for handler in ALL_HANDLERS:
-        grants = [
-            s
+        grants = {
+            (action, json.dumps(resource))
             for s in _role_policy_statements(template, handler)
-            if any(a.startswith("dynamodb:") for a in as_list(s["Action"]))
-        ]
-        if handler == HANDLERS["launch_watch"]:
-            assert grants == [
-                {
-                    "Sid": "ReadWriteLedger",
-                    "Action": ["dynamodb:BatchGetItem", "dynamodb:BatchWriteItem"],
-                    "Effect": "Allow",
-                    "Resource": {"Fn::GetAtt": [table_id, "Arn"]},
-                }
-            ]
-        else:
-            assert grants == [], handler
+            for action in as_list(s["Action"])
+            if action.startswith("dynamodb:")
+            for resource in as_list(s["Resource"])
+        }
+        assert grants == expected[handler], handler
 
 
 # ---- IAM -----------------------------------------------------------------------------------------------------

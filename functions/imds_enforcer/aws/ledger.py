@@ -1,5 +1,6 @@
 """The stack's state table: what was last reported about each instance, so that a verdict is reported when it
-changes, not on every event (a stop/start-scheduled fleet restarts every morning).
+changes, not on every event (a stop/start-scheduled fleet restarts every morning); and the durable record of every
+switch the service made (domain/switches.py), until it is reported and tagged.
 
 One DynamoDB item per instance (`pk` = ``verdict#<instance id>``), expiring after VERDICT_TTL_DAYS (DynamoDB's TTL
 deletes it), so an instance nobody has seen for a month is reported afresh. BatchGetItem reads 100 keys a call,
@@ -10,11 +11,12 @@ ledger only mutes repeats, so a missed read reports again and a missed write mut
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from imds_enforcer.aws import clients
-from imds_enforcer.aws.errors import translated
+from imds_enforcer.aws.errors import AwsError, translated
+from imds_enforcer.domain.switches import SwitchRecord
 from imds_enforcer.observability import logger
 
 if TYPE_CHECKING:
@@ -79,3 +81,138 @@ def record_verdicts(table: str, verdicts: Mapping[str, str], *, now: datetime) -
                 logger.warning(
                     "ledger write incomplete: those verdicts may be reported again", extra={"items": len(batch)}
                 )
+
+
+# --- switch records (domain/switches.py): one item per instance the service switched ------------------------------
+
+SWITCH_PREFIX = "switch#"
+# A sparse global secondary index: only open records (not yet reported, or not yet tagged) carry its key, so the
+# gate's one Query reads exactly those, however large the table.
+PENDING_INDEX = "pending"
+PENDING_ATTRIBUTE = "pending"
+PENDING_VALUE = "switch"
+
+
+def _switch_key(instance_id: str) -> dict[str, Any]:
+    return {"pk": {"S": f"{SWITCH_PREFIX}{instance_id}"}}
+
+
+def _switch_item(record: SwitchRecord, *, watch_days: int) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        **_switch_key(record.instance_id),
+        "instance_id": {"S": record.instance_id},
+        "enforced_epoch": {"N": f"{record.enforced_at.timestamp():.6f}"},
+        "enforced_by": {"S": record.enforced_by},
+        "event_id": {"S": record.event_id or "-"},
+        "stamp": {"S": record.stamp},
+        "reason": {"S": record.reason},
+        "token": {"S": record.token},
+        "tagged": {"BOOL": record.tagged},
+        "reported": {"BOOL": record.reported},
+        "expires_at": {"N": str(int(record.expires_at(watch_days).timestamp()))},
+    }
+    if record.hop_limit is not None:
+        item["hop_limit"] = {"N": str(record.hop_limit)}
+    if record.open:
+        item[PENDING_ATTRIBUTE] = {"S": PENDING_VALUE}
+    return item
+
+
+def _switch_record(item: Mapping[str, Any]) -> SwitchRecord:
+    hop_limit = item.get("hop_limit", {}).get("N")
+    return SwitchRecord(
+        instance_id=str(item["instance_id"]["S"]),
+        enforced_at=datetime.fromtimestamp(float(item["enforced_epoch"]["N"]), UTC),
+        enforced_by=str(item["enforced_by"]["S"]),
+        event_id=str(item.get("event_id", {}).get("S", "-")),
+        stamp=str(item.get("stamp", {}).get("S", "")),
+        reason=str(item.get("reason", {}).get("S", "HttpTokens set to required")),
+        hop_limit=None if hop_limit is None else int(hop_limit),
+        token=str(item.get("token", {}).get("S", "")),
+        tagged=bool(item.get("tagged", {}).get("BOOL", False)),
+        reported=bool(item.get("reported", {}).get("BOOL", False)),
+    )
+
+
+def record_switch(
+    table: str, record: SwitchRecord, *, observed_before: datetime, watch_days: int
+) -> SwitchRecord | None:
+    """Record a switch, unless another run recorded one of this instance after `observed_before` (when this run read
+    the instance as optional): then that run made the change, ours changed nothing, and its record is returned.
+
+    The token clause lets botocore's own retry of this very write (after a lost answer) find its item and succeed."""
+    try:
+        with translated("PutItem"):
+            clients.dynamodb().put_item(
+                TableName=table,
+                Item=_switch_item(record, watch_days=watch_days),
+                ConditionExpression="attribute_not_exists(pk) OR enforced_epoch < :observed OR #token = :token",
+                ExpressionAttributeNames={"#token": "token"},
+                ExpressionAttributeValues={
+                    ":observed": {"N": f"{observed_before.timestamp():.6f}"},
+                    ":token": {"S": record.token},
+                },
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+    except AwsError as error:
+        if error.code != "ConditionalCheckFailedException":
+            raise
+        cause: Any = error.__cause__
+        old = getattr(cause, "response", {}).get("Item")
+        return _switch_record(old) if old else switch_records(table, [record.instance_id]).get(record.instance_id)
+    return None
+
+
+def switch_records(table: str, instance_ids: Sequence[str]) -> dict[str, SwitchRecord]:
+    """Instance id -> its switch record (consistent reads: a retry must see what its earlier attempt wrote)."""
+    found: dict[str, SwitchRecord] = {}
+    unique = list(dict.fromkeys(instance_ids))
+    with translated("BatchGetItem"):
+        for start in range(0, len(unique), GET_LIMIT):
+            keys: list[dict[str, Any]] = [_switch_key(instance_id) for instance_id in unique[start : start + GET_LIMIT]]
+            for _ in range(ATTEMPTS):
+                response: Any = clients.dynamodb().batch_get_item(
+                    RequestItems={table: {"Keys": keys, "ConsistentRead": True}}
+                )
+                for item in response.get("Responses", {}).get(table, []):
+                    record = _switch_record(item)
+                    found[record.instance_id] = record
+                keys = list(response.get("UnprocessedKeys", {}).get(table, {}).get("Keys", []))
+                if not keys:
+                    break
+            if keys:
+                raise AwsError("BatchGetItem", "UnprocessedKeys", f"{len(keys)} switch records not read")
+    return found
+
+
+def open_switches(table: str) -> list[SwitchRecord]:
+    """Every open switch record (not yet reported, or not yet tagged), from the sparse index."""
+    paginator = clients.dynamodb().get_paginator("query")
+    records: list[SwitchRecord] = []
+    with translated("Query"):
+        for page in paginator.paginate(
+            TableName=table,
+            IndexName=PENDING_INDEX,
+            KeyConditionExpression="#pending = :pending",
+            ExpressionAttributeNames={"#pending": PENDING_ATTRIBUTE},
+            ExpressionAttributeValues={":pending": {"S": PENDING_VALUE}},
+        ):
+            records.extend(_switch_record(item) for item in page.get("Items", []))
+    return records
+
+
+def save_switches(table: str, records: Sequence[SwitchRecord], *, watch_days: int) -> None:
+    """Write the records as they now stand (reported, tagged): a settled one leaves the index."""
+    requests: list[WriteRequestTypeDef] = [
+        {"PutRequest": {"Item": _switch_item(record, watch_days=watch_days)}} for record in records
+    ]
+    with translated("BatchWriteItem"):
+        for start in range(0, len(requests), WRITE_LIMIT):
+            batch = requests[start : start + WRITE_LIMIT]
+            for _ in range(ATTEMPTS):
+                written: Any = clients.dynamodb().batch_write_item(RequestItems={table: batch})
+                batch = list(written.get("UnprocessedItems", {}).get(table, []))
+                if not batch:
+                    break
+            if batch:
+                raise AwsError("BatchWriteItem", "UnprocessedItems", f"{len(batch)} switch records not written")

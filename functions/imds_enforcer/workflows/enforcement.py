@@ -1,7 +1,11 @@
 """Carry out ModifyPlans: paced modifies, one tag call for everything enforced, a finding for every instance.
 
 Shared by the launch watch and the usage gate, so both follow the same rules (tokens required, hop limit never
-lowered, who/when tags) and report the same way.
+lowered, who/when tags) and report the same way. After each successful modify, before anything else can fail, the
+switch is logged (one structured line) and recorded in the state table (workflows/switch_records): the record is
+what a retry or the gate's next sweep reports if this run's report never goes out, and what the watch after the
+switch reads if the tags could not be written. A policy's refusal (UnauthorizedOperation: an SCP, the role's
+exemption condition) is reported, never raised: a retry would get the same answer.
 """
 
 from __future__ import annotations
@@ -14,10 +18,12 @@ from datetime import UTC, datetime
 from imds_enforcer.aws import ec2
 from imds_enforcer.aws.errors import AwsError
 from imds_enforcer.domain.instances import InstanceFacts
-from imds_enforcer.domain.policy import CONTAINER_HOP_LIMIT, ModifyPlan, PreparePlan
+from imds_enforcer.domain.policy import CONTAINER_HOP_LIMIT, ModifyPlan, PreparePlan, exempt_finding, is_exempt
 from imds_enforcer.domain.report import Action, Finding
-from imds_enforcer.domain.settings import ENFORCED_AT_TAG, ENFORCED_BY_TAG, PREPARED_AT_TAG
+from imds_enforcer.domain.settings import ENFORCED_AT_TAG, ENFORCED_BY_TAG, PREPARED_AT_TAG, Settings
+from imds_enforcer.domain.switches import untagged_finding
 from imds_enforcer.observability import logger
+from imds_enforcer.workflows.switch_records import SwitchRecorder, log_switch, tag_with_retry
 
 
 class Pacer:
@@ -58,6 +64,8 @@ class EnforcementOutcome:
     enforced: list[str] = field(default_factory=list)
     deferred: list[InstanceFacts] = field(default_factory=list)
     unexpected_errors: list[str] = field(default_factory=list)
+    # Switched by another run after this one read them (our modify changed nothing): that run reports them.
+    switched_elsewhere: list[str] = field(default_factory=list)
 
 
 def enforce(
@@ -68,11 +76,19 @@ def enforce(
     now: datetime | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     reason_prefix: str = "",
+    recorder: SwitchRecorder | None = None,
+    settings: Settings | None = None,
+    event_id: str | None = None,
 ) -> EnforcementOutcome:
-    """Modify each planned instance; a failure on one never stops the others. Unexpected codes are collected
-    so that the caller can raise after reporting (Lambda's retry and the failure destination then see them)."""
+    """Modify each planned instance; a failure on one never stops the others. Errors a retry can fix are collected
+    so that the caller can raise after reporting (Lambda's retry and the failure destination then see them).
+
+    `recorder` (the state table) makes each switch durable and settles overlaps with other runs; `settings` lets a
+    refused modify be told apart: an instance tagged exempt since this run read it is reported `exempt`."""
     outcome = EnforcementOutcome()
     changed: list[ModifyPlan] = []
+    refused: dict[str, AwsError] = {}
+    stamp = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
     for plan in plans:
         if should_stop():
             outcome.deferred.append(plan.instance)
@@ -81,27 +97,114 @@ def enforce(
         try:
             ec2.require_tokens(plan.instance_id, hop_limit=plan.hop_limit)
         except AwsError as error:
+            if error.refused and settings is not None:
+                refused[plan.instance_id] = error
+                continue
             outcome.findings.append(error.finding(plan.instance_id))
             _note_unexpected(outcome, plan.instance_id, error)
             continue
-        changed.append(plan)
+        if _after_switch(plan, stamp, reason_prefix, enforced_by, recorder, event_id, outcome):
+            changed.append(plan)
+    if refused and settings is not None:
+        outcome.findings.extend(_refusals(refused, settings, "ModifyInstanceMetadataOptions"))
 
-    stamp = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    tag_error: AwsError | None = None
-    if changed:
-        try:
-            ec2.tag_instances(
-                [plan.instance_id for plan in changed], {ENFORCED_AT_TAG: stamp, ENFORCED_BY_TAG: enforced_by}
-            )
-        except AwsError as error:
-            tag_error = error
-            _note_unexpected(outcome, "(tagging)", error, always=True)
+    failed = (
+        tag_with_retry({plan.instance_id: {ENFORCED_AT_TAG: stamp, ENFORCED_BY_TAG: enforced_by} for plan in changed})
+        if changed
+        else {}
+    )
+    if recorder is not None:
+        recorder.tagged(plan.instance_id for plan in changed if plan.instance_id not in failed)
     for plan in changed:
         outcome.enforced.append(plan.instance_id)
         outcome.findings.append(_enforced(plan, stamp, reason_prefix))
-        if tag_error is not None:
-            outcome.findings.append(tag_error.finding(plan.instance_id, "CreateTags (enforced, but not tagged)"))
+        tag_error = failed.get(plan.instance_id)
+        if tag_error is None:
+            continue
+        record = recorder.ours.get(plan.instance_id) if recorder is not None else None
+        if record is not None:
+            outcome.findings.append(untagged_finding(record, tag_error.code, tag_error.message))
+            logger.warning(
+                "enforced, not tagged: watched from the state table", extra={"instance_id": plan.instance_id}
+            )
+        else:
+            # Neither tagged nor recorded: the report and the switch's log line are all there is; a person must tag
+            # it for the gate to watch it (the rejection alarm still covers every instance of the account).
+            outcome.findings.append(
+                tag_error.finding(
+                    plan.instance_id,
+                    "CreateTags (enforced, but neither tagged nor recorded: tag it "
+                    f"{ENFORCED_AT_TAG}={stamp} so the gate watches it)",
+                )
+            )
+            logger.error("enforced, neither tagged nor recorded", extra={"instance_id": plan.instance_id})
+        # Not raised: the gate retries the tag from the record, and a retry of this run could not find it otherwise.
     return outcome
+
+
+def _after_switch(
+    plan: ModifyPlan,
+    stamp: str,
+    reason_prefix: str,
+    enforced_by: str,
+    recorder: SwitchRecorder | None,
+    event_id: str | None,
+    outcome: EnforcementOutcome,
+) -> bool:
+    """Log and record a switch the moment it is made. False when another run had already switched the instance
+    after this run read it: this modify changed nothing, and the other run reports it."""
+    log_switch(
+        plan.instance_id, enforced_by=enforced_by, stamp=stamp, event_id=event_id or "-", hop_limit=plan.hop_limit
+    )
+    if recorder is None:
+        return True
+    other = recorder.record(
+        plan.instance_id, stamp=stamp, reason=_enforced(plan, stamp, reason_prefix).reason, hop_limit=plan.hop_limit
+    )
+    if other is None:
+        return True
+    outcome.switched_elsewhere.append(plan.instance_id)
+    return False
+
+
+def _refusals(refused: dict[str, AwsError], settings: Settings, operation: str) -> list[Finding]:
+    """Findings for modifies a policy refused. One look at those instances (a single DescribeInstances) tells an
+    exemption tagged since this run read them (the roles' IAM condition refuses to touch such an instance: the
+    exemption held) from any other refusal (an SCP, a boundary): `exempt` for the first, `failed` for the rest,
+    neither raised, since a retry would be refused the same way."""
+    try:
+        now_exempt = {
+            facts.instance_id: facts for facts in ec2.describe_by_ids(sorted(refused)) if is_exempt(facts, settings)
+        }
+    except AwsError as unread:
+        logger.warning("refused instances not re-read", extra={"code": unread.code})
+        now_exempt = {}
+    findings = []
+    for instance_id, error in refused.items():
+        facts = now_exempt.get(instance_id)
+        if facts is not None:
+            finding = exempt_finding(facts, settings)
+            findings.append(
+                finding.model_copy(
+                    update={
+                        "reason": f"{finding.reason}: exempted while this run was under way; {operation} was refused "
+                        f"({error.code}), as the role's exemption condition intends, and nothing changed",
+                        "details": {**finding.details, "exempted_during_run": "true"},
+                    }
+                )
+            )
+            continue
+        logger.warning("refused by a policy", extra={"instance_id": instance_id, "code": error.code})
+        finding = error.finding(instance_id, operation)
+        findings.append(
+            finding.model_copy(
+                update={
+                    "reason": finding.reason + ": refused by a policy (an SCP or the role's conditions); "
+                    "reported once a run, not retried"
+                }
+            )
+        )
+    return findings
 
 
 def _enforced(plan: ModifyPlan, stamp: str, reason_prefix: str) -> Finding:
@@ -120,11 +223,13 @@ def prepare(
     pacer: Pacer,
     now: datetime | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    settings: Settings | None = None,
 ) -> EnforcementOutcome:
     """Raise each planned container host's hop limit to 2 (tokens untouched), paced like every modify, and tag it
     `imdsv2-enforcer:prepared-at`. One past the time budget keeps its `blocked` finding, saying so."""
     outcome = EnforcementOutcome()
     changed: list[PreparePlan] = []
+    refused: dict[str, AwsError] = {}
     for plan in plans:
         if should_stop():
             outcome.deferred.append(plan.instance)
@@ -137,10 +242,15 @@ def prepare(
         try:
             ec2.raise_hop_limit(plan.instance_id, CONTAINER_HOP_LIMIT)
         except AwsError as error:
+            if error.refused and settings is not None:
+                refused[plan.instance_id] = error
+                continue
             outcome.findings.append(error.finding(plan.instance_id, "ModifyInstanceMetadataOptions (hop limit)"))
             _note_unexpected(outcome, plan.instance_id, error)
             continue
         changed.append(plan)
+    if refused and settings is not None:
+        outcome.findings.extend(_refusals(refused, settings, "ModifyInstanceMetadataOptions (hop limit)"))
     stamp = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
     if changed:
         try:
@@ -156,10 +266,13 @@ def prepare(
     return outcome
 
 
-def _note_unexpected(outcome: EnforcementOutcome, instance_id: str, error: AwsError, *, always: bool = False) -> None:
+def _note_unexpected(outcome: EnforcementOutcome, instance_id: str, error: AwsError) -> None:
+    """Log a failure; collect it for the caller to raise (after its report is out) only if a retry can fix it."""
     context = {"operation": error.operation, "instance_id": instance_id, "code": error.code}
-    if always or not error.expected:
-        logger.error("unexpected AWS error", extra=context)
+    if error.retryable:
+        logger.error("AWS call failed: the run raises after its report so that a retry can fix it", extra=context)
         outcome.unexpected_errors.append(f"{error.operation} {instance_id}: {error.code}")
-    else:
+    elif error.expected:
         logger.warning("AWS call failed", extra=context)
+    else:
+        logger.error("AWS call refused: reported, not retried", extra=context)

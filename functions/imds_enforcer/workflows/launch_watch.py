@@ -22,7 +22,6 @@ from datetime import UTC, datetime
 
 from imds_enforcer.aws import ec2, ledger
 from imds_enforcer.aws.errors import AwsError, UnexpectedAwsError
-from imds_enforcer.aws.sns import publish_report
 from imds_enforcer.domain.deployment import Deployment
 from imds_enforcer.domain.events import (
     Ignored,
@@ -40,6 +39,7 @@ from imds_enforcer.domain.usage import gate_decision, rejected_calls, set_back_f
 from imds_enforcer.observability import logger
 from imds_enforcer.workflows import evidence, launch_source_sweep
 from imds_enforcer.workflows.enforcement import Pacer, enforce
+from imds_enforcer.workflows.switch_records import SwitchRecorder, publish_and_settle
 
 ENFORCED_BY = "launch_watch"
 TRIGGER = "launch"
@@ -82,6 +82,8 @@ def watch_launch(
     logger.info("event accepted", extra={"kind": trigger.kind.value, "instances": list(trigger.instance_ids)})
 
     moment = now or datetime.now(UTC)
+    # Before anything is read: a switch another run records after this moment is one this run would only repeat.
+    recorder = SwitchRecorder.start(settings, enforced_by=ENFORCED_BY, event_id=trigger.event_id)
     decided = _decide(trigger, settings, moment)
     outcome = enforce(
         decided.plans,
@@ -89,17 +91,25 @@ def watch_launch(
         pacer=Pacer(burst=settings.MODIFY_BURST, rate_per_second=settings.MODIFY_RATE_PER_SECOND),
         now=moment,
         reason_prefix="regression to optional undone: " if trigger.kind is TriggerKind.REGRESSION else "",
+        recorder=recorder,
+        settings=settings,
+        event_id=trigger.event_id,
     )
-    findings = [*decided.findings, *outcome.findings]
+    # A retry of this event finds its instances already required: the switches its earlier attempt recorded but
+    # could not report are reported now.
+    late = recorder.claim_for_event(decided.already_required, [trigger.event_id]) if recorder else []
+    findings = [*decided.findings, *outcome.findings, *late]
     reported, muted = _mute_unchanged(findings, trigger, settings)
     totals = {
         "instances_in_event": len(trigger.instance_ids),
         "new": decided.new,
         "restarted": decided.restarted,
         "enforced": len(outcome.enforced),
+        "reported_late": len(late),
+        "switched_by_another_run": len(outcome.switched_elsewhere),
         "unchanged_not_reported": len(muted),
     }
-    result = _finish(reported, outcome.unexpected_errors, totals, trigger.event_id, settings, deployment)
+    result = _finish(reported, outcome.unexpected_errors, totals, trigger.event_id, settings, deployment, recorder)
     _remember(findings, trigger, settings, moment)
     return result
 
@@ -111,8 +121,10 @@ def _finish(
     event_id: str,
     settings: Settings,
     deployment: Deployment,
+    recorder: SwitchRecorder | None = None,
 ) -> LaunchOutcome:
-    """Publish what the event found; then raise if an AWS call failed unexpectedly (after the report is out)."""
+    """Publish what the event found, settle the switch records (reported where the report went out); then raise if
+    an AWS call failed in a way a retry can fix (after the report is out)."""
     report = Report(
         account=deployment.account,
         region=deployment.region,
@@ -122,7 +134,7 @@ def _finish(
         totals=totals,
         findings=findings,
     )
-    message_ids = publish_report(report, topic_arn=settings.REPORT_TOPIC_ARN)
+    message_ids = publish_and_settle(report, topic_arn=settings.REPORT_TOPIC_ARN, recorder=recorder)
     if unexpected_errors:
         raise UnexpectedAwsError("; ".join(unexpected_errors), report=report)
     return LaunchOutcome(status="processed", findings=findings, message_ids=message_ids)
@@ -134,6 +146,7 @@ class _Decided:
     plans: list[ModifyPlan] = field(default_factory=list)
     new: int = 0
     restarted: int = 0
+    already_required: list[str] = field(default_factory=list)  # a retry's own earlier switches may be among them
 
 
 def _decide(trigger: LaunchTrigger, settings: Settings, now: datetime) -> _Decided:
@@ -155,6 +168,8 @@ def _decide(trigger: LaunchTrigger, settings: Settings, now: datetime) -> _Decid
                 )
             )
         elif facts.gone or facts.pending or not facts.accepts_imdsv1:
+            if not facts.accepts_imdsv1:
+                decided.already_required.append(instance_id)
             why = "pending: its running state-change event will look again" if facts.pending else "nothing to do"
             logger.info(why, extra={"instance_id": instance_id, "tokens": facts.http_tokens, "state": facts.state})
         elif is_exempt(facts, settings):

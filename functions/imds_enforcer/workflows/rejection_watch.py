@@ -35,6 +35,7 @@ from imds_enforcer.domain.report import Action, Finding, Report
 from imds_enforcer.domain.settings import ENFORCED_AT_TAG, Settings
 from imds_enforcer.domain.usage import rejected_finding, rollback_tag_value
 from imds_enforcer.observability import logger
+from imds_enforcer.workflows import switch_records
 
 TRIGGER = "rejection_alarm"
 # How far back the alarm's run looks: the alarm fires on a 5-minute period; this covers late datapoints and a run
@@ -143,7 +144,7 @@ def _roll_back(
         ec2.allow_tokens_optional(facts.instance_id)
     except AwsError as error:
         outcome.findings.append(error.finding(facts.instance_id, f"rollback: {operation}"))
-        if not error.expected:
+        if error.retryable:
             outcome.unexpected.append(f"rollback {operation} {facts.instance_id}: {error.code}")
         return False
     outcome.findings.append(
@@ -165,6 +166,9 @@ def watch_rejections_now(*, settings: Settings, now: datetime) -> WatchOutcome:
         logger.info("the rejection alarm fired, but no instance rejects IMDSv1 calls now")
         return WatchOutcome()
     instances = ec2.describe_by_ids(sorted(counts))
+    if settings.ROLLBACK_ON_REJECTED:
+        # An instance the service switched but could not tag is known by its switch record: a rollback may touch it.
+        instances = switch_records.with_switch_records(settings, instances)
     return watch(instances, counts, settings=settings, now=now, since="in the last hour")
 
 

@@ -30,7 +30,6 @@ from typing import Any
 
 from imds_enforcer.aws import ec2
 from imds_enforcer.aws.errors import AwsError, UnexpectedAwsError
-from imds_enforcer.aws.sns import publish_report
 from imds_enforcer.domain.deployment import Deployment
 from imds_enforcer.domain.events import Ignored, read_gate_event
 from imds_enforcer.domain.instances import InstanceFacts
@@ -54,7 +53,7 @@ from imds_enforcer.domain.usage import (
     under_watch,
 )
 from imds_enforcer.observability import logger
-from imds_enforcer.workflows import evidence, launch_source_sweep, rejection_watch
+from imds_enforcer.workflows import evidence, launch_source_sweep, rejection_watch, switch_records
 from imds_enforcer.workflows.enforcement import Pacer, enforce, prepare
 
 ENFORCED_BY = "usage_gate"
@@ -117,6 +116,7 @@ def run_gate(
         pacer=Pacer(burst=settings.MODIFY_BURST, rate_per_second=settings.MODIFY_RATE_PER_SECOND),
     )
     margin_ms = settings.DEADLINE_MARGIN_SECONDS * 1000
+    recorder = switch_records.SwitchRecorder.start(settings, enforced_by=ENFORCED_BY, event_id=trigger.event_id)
 
     def should_stop() -> bool:
         return remaining_ms is not None and remaining_ms() < margin_ms
@@ -124,6 +124,14 @@ def run_gate(
     optional = evidence.with_image_names(list(ec2.iter_instances_by_tokens("optional")))
     watched = [
         facts for facts in ec2.iter_instances_tagged(ENFORCED_AT_TAG) if under_watch(facts, settings, now=run.now)
+    ]
+    # Switches no report carried yet (reported now) and untagged ones (tagged again, and watched from the record).
+    open_switches = switch_records.reconcile(recorder, now=run.now)
+    run.findings.extend(open_switches.findings)
+    watched += [
+        facts
+        for facts in switch_records.watch_untagged(open_switches.untagged, watched)
+        if under_watch(facts, settings, now=run.now)
     ]
     usage = evidence.fetch_usage(optional, watched, settings=settings, now=run.now)
 
@@ -137,7 +145,16 @@ def run_gate(
     run.findings.extend(watch.findings)
     run.unexpected.extend(watch.unexpected)
     plans, preparations = _decide(optional, usage, run)
-    outcome = enforce(plans, enforced_by=ENFORCED_BY, pacer=run.pacer, now=run.now, should_stop=should_stop)
+    outcome = enforce(
+        plans,
+        enforced_by=ENFORCED_BY,
+        pacer=run.pacer,
+        now=run.now,
+        should_stop=should_stop,
+        recorder=recorder,
+        settings=settings,
+        event_id=trigger.event_id,
+    )
     run.findings.extend(outcome.findings)
     run.unexpected.extend(outcome.unexpected_errors)
     usage_window = UsageWindow.ending_at(run.now, settings.LOOKBACK_DAYS)
@@ -145,7 +162,7 @@ def run_gate(
         run.findings.append(
             ready_finding(instance, read_evidence(usage[instance.instance_id], usage_window), deferred=True)
         )
-    prepared = prepare(preparations, pacer=run.pacer, now=run.now, should_stop=should_stop)
+    prepared = prepare(preparations, pacer=run.pacer, now=run.now, should_stop=should_stop, settings=settings)
     run.findings.extend(prepared.findings)
     run.unexpected.extend(prepared.unexpected_errors)
 
@@ -166,6 +183,8 @@ def run_gate(
         "rolled_back": watch.rolled_back,
         "modify_wait_seconds": round(run.pacer.waited_seconds),
         "source_checks_skipped": skipped_sources,
+        "reported_late": len(open_switches.findings),
+        "switched_by_another_run": len(outcome.switched_elsewhere),
     }
     report = Report(
         account=deployment.account,
@@ -177,7 +196,9 @@ def run_gate(
         findings=run.findings,
     )
     logger.info("gate decided", extra={"totals": totals, "counts": report.counts})
-    message_ids = publish_report(report, topic_arn=settings.REPORT_TOPIC_ARN) if publish else []
+    message_ids = switch_records.publish_and_settle(
+        report, topic_arn=settings.REPORT_TOPIC_ARN, recorder=recorder, publish=publish
+    )
     if run.unexpected:
         raise UnexpectedAwsError("; ".join(run.unexpected), report=report)
     return GateOutcome(status="processed", findings=run.findings, totals=totals, message_ids=message_ids, report=report)

@@ -7,6 +7,7 @@ from pathlib import Path
 import aws_cdk as cdk
 from constructs import Construct
 
+from imds_enforcer.domain.guardrails import service_role_arns
 from infra import FUNCTIONS_DIR, REPO_ROOT
 from infra.config import DeployConfig, partition_of
 from infra.constructs.chat_channel import ChatChannel
@@ -42,6 +43,18 @@ def add_guardrails(scope: Construct, *, config: DeployConfig, region: str) -> Gu
     mode = config.guardrails_mode
     if mode is None or region != config.guardrails_region:
         return None
+    partition = partition_of(region)
+    account = cdk.Stack.of(scope).account
+    # IAM mode: the exact roles of every regional stack of this account. (An identity policy is evaluated only for
+    # principals of its own account, so "*" names the same roles when the account is not known at synth.) SCP mode
+    # spans accounts: the fixed-name pattern, protected by ProtectServiceRoles.
+    service_roles = (
+        service_role_arns(
+            partition=partition, account="*" if cdk.Token.is_unresolved(account) else account, regions=config.regions
+        )
+        if mode == "iam"
+        else ()
+    )
     return GuardrailPolicy(
         scope,
         "Guardrails",
@@ -50,7 +63,9 @@ def add_guardrails(scope: Construct, *, config: DeployConfig, region: str) -> Gu
         break_glass_role_arns=config.break_glass_role_arns,
         scp_target_ids=config.scp_target_ids,
         include_role_delivery=config.guardrail_role_delivery,
-        partition=partition_of(region),
+        partition=partition,
+        service_role_arns=service_roles,
+        deployment_role_arns=config.guardrail_deployment_role_arns,
     )
 
 
@@ -100,6 +115,7 @@ class ImdsEnforcerStack(cdk.Stack):
             "LaunchWatch",
             wiring=wiring,
             ledger_table_arn=state.table.table_arn,
+            exempt_tag_key=runtime.EXEMPT_TAG_KEY,
             fix_launch_templates=runtime.FIX_LAUNCH_TEMPLATES,
             fix_images=runtime.FIX_IMAGES,
         )

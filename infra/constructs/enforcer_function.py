@@ -14,6 +14,7 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
+from imds_enforcer.domain.guardrails import service_function_name, service_role_name
 from imds_enforcer.domain.settings import SERVICE_ROLE_PATH
 from infra.constructs.nag import acknowledge, nag_resource
 from infra.constructs.permissions import Permission
@@ -138,6 +139,7 @@ class EnforcerFunction(Construct):
         scope: Construct,
         construct_id: str,
         *,
+        name: str,
         wiring: FunctionWiring,
         handler: str,
         description: str,
@@ -150,13 +152,16 @@ class EnforcerFunction(Construct):
 
         self.log_group = logs.LogGroup(self, "Logs", retention=wiring.log_retention)
 
-        # Under the service's IAM path: CloudTrail records it, so the launch watch knows the service's own calls.
+        region = cdk.Stack.of(self).region
+        # A fixed name under the service's IAM path (imds-enforcer-<name>-<region>): the guardrails exempt exactly
+        # these roles and the launch watch recognises exactly their calls; a path alone anyone could choose.
         self.role = iam.Role(
             self,
             "Role",
             assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
             description=description,
             path=SERVICE_ROLE_PATH,
+            role_name=service_role_name(name, region),
         )
         # What AWSLambdaBasicExecutionRole would give, but only on this function's own log group.
         self.role.add_to_principal_policy(
@@ -186,6 +191,8 @@ class EnforcerFunction(Construct):
         self.function = lambda_.Function(
             self,
             "Function",
+            # Fixed too: the SCP's ProtectServiceRoles statement names the functions that run as exempt roles.
+            function_name=service_function_name(name),
             description=description,
             runtime=RUNTIME,
             architecture=ARCHITECTURE,
@@ -208,6 +215,8 @@ class EnforcerFunction(Construct):
         reasons: dict[str, list[str]] = {}
         for permission in permissions:
             self.role.add_to_principal_policy(permission.statement)
+            if permission.statement.effect is iam.Effect.DENY:
+                continue  # a Deny takes away: cdk-nag's wildcard rule is about what an Allow grants
             for resource in permission.statement.resources:
                 try:
                     flat = nag_resource(self, resource)

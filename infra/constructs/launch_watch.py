@@ -57,6 +57,7 @@ class LaunchWatch(Construct):
         *,
         wiring: FunctionWiring,
         ledger_table_arn: str,
+        exempt_tag_key: str,
         fix_launch_templates: bool,
         fix_images: bool,
     ) -> None:
@@ -65,11 +66,13 @@ class LaunchWatch(Construct):
         self.enforcer = EnforcerFunction(
             self,
             "Enforcer",
+            name="launch-watch",
             wiring=wiring,
             handler=HANDLER,
             description="IMDSv2 Enforcer launch watch: flags or fixes instances launched with IMDSv1 allowed",
             permissions=launch_watch_permissions(
                 instance_arn=arns.instance,
+                exempt_tag_key=exempt_tag_key,
                 launch_template_arn=arns.launch_template,
                 image_arn=arns.image,
                 ledger_table_arn=ledger_table_arn,

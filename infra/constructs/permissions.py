@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import aws_cdk as cdk
 from aws_cdk import aws_iam as iam
@@ -91,9 +92,10 @@ def _read_account_default() -> Permission:
 
 def _rollback(instance_arn: str, exempt_tag_key: str) -> list[Permission]:
     """A rollback sets the instance back to optional and writes the exemption tag; it first reads the account default
-    (AWS refuses optional while it enforces IMDSv2)."""
+    (AWS refuses optional while it enforces IMDSv2). The role can set nothing but optional."""
     return [
         _modify_metadata_options(instance_arn),
+        _only_tokens(instance_arn, "optional", "OnlyRollBack"),
         _tag_instances(instance_arn, [exempt_tag_key]),
         _read_account_default(),
     ]
@@ -106,6 +108,61 @@ def _modify_metadata_options(instance_arn: str) -> Permission:
         ),
         "Any instance of this account and region may be launched, regress or be swept, so "
         "ModifyInstanceMetadataOptions is scoped to instance/* here (not to other resource types).",
+    )
+
+
+# What a role may ask of ModifyInstanceMetadataOptions, enforced by IAM rather than trusted to the code. The Service
+# Authorization Reference (Amazon EC2, "Actions defined by Amazon EC2", ModifyInstanceMetadataOptions) lists, on its
+# `instance` resource, aws:ResourceTag/${TagKey} (the instance's tags when the request is evaluated) and
+# ec2:Attribute/${AttributeName} (the value the request sets: ec2:Attribute/HttpTokens, as in AWS's example policy
+# "Deny opt-out of IMDSv2"). ec2:MetadataHttpTokens is an instance key there (what the instance has), so it cannot
+# say what a request asks. Without a Null guard, StringNotEquals is also true when the request omits HttpTokens:
+# such a role cannot make any other kind of change either.
+
+
+def _deny_exempt_instances(instance_arn: str, exempt_tag_key: str, *, allow_rollback: bool) -> Permission:
+    """An instance carrying the exemption tag cannot be changed by this role, even when someone tagged it after the
+    run read it (the tag is evaluated at the modify). With rollback on, setting HttpTokens=optional stays allowed:
+    the rollback tags the instance exempt first, then sets it optional."""
+    condition: dict[str, Any] = {"Null": {f"aws:ResourceTag/{exempt_tag_key}": "false"}}
+    if allow_rollback:
+        condition["StringNotEquals"] = {"ec2:Attribute/HttpTokens": "optional"}
+    return Permission(
+        iam.PolicyStatement(
+            sid="KeepOffExemptInstances",
+            effect=iam.Effect.DENY,
+            actions=["ec2:ModifyInstanceMetadataOptions"],
+            resources=[instance_arn],
+            conditions=condition,
+        )
+    )
+
+
+def _only_tokens(instance_arn: str, tokens: str, sid: str) -> Permission:
+    """Every ModifyInstanceMetadataOptions of this role sets HttpTokens to `tokens` (no Null guard: one that omits
+    HttpTokens is refused too)."""
+    return Permission(
+        iam.PolicyStatement(
+            sid=sid,
+            effect=iam.Effect.DENY,
+            actions=["ec2:ModifyInstanceMetadataOptions"],
+            resources=[instance_arn],
+            conditions={"StringNotEquals": {"ec2:Attribute/HttpTokens": tokens}},
+        )
+    )
+
+
+def _never_optional(instance_arn: str) -> Permission:
+    """Without rollback, nothing of this role's may set HttpTokens=optional (hop-limit-only calls stay allowed:
+    StringEquals is false when the request omits HttpTokens)."""
+    return Permission(
+        iam.PolicyStatement(
+            sid="NeverAllowImdsv1",
+            effect=iam.Effect.DENY,
+            actions=["ec2:ModifyInstanceMetadataOptions"],
+            resources=[instance_arn],
+            conditions={"StringEquals": {"ec2:Attribute/HttpTokens": "optional"}},
+        )
     )
 
 
@@ -172,6 +229,7 @@ def launch_source_permissions(
 def launch_watch_permissions(
     *,
     instance_arn: str,
+    exempt_tag_key: str,
     launch_template_arn: str,
     image_arn: str,
     ledger_table_arn: str,
@@ -189,6 +247,9 @@ def launch_watch_permissions(
         _describe_instances(),
         _read_metadata_usage(),
         _modify_metadata_options(instance_arn),
+        # It only ever requires IMDSv2 (a container host's hop limit rides in the same call), never on an exempt one.
+        _only_tokens(instance_arn, "required", "OnlyRequireImdsv2"),
+        _deny_exempt_instances(instance_arn, exempt_tag_key, allow_rollback=False),
         _tag_instances(instance_arn, SERVICE_TAG_KEYS),
         Permission(
             iam.PolicyStatement(
@@ -250,6 +311,9 @@ def usage_gate_permissions(
         _describe_instances(),
         _read_metadata_usage(),
         _modify_metadata_options(instance_arn),
+        # Enforce (required) and prepare (hop limit only) never touch an exempt instance; only a rollback sets optional.
+        _deny_exempt_instances(instance_arn, exempt_tag_key, allow_rollback=rollback),
+        *([] if rollback else [_never_optional(instance_arn)]),
         _tag_instances(instance_arn, tag_keys),
         *_switch_records(ledger_table_arn, pending_index_arn),
         *launch_source_permissions(

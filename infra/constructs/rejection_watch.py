@@ -39,6 +39,7 @@ class RejectionWatch(Construct):
         self.enforcer = EnforcerFunction(
             self,
             "Enforcer",
+            name="rejection-watch",
             wiring=wiring,
             handler=HANDLER,
             description="IMDSv2 Enforcer rejection watch: names (and opt-in rolls back) instances rejecting IMDSv1",

@@ -41,6 +41,7 @@ class UsageGate(Construct):
         self.enforcer = EnforcerFunction(
             self,
             "Enforcer",
+            name="usage-gate",
             wiring=wiring,
             handler=HANDLER,
             description="IMDSv2 Enforcer usage gate: requires IMDSv2 where MetadataNoToken stayed at zero",

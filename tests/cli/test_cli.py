@@ -391,8 +391,13 @@ def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        (["--format", "scp"], scp_document()),
-        (["--format", "iam"], iam_policy_document()),
+        # By default the service's roles are protected for service-managed StackSets' execution roles
+        (["--format", "scp"], scp_document(deployment_role_arns=["arn:aws:iam::*:role/stacksets-exec-*"])),
+        (["--format", "iam"], iam_policy_document(deployment_role_arns=["arn:aws:iam::*:role/stacksets-exec-*"])),
+        (
+            ["--format", "scp", "--deployment-role", "arn:aws:iam::*:role/cdk-hnb659fds-cfn-exec-role-*"],
+            scp_document(deployment_role_arns=["arn:aws:iam::*:role/cdk-hnb659fds-cfn-exec-role-*"]),
+        ),
         (
             [
                 "--format",
@@ -404,7 +409,10 @@ def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]
                 "--no-role-delivery",
             ],
             scp_document(
-                max_hop_limit=3, exempt_principal_arns=["arn:aws:iam::*:role/BreakGlass"], include_role_delivery=False
+                max_hop_limit=3,
+                exempt_principal_arns=["arn:aws:iam::*:role/BreakGlass"],
+                include_role_delivery=False,
+                deployment_role_arns=["arn:aws:iam::*:role/stacksets-exec-*"],
             ),
         ),
     ],

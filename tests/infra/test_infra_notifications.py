@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from aws_cdk.assertions import Match, Template
 
+from emulator import ACCOUNT
 from imds_enforcer.domain.report import Severity
 from infra.constructs.report_topic import email_filter_policy
 from tests.infra.conftest import (
@@ -212,6 +213,38 @@ def test_chatbot_may_use_the_topic_key_with_two_spelled_out_actions(synthesized:
         "Principal": {"Service": "chatbot.amazonaws.com"},
         "Action": ["kms:Decrypt", "kms:GenerateDataKey"],
         "Resource": "*",
+        # Confused-deputy protection: this account, this stack's channel configuration only
+        "Condition": {
+            "StringEquals": {"aws:SourceAccount": ACCOUNT},
+            "ArnLike": {
+                "aws:SourceArn": {
+                    "Fn::Join": [
+                        "",
+                        [
+                            "arn:",
+                            {"Ref": "AWS::Partition"},
+                            f":chatbot::{ACCOUNT}:chat-configuration/slack-channel/imds-enforcer-{region}",
+                        ],
+                    ]
+                }
+            },
+        },
+    }
+
+
+@pytest.mark.parametrize("region", REGIONS)
+def test_cloudwatch_may_use_the_topic_key_only_for_this_accounts_alarms(synthesized: Any, region: str) -> None:
+    _, key = _only(synthesized.template(region), "AWS::KMS::Key")
+
+    (statement,) = [s for s in key["Properties"]["KeyPolicy"]["Statement"] if s.get("Sid") == "CloudWatchAlarmsUseKey"]
+    assert statement["Principal"] == {"Service": "cloudwatch.amazonaws.com"}
+    assert statement["Condition"] == {
+        "StringEquals": {"aws:SourceAccount": ACCOUNT},
+        "ArnLike": {
+            "aws:SourceArn": {
+                "Fn::Join": ["", ["arn:", {"Ref": "AWS::Partition"}, f":cloudwatch:{region}:{ACCOUNT}:alarm:*"]]
+            }
+        },
     }
 
 

@@ -554,7 +554,7 @@ def test_instance_changes_are_scoped_to_this_accounts_instances(synthesized: Any
     instance_arn = f"arn:${{AWS::Partition}}:ec2:{region}:{ACCOUNT}:instance/*"
 
     for action in ("ec2:ModifyInstanceMetadataOptions", "ec2:CreateTags"):
-        granting = [s for s in statements if action in as_list(s["Action"])]
+        granting = [s for s in statements if action in as_list(s["Action"]) and s["Effect"] == "Allow"]
         assert granting, f"{name} lacks {action}"
         assert [render(resource) for s in granting for resource in as_list(s["Resource"])] == [instance_arn]
 

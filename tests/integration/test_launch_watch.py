@@ -12,6 +12,7 @@ from typing import Any
 import boto3
 import pytest
 
+from emulator import REGION
 from imds_enforcer.aws import clients
 from imds_enforcer.aws.errors import AwsError, UnexpectedAwsError
 from imds_enforcer.domain.settings import ENFORCED_AT_TAG, ENFORCED_BY_TAG, SettingsError
@@ -176,7 +177,7 @@ def test_rollback_by_the_service_itself_is_left_alone(inbox: ReportInbox, lambda
     # Given the gate (a role under the service's IAM path, the default setting) rolled an instance back
     [instance_id] = launch()
     event = modify_options_event(
-        instance_id, caller_role="ImdsEnforcer-us-e-UsageGateRole-ABC", caller_role_path="/imds-enforcer/"
+        instance_id, caller_role=f"imds-enforcer-usage-gate-{REGION}", caller_role_path="/imds-enforcer/"
     )
 
     result = handler(event, lambda_context)

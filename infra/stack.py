@@ -116,6 +116,7 @@ class ImdsEnforcerStack(cdk.Stack):
             wiring=wiring,
             ledger_table_arn=state.table.table_arn,
             exempt_tag_key=runtime.EXEMPT_TAG_KEY,
+            exemption_parameter=runtime.EXEMPTION_PARAMETER,
             fix_launch_templates=runtime.FIX_LAUNCH_TEMPLATES,
             fix_images=runtime.FIX_IMAGES,
         )
@@ -127,6 +128,7 @@ class ImdsEnforcerStack(cdk.Stack):
             memory_mb=config.gate_memory_mb,
             timeout_minutes=config.gate_timeout_minutes,
             exempt_tag_key=runtime.EXEMPT_TAG_KEY,
+            exemption_parameter=runtime.EXEMPTION_PARAMETER,
             set_account_default=runtime.SET_ACCOUNT_DEFAULT,
             rollback=runtime.ROLLBACK_ON_REJECTED,
             fix_launch_templates=runtime.FIX_LAUNCH_TEMPLATES,
@@ -139,6 +141,7 @@ class ImdsEnforcerStack(cdk.Stack):
             "RejectionWatch",
             wiring=wiring,
             exempt_tag_key=runtime.EXEMPT_TAG_KEY,
+            exemption_parameter=runtime.EXEMPTION_PARAMETER,
             rollback=runtime.ROLLBACK_ON_REJECTED,
             ledger_table_arn=state.table.table_arn,
         )

@@ -40,6 +40,11 @@ class ResourceArns:
     launch_template: str
     image: str
 
+    @staticmethod
+    def parameter(scope: Construct, name: str) -> str:
+        """An SSM parameter of this account and region (its name with or without the leading slash)."""
+        return cdk.Stack.of(scope).format_arn(service="ssm", resource="parameter", resource_name=name.lstrip("/"))
+
     @classmethod
     def of(cls, scope: Construct) -> ResourceArns:
         stack = cdk.Stack.of(scope)
@@ -166,6 +171,23 @@ def _never_optional(instance_arn: str) -> Permission:
     )
 
 
+def _exemptions(
+    instance_arn: str, exempt_tag_key: str, exemption_parameter_arn: str, *, rollback: bool
+) -> list[Permission]:
+    """Who is exempt. With the central list (an SSM parameter), read exactly that parameter: the list replaces the
+    tag, so IAM cannot hold the exemption (it cannot read the list; the run reads it once, at its start). Without it,
+    IAM holds the tag's exemption at the very moment of each modify."""
+    if exemption_parameter_arn:
+        return [
+            Permission(
+                iam.PolicyStatement(
+                    sid="ReadExemptionList", actions=["ssm:GetParameter"], resources=[exemption_parameter_arn]
+                )
+            )
+        ]
+    return [_deny_exempt_instances(instance_arn, exempt_tag_key, allow_rollback=rollback)]
+
+
 def _tag_instances(instance_arn: str, tag_keys: Sequence[str]) -> Permission:
     # ForAllValues: every key in the request must be one of ours, so the role cannot rewrite anyone else's tags.
     return Permission(
@@ -230,6 +252,7 @@ def launch_watch_permissions(
     *,
     instance_arn: str,
     exempt_tag_key: str,
+    exemption_parameter_arn: str = "",
     launch_template_arn: str,
     image_arn: str,
     ledger_table_arn: str,
@@ -249,7 +272,7 @@ def launch_watch_permissions(
         _modify_metadata_options(instance_arn),
         # It only ever requires IMDSv2 (a container host's hop limit rides in the same call), never on an exempt one.
         _only_tokens(instance_arn, "required", "OnlyRequireImdsv2"),
-        _deny_exempt_instances(instance_arn, exempt_tag_key, allow_rollback=False),
+        *_exemptions(instance_arn, exempt_tag_key, exemption_parameter_arn, rollback=False),
         _tag_instances(instance_arn, SERVICE_TAG_KEYS),
         Permission(
             iam.PolicyStatement(
@@ -289,6 +312,7 @@ def usage_gate_permissions(
     *,
     instance_arn: str,
     exempt_tag_key: str,
+    exemption_parameter_arn: str = "",
     set_account_default: bool,
     rollback: bool,
     launch_template_arn: str,
@@ -312,7 +336,7 @@ def usage_gate_permissions(
         _read_metadata_usage(),
         _modify_metadata_options(instance_arn),
         # Enforce (required) and prepare (hop limit only) never touch an exempt instance; only a rollback sets optional.
-        _deny_exempt_instances(instance_arn, exempt_tag_key, allow_rollback=rollback),
+        *_exemptions(instance_arn, exempt_tag_key, exemption_parameter_arn, rollback=rollback),
         *([] if rollback else [_never_optional(instance_arn)]),
         _tag_instances(instance_arn, tag_keys),
         *_switch_records(ledger_table_arn, pending_index_arn),
@@ -337,7 +361,7 @@ def usage_gate_permissions(
 
 
 def rejection_watch_permissions(
-    *, instance_arn: str, exempt_tag_key: str, rollback: bool, ledger_table_arn: str
+    *, instance_arn: str, exempt_tag_key: str, rollback: bool, ledger_table_arn: str, exemption_parameter_arn: str = ""
 ) -> list[Permission]:
     """Find the instances rejecting IMDSv1 calls (one Metrics Insights query), read them, and (opt-in) roll back the
     ones this service switched (an untagged one is known by its switch record): nothing else."""
@@ -351,6 +375,8 @@ def rejection_watch_permissions(
                 )
             )
         )
+        if exemption_parameter_arn:
+            permissions += _exemptions(instance_arn, exempt_tag_key, exemption_parameter_arn, rollback=True)
     return permissions
 
 

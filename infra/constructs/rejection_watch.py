@@ -31,6 +31,7 @@ class RejectionWatch(Construct):
         *,
         wiring: FunctionWiring,
         exempt_tag_key: str,
+        exemption_parameter: str = "",
         rollback: bool,
         ledger_table_arn: str,
     ) -> None:
@@ -46,6 +47,9 @@ class RejectionWatch(Construct):
             permissions=rejection_watch_permissions(
                 instance_arn=arns.instance,
                 exempt_tag_key=exempt_tag_key,
+                exemption_parameter_arn=ResourceArns.parameter(self, exemption_parameter)
+                if exemption_parameter
+                else "",
                 rollback=rollback,
                 ledger_table_arn=ledger_table_arn,
             ),

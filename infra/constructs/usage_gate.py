@@ -29,6 +29,7 @@ class UsageGate(Construct):
         memory_mb: int,
         timeout_minutes: int,
         exempt_tag_key: str,
+        exemption_parameter: str = "",
         set_account_default: bool,
         rollback: bool,
         fix_launch_templates: bool,
@@ -48,6 +49,9 @@ class UsageGate(Construct):
             permissions=usage_gate_permissions(
                 instance_arn=arns.instance,
                 exempt_tag_key=exempt_tag_key,
+                exemption_parameter_arn=ResourceArns.parameter(self, exemption_parameter)
+                if exemption_parameter
+                else "",
                 set_account_default=set_account_default,
                 rollback=rollback,
                 launch_template_arn=arns.launch_template,

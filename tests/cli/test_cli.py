@@ -521,7 +521,7 @@ def test_console_script_prints_the_scp() -> None:
         [script, "guardrails", "--format", "scp"], capture_output=True, text=True, timeout=60, env=env, check=False
     )
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == scp_document()
+    assert json.loads(done.stdout) == scp_document(deployment_role_arns=["arn:aws:iam::*:role/stacksets-exec-*"])
 
 
 def test_python_dash_m_runs_the_same_cli() -> None:

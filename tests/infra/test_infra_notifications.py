@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 from aws_cdk.assertions import Match, Template
 
-from emulator import ACCOUNT
 from imds_enforcer.domain.report import Severity
 from infra.constructs.report_topic import email_filter_policy
 from tests.infra.conftest import (

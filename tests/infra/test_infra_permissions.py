@@ -209,3 +209,32 @@ def test_the_slack_notifier_reads_one_secret_and_decrypts_only_with_a_configured
         "Resource": KEY_ARN,
         "Condition": {"StringEquals": {"kms:ViaService": "secretsmanager.us-east-1.amazonaws.com"}},
     }
+
+
+def test_with_the_central_exemption_list_each_role_reads_exactly_that_parameter() -> None:
+    parameter = "arn:aws:ssm:us-east-1:123456789012:parameter/platform/imds-exemptions"
+    built = {
+        "launch_watch": launch_watch_permissions(
+            instance_arn=INSTANCE_ARN,
+            exempt_tag_key="imdsv2-exempt",
+            exemption_parameter_arn=parameter,
+            launch_template_arn=LAUNCH_TEMPLATE_ARN,
+            image_arn=IMAGE_ARN,
+            ledger_table_arn=TABLE_ARN,
+            fix_launch_templates=False,
+            fix_images=False,
+        ),
+        "rejection_watch": rejection_watch_permissions(
+            instance_arn=INSTANCE_ARN,
+            exempt_tag_key="imdsv2-exempt",
+            rollback=True,
+            ledger_table_arn=TABLE_ARN,
+            exemption_parameter_arn=parameter,
+        ),
+    }
+    for permissions in built.values():
+        statements = [p.statement.to_statement_json() for p in permissions]
+        reads = [s for s in statements if "ssm:GetParameter" in as_list(s["Action"])]
+        assert [(as_list(s["Action"]), s["Resource"]) for s in reads] == [(["ssm:GetParameter"], parameter)]
+        # the list replaces the tag: IAM no longer keys on it
+        assert not any("aws:ResourceTag/imdsv2-exempt" in str(s.get("Condition")) for s in statements)

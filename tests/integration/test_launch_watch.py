@@ -542,3 +542,79 @@ def test_handler_emits_a_count_per_action_as_embedded_metrics(
     assert blob["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "ImdsEnforcer"
     assert blob["service"] == "imds-enforcer"
     assert (blob["Enforced"], blob["Failed"], blob["Rejected"], blob["EventsProcessed"]) == ([1.0], [0.0], [0.0], [1.0])
+
+
+# --- bursts: EventBridge -> SQS -> one invocation ---------------------------------------------------------------
+
+
+def sqs_batch(events: list[Any], *, extra_bodies: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The SQS-to-Lambda event for EventBridge events delivered to the launch watch's queue."""
+    bodies = [json.dumps(event) for event in events] + list(extra_bodies)
+    return {
+        "Records": [
+            {
+                "messageId": f"m-{index}",
+                "receiptHandle": f"r-{index}",
+                "body": body,
+                "attributes": {},
+                "messageAttributes": {},
+                "eventSource": "aws:sqs",
+                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:launch-watch-events",
+                "awsRegion": "us-east-1",
+            }
+            for index, body in enumerate(bodies)
+        ]
+    }
+
+
+def test_an_auto_scaling_burst_is_one_report(inbox: ReportInbox, lambda_context: FakeLambdaContext) -> None:
+    # Given an Auto Scaling group scaling out by 50 (50 `running` events, gathered by the queue into one batch),
+    # plus a message that is not JSON at all
+    ids = launch(count=50)
+    batch = sqs_batch([state_change_event(instance_id) for instance_id in ids], extra_bodies=("not json",))
+
+    # When the launch watch reads the batch (flag mode)
+    result = handler(batch, lambda_context)
+
+    # Then one message reaches the topic (so one Slack post), naming every instance once
+    [message] = inbox.drain()
+    assert sorted(f["resource_id"] for f in message.findings) == sorted(ids)
+    assert {f["action"] for f in message.findings} == {"flagged"}
+    assert message.report["totals"]["events"] == 50
+    assert message.report["totals"]["events_ignored"] == 1
+    assert result["batchItemFailures"] == []
+
+
+@pytest.mark.usefixtures("fix_mode")
+def test_a_batch_mixing_launches_set_backs_and_foreign_events_is_one_report(
+    inbox: ReportInbox, lambda_context: FakeLambdaContext
+) -> None:
+    [new, set_back] = launch(count=2)
+    batch = sqs_batch(
+        [
+            run_instances_event([new]),
+            modify_options_event(set_back, "optional", caller_role="PlatformAdmin"),
+            state_change_event(new),  # the same launch again
+            state_change_event("i-0aaaaaaaaaaaaaaaa", account="999999999999"),
+        ]
+    )
+
+    result = handler(batch, lambda_context)
+
+    [message] = inbox.drain()
+    assert sorted((f["resource_id"], f["action"]) for f in message.findings) == sorted(
+        [(new, "enforced"), (set_back, "enforced")]
+    )
+    assert message.report["totals"]["events"] == 3
+    assert message.report["totals"]["events_ignored"] == 1
+    assert result["status"] == "processed"
+
+
+def test_a_batch_of_only_unreadable_messages_is_ignored_without_raising(
+    inbox: ReportInbox, lambda_context: FakeLambdaContext
+) -> None:
+    result = handler(sqs_batch([], extra_bodies=("{", "[]")), lambda_context)
+
+    assert result["status"] == "ignored"
+    assert result["batchItemFailures"] == []
+    assert inbox.drain() == []

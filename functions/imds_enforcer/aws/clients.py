@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
     from mypy_boto3_secretsmanager import SecretsManagerClient
     from mypy_boto3_sns import SNSClient
+    from mypy_boto3_ssm import SSMClient
 
 # Standard retries back off on throttling (RequestLimitExceeded, Throttling) with jitter: up to 5 retries, 6 sends.
 RETRY_CONFIG = Config(
@@ -62,6 +63,11 @@ def dynamodb() -> DynamoDBClient:
 
 def sns() -> SNSClient:
     client: SNSClient = _client("sns")
+    return client
+
+
+def ssm() -> SSMClient:
+    client: SSMClient = _client("ssm")
     return client
 
 

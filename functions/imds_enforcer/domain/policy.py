@@ -6,6 +6,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from imds_enforcer.domain.exemptions import CentralExemptions
 from imds_enforcer.domain.instances import InstanceFacts
 from imds_enforcer.domain.report import Action, Finding
 from imds_enforcer.domain.settings import Settings
@@ -86,10 +87,25 @@ def modify_plan(
 
 
 def is_exempt(instance: InstanceFacts, settings: Settings) -> bool:
+    """Exempt by the central list when one is configured (it replaces the tag), else by the exemption tag."""
+    central = settings.exemptions
+    if isinstance(central, CentralExemptions):
+        return central.exemption_of(instance) is not None
     return settings.EXEMPT_TAG_KEY in instance.tags
 
 
 def exempt_finding(instance: InstanceFacts, settings: Settings) -> Finding:
+    central = settings.exemptions
+    if isinstance(central, CentralExemptions):
+        entry = central.exemption_of(instance)
+        if entry is not None:
+            return Finding(
+                resource_id=instance.instance_id,
+                action=Action.EXEMPT,
+                reason=f"on the central exemption list ({central.parameter}: {entry.selector}) until "
+                f"{entry.expires.isoformat()}: {entry.reason}",
+                details={"expires": entry.expires.isoformat(), "exemption": entry.selector},
+            )
     value = instance.tags.get(settings.EXEMPT_TAG_KEY, "")
     reason = f"carries the exemption tag {settings.EXEMPT_TAG_KEY}" + (f" ({value})" if value else "")
     return Finding(resource_id=instance.instance_id, action=Action.EXEMPT, reason=reason)

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator
 
 SERVICE_TAG_PREFIX = "imdsv2-enforcer:"
 ENFORCED_AT_TAG = "imdsv2-enforcer:enforced-at"
@@ -98,6 +98,14 @@ class Settings(BaseModel):
     # The stack's state table (what was last reported about each instance, so a restart is reported only when its
     # verdict changed). Empty: no table, every verdict is reported.
     LEDGER_TABLE_NAME: Annotated[str, Field(pattern=r"^([A-Za-z0-9_.-]{3,255})?$")] = ""
+    # The central exemption list (domain/exemptions.py): the name of an SSM Parameter Store parameter holding it. Set,
+    # it replaces the exemption tag: only the instances it names are exempt, until their expiry dates. Empty: the tag.
+    EXEMPTION_PARAMETER: Annotated[
+        str, Field(pattern=r"^(/?[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*)?$", max_length=1011)
+    ] = ""
+
+    # The list as read for the current run (Settings.with_exemptions): not an environment variable.
+    _exemptions: object = PrivateAttr(default=None)
 
     @field_validator("CONTAINER_HOST_TAG_KEYS", mode="before")
     @classmethod
@@ -133,6 +141,17 @@ class Settings(BaseModel):
     @property
     def fix(self) -> bool:
         return self.ENFORCEMENT_MODE is EnforcementMode.FIX
+
+    def with_exemptions(self, exemptions: object) -> Settings:
+        """These settings with the central exemption list read for this run (domain/exemptions.CentralExemptions)."""
+        copy = self.model_copy()
+        copy._exemptions = exemptions
+        return copy
+
+    @property
+    def exemptions(self) -> object:
+        """The central exemption list of this run, or None (the exemption tag decides)."""
+        return self._exemptions
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:

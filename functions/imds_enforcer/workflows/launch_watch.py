@@ -41,6 +41,7 @@ from imds_enforcer.domain.usage import gate_decision, rejected_calls, set_back_f
 from imds_enforcer.observability import logger
 from imds_enforcer.workflows import evidence, launch_source_sweep
 from imds_enforcer.workflows.enforcement import Pacer, enforce
+from imds_enforcer.workflows.exemptions import with_central_exemptions
 from imds_enforcer.workflows.switch_records import SwitchRecorder, publish_and_settle
 
 ENFORCED_BY = "launch_watch"
@@ -109,10 +110,13 @@ def watch_launch(
         reason = ignored[0] if len(ignored) == 1 else f"{len(ignored)} events ignored: " + "; ".join(ignored[:5])
         return LaunchOutcome(status="ignored", reason=reason, from_queue=batch.from_queue)
 
+    moment = now or datetime.now(UTC)
+    # The central exemption list, when configured, replaces the tag (unreadable or invalid: nothing changes).
+    settings = with_central_exemptions(settings, now=moment)
     # Before anything is read: a switch another run records after this moment is one this run would only repeat.
     run = _Run(
         settings=settings,
-        moment=now or datetime.now(UTC),
+        moment=moment,
         recorder=SwitchRecorder.start(settings, enforced_by=ENFORCED_BY, event_id=triggers[0].event_id),
     )
     for trigger in triggers:

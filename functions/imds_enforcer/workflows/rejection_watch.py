@@ -36,6 +36,7 @@ from imds_enforcer.domain.settings import ENFORCED_AT_TAG, Settings
 from imds_enforcer.domain.usage import rejected_finding, rollback_tag_value
 from imds_enforcer.observability import logger
 from imds_enforcer.workflows import switch_records
+from imds_enforcer.workflows.exemptions import with_central_exemptions
 
 TRIGGER = "rejection_alarm"
 # How far back the alarm's run looks: the alarm fires on a 5-minute period; this covers late datapoints and a run
@@ -199,6 +200,9 @@ def run_on_alarm(
         return AlarmRunOutcome(status="ignored", reason=trigger.reason)
     logger.info("rejection watch", extra={"trigger": trigger.kind, "alarm": trigger.alarm_name})
     moment = now or datetime.now(UTC)
+    if settings.ROLLBACK_ON_REJECTED:
+        # Who is exempt decides what may be rolled back: the central list, when configured, replaces the tag.
+        settings = with_central_exemptions(settings, now=moment)
     outcome = watch_rejections_now(settings=settings, now=moment)
     report = Report(
         account=deployment.account,

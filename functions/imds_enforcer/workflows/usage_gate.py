@@ -53,7 +53,7 @@ from imds_enforcer.domain.usage import (
     under_watch,
 )
 from imds_enforcer.observability import logger
-from imds_enforcer.workflows import evidence, launch_source_sweep, rejection_watch, switch_records
+from imds_enforcer.workflows import evidence, exemptions, launch_source_sweep, rejection_watch, switch_records
 from imds_enforcer.workflows.enforcement import Pacer, enforce, prepare
 
 ENFORCED_BY = "usage_gate"
@@ -109,6 +109,8 @@ def run_gate(
         logger.warning("event ignored", extra={"reason": trigger.reason, "event_id": trigger.event_id})
         return GateOutcome(status="ignored", reason=trigger.reason)
     logger.info("gate run", extra={"trigger": trigger.kind, "event_id": trigger.event_id})
+    # The central exemption list, when configured, replaces the tag for this run (unreadable: nothing changes).
+    settings = exemptions.with_central_exemptions(settings, now=now or datetime.now(UTC))
 
     run = _Run(
         settings=settings,
@@ -117,6 +119,7 @@ def run_gate(
     )
     margin_ms = settings.DEADLINE_MARGIN_SECONDS * 1000
     recorder = switch_records.SwitchRecorder.start(settings, enforced_by=ENFORCED_BY, event_id=trigger.event_id)
+    run.findings.extend(exemptions.expired_exemption_findings(settings))
 
     def should_stop() -> bool:
         return remaining_ms is not None and remaining_ms() < margin_ms

@@ -121,6 +121,14 @@ def enforce(
         tag_error = failed.get(plan.instance_id)
         if tag_error is None:
             continue
+        if recorder is not None and plan.instance_id not in recorder.ours:
+            # Neither tagged nor recorded yet: the record gets a second chance before the run settles for neither.
+            recorder.record_again(
+                plan.instance_id,
+                stamp=stamp,
+                reason=_enforced(plan, stamp, reason_prefix).reason,
+                hop_limit=plan.hop_limit,
+            )
         record = recorder.ours.get(plan.instance_id) if recorder is not None else None
         if record is not None:
             outcome.findings.append(untagged_finding(record, tag_error.code, tag_error.message))

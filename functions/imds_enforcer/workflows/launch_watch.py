@@ -119,11 +119,17 @@ def watch_launch(
         moment=moment,
         recorder=SwitchRecorder.start(settings, enforced_by=ENFORCED_BY, event_id=triggers[0].event_id),
     )
-    for trigger in triggers:
-        if isinstance(trigger, SourceTrigger):
-            _watch_source(trigger, run)
-        else:
-            _watch_instances(trigger, run)
+    try:
+        for trigger in triggers:
+            if isinstance(trigger, SourceTrigger):
+                _watch_source(trigger, run)
+            else:
+                _watch_instances(trigger, run)
+    except Exception:
+        # Whatever went wrong, what was already done is published (or logged in full) before the run raises.
+        logger.exception("launch watch failed part way: publishing what it did before raising")
+        _publish_partial(run, triggers[0].event_id, deployment)
+        raise
     if len(triggers) > 1 or batch.from_queue:
         run.totals["events"] = len(triggers)
         run.totals["events_ignored"] = len(ignored)
@@ -141,7 +147,16 @@ def _watch_instances(trigger: LaunchTrigger, run: _Run) -> None:
     logger.info("event accepted", extra={"kind": trigger.kind.value, "instances": list(trigger.instance_ids)})
     if run.recorder is not None:
         run.recorder.event_id = trigger.event_id  # each switch is recorded under the event that named it
-    decided = _decide(trigger, settings, run.moment)
+    try:
+        decided = _decide(trigger, settings, run.moment)
+    except AwsError as error:
+        # Its instances could not be read (or their history): each one is reported failed, the batch's other events
+        # go on, and the run raises at the end if a retry can fix it.
+        logger.error("event not decided", extra={"event_id": trigger.event_id, "code": error.code})
+        run.reported.extend(error.finding(instance_id) for instance_id in trigger.instance_ids)
+        if error.retryable:
+            run.unexpected.append(f"{error.operation} (event {trigger.event_id}): {error.code}")
+        return
     outcome = enforce(
         decided.plans,
         enforced_by=ENFORCED_BY,
@@ -171,6 +186,22 @@ def _watch_instances(trigger: LaunchTrigger, run: _Run) -> None:
         }
     )
     run.remember.append((findings, trigger))
+
+
+def _publish_partial(run: _Run, event_id: str, deployment: Deployment) -> None:
+    report = Report(
+        account=deployment.account,
+        region=deployment.region,
+        trigger=TRIGGER,
+        mode=run.settings.ENFORCEMENT_MODE.value,
+        source_event_id=event_id,
+        totals=dict(run.totals),
+        findings=run.reported,
+    )
+    try:
+        publish_and_settle(report, topic_arn=run.settings.REPORT_TOPIC_ARN, recorder=run.recorder)
+    except AwsError:
+        logger.error("partial report not published either (logged in full above)")
 
 
 def _finish(run: _Run, event_id: str, deployment: Deployment) -> LaunchOutcome:

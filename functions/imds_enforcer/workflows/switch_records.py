@@ -64,9 +64,8 @@ def tag_with_retry(tags_by_instance: Mapping[str, Mapping[str, str]]) -> dict[st
             try:
                 ec2.tag_instances(instance_ids, dict(tag_set))
             except AwsError as caught:
+                # Refusals too: a tag is what lets the watch find the switch, worth two more calls to be sure.
                 error = caught
-                if caught.refused:
-                    break  # a policy said no: asking again gets the same answer
                 continue
             error = None
             break
@@ -126,8 +125,6 @@ class SwitchRecorder:
                 )
             except AwsError as caught:
                 error = caught
-                if caught.refused:
-                    break
                 continue
             if other is not None and other.token != record.token:
                 logger.info(
@@ -144,6 +141,15 @@ class SwitchRecorder:
         )
         self.unrecorded[instance_id] = error
         return None
+
+    def record_again(self, instance_id: str, *, stamp: str, reason: str, hop_limit: int | None) -> bool:
+        """A second chance for a switch that could not be recorded and could not be tagged either: without one of
+        the two, the watch after the switch cannot find it. True when it is recorded now."""
+        if instance_id not in self.unrecorded:
+            return instance_id in self.ours
+        del self.unrecorded[instance_id]
+        self.record(instance_id, stamp=stamp, reason=reason, hop_limit=hop_limit)
+        return instance_id in self.ours
 
     def tagged(self, instance_ids: Iterable[str]) -> None:
         for instance_id in instance_ids:

@@ -14,7 +14,7 @@ import pytest
 
 from emulator import REGION
 from imds_enforcer.aws import clients
-from imds_enforcer.aws.errors import AwsError, UnexpectedAwsError
+from imds_enforcer.aws.errors import UnexpectedAwsError
 from imds_enforcer.domain.settings import ENFORCED_AT_TAG, ENFORCED_BY_TAG, SettingsError
 from imds_enforcer.handlers.launch_watch import handler
 from tests.support.aws import (
@@ -420,17 +420,23 @@ def test_a_read_timeout_on_the_modify_is_a_failed_finding_naming_it_then_raised(
 
 
 @pytest.mark.usefixtures("fix_mode")
-def test_describe_failure_raises_and_changes_nothing(
+def test_describe_failure_is_reported_per_instance_raises_and_changes_nothing(
     inbox: ReportInbox, lambda_context: FakeLambdaContext, retry_delays: list[int]
 ) -> None:
     [instance_id] = launch()
     inject(clients.ec2(), "DescribeInstances", Fault(ec2_error("InternalError", status=500)))
 
-    with pytest.raises(AwsError, match="InternalError"):
+    # The run raises (a retry can fix it) after reporting the instance it could not read
+    with pytest.raises(UnexpectedAwsError, match=r"DescribeInstances.*InternalError"):
         handler(state_change_event(instance_id), lambda_context)
 
     assert metadata_options(instance_id)["HttpTokens"] == "optional"
-    assert inbox.drain() == []
+    [finding] = findings_of(inbox)
+    assert (finding["resource_id"], finding["action"], finding["error_code"]) == (
+        instance_id,
+        "failed",
+        "InternalError",
+    )
 
 
 def test_bad_setting_fails_loudly_naming_the_variable(

@@ -259,12 +259,26 @@ def seed_new_launches(*, prefix: str = "new-") -> NewLaunches:
 
 
 def create_ledger_table(name: str) -> str:
-    """The stack's state table as the stack creates it (partition key `pk`), for the launch watch's ledger."""
+    """The stack's state table as the stack creates it (partition key `pk`; the sparse `pending` index of open switch
+    records), for the launch watch's ledger and every switch's record."""
     boto3.client("dynamodb").create_table(
         TableName=name,
         KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        AttributeDefinitions=[
+            {"AttributeName": "pk", "AttributeType": "S"},
+            {"AttributeName": "pending", "AttributeType": "S"},
+        ],
         BillingMode="PAY_PER_REQUEST",
+        GlobalSecondaryIndexes=[
+            {
+                "IndexName": "pending",
+                "KeySchema": [
+                    {"AttributeName": "pending", "KeyType": "HASH"},
+                    {"AttributeName": "pk", "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": "ALL"},
+            }
+        ],
     )
     return name
 

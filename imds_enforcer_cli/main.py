@@ -180,6 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="leave out the ec2:RoleDelivery Deny (it breaks every instance still using IMDSv1)",
     )
+    guardrails.add_argument(
+        "--deployment-role",
+        action="append",
+        default=[],
+        metavar="ARN",
+        help="a role that deploys the service: the only one that may create or change its roles and functions "
+        "(repeatable; default: service-managed StackSets' execution roles)",
+    )
     guardrails.add_argument("--partition", choices=["aws", "aws-cn", "aws-us-gov"], default="aws")
     return parser
 
@@ -401,7 +409,7 @@ def _enforce(args: argparse.Namespace) -> int:
 
 
 def _guardrails(args: argparse.Namespace) -> int:
-    from imds_enforcer.domain.guardrails import iam_policy_document, scp_document
+    from imds_enforcer.domain.guardrails import DEFAULT_DEPLOYMENT_ROLE_ARNS, iam_policy_document, scp_document
 
     build = scp_document if args.policy_format == "scp" else iam_policy_document
     document = build(
@@ -409,6 +417,8 @@ def _guardrails(args: argparse.Namespace) -> int:
         exempt_principal_arns=args.break_glass_role,
         include_role_delivery=not args.no_role_delivery,
         partition=args.partition,
+        deployment_role_arns=args.deployment_role
+        or [arn.replace("arn:aws:", f"arn:{args.partition}:", 1) for arn in DEFAULT_DEPLOYMENT_ROLE_ARNS],
     )
     print(json.dumps(document, indent=2))
     return int(ExitCode.OK)

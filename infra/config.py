@@ -17,11 +17,13 @@ import aws_cdk as cdk
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from imds_enforcer.domain.guardrails import (
+    DEFAULT_DEPLOYMENT_ROLE_ARNS,
     DEFAULT_MAX_HOP_LIMIT,
     GuardrailOptions,
     GuardrailsError,
     iam_policy_document,
     scp_document,
+    service_role_arns,
 )
 from imds_enforcer.domain.organization import (
     ACCOUNT_ID,
@@ -128,6 +130,11 @@ class DeployConfig(BaseModel):
     # Deny every call signed with role credentials fetched over IMDSv1 (ec2:RoleDelivery < 2). That breaks every
     # workload still using IMDSv1, so switch it on only once the usage gate reports zero IMDSv1 use fleet-wide.
     guardrail_role_delivery: bool = False
+    # The only principals that may create or change the service's roles and functions (the guardrails' statement
+    # ProtectServiceRoles): whoever deploys this stack. Default: service-managed StackSets' execution roles.
+    guardrail_deployment_role_arns: Annotated[list[str], Field(validate_default=True)] = list(
+        DEFAULT_DEPLOYMENT_ROLE_ARNS
+    )
     # Roles (or ArnLike patterns) the guardrails never stop, besides the service's own; same partition as regions[0].
     break_glass_role_arns: list[str] = []
     # Roots (r-...), OUs (ou-...-...) or accounts the SCP is attached to; required when guardrails is "scp".
@@ -165,6 +172,7 @@ class DeployConfig(BaseModel):
     @field_validator(
         "regions",
         "notification_emails",
+        "guardrail_deployment_role_arns",
         "break_glass_role_arns",
         "scp_target_ids",
         "stackset_target_ou_ids",
@@ -238,6 +246,19 @@ class DeployConfig(BaseModel):
                 raise ValueError("is empty, but slack_workspace_id is set: set both, or neither")
         return value
 
+    @field_validator("guardrail_deployment_role_arns")
+    @classmethod
+    def _deployers(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        regions: list[str] = info.data.get("regions") or ["us-east-1"]
+        partition = partition_of(regions[0])
+        if not value:
+            raise ValueError("is empty: name the role(s) that deploy this stack, or nobody could ever update it")
+        try:
+            arns = GuardrailOptions.of(deployment_role_arns=value, partition=partition).deployment_role_arns
+        except GuardrailsError as error:
+            raise ValueError(str(error)) from None
+        return [arn.replace("arn:aws:", f"arn:{partition}:", 1) for arn in arns]
+
     @field_validator("break_glass_role_arns")
     @classmethod
     def _break_glass(cls, value: list[str], info: ValidationInfo) -> list[str]:
@@ -248,6 +269,7 @@ class DeployConfig(BaseModel):
         max_hop_limit: int = info.data.get("guardrail_max_hop_limit", DEFAULT_MAX_HOP_LIMIT)
         role_delivery: bool = info.data.get("guardrail_role_delivery", False)
         document = scp_document if info.data.get("guardrails") == "scp" else iam_policy_document
+        deployers: list[str] = info.data.get("guardrail_deployment_role_arns", [])
         try:
             arns = GuardrailOptions.of(exempt_principal_arns=value, partition=partition).exempt_principal_arns
             document(
@@ -255,6 +277,9 @@ class DeployConfig(BaseModel):
                 exempt_principal_arns=arns,
                 include_role_delivery=role_delivery,
                 partition=partition,
+                # The largest the document gets: every region's roles named exactly
+                service_role_arns=service_role_arns(partition=partition, account="*", regions=regions),
+                deployment_role_arns=deployers,
             )
         except GuardrailsError as error:
             raise ValueError(str(error)) from None

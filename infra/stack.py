@@ -7,6 +7,7 @@ from pathlib import Path
 import aws_cdk as cdk
 from constructs import Construct
 
+from imds_enforcer.domain.guardrails import service_role_arns
 from imds_enforcer.domain.organization import ORG_REPORT_KEY_ALIAS
 from imds_enforcer.domain.settings import CallerAnalysis
 from infra import FUNCTIONS_DIR, REPO_ROOT
@@ -48,6 +49,18 @@ def add_guardrails(scope: Construct, *, config: DeployConfig, region: str) -> Gu
     mode = config.guardrails_mode
     if mode is None or region != config.guardrails_region:
         return None
+    partition = partition_of(region)
+    account = cdk.Stack.of(scope).account
+    # IAM mode: the exact roles of every regional stack of this account. (An identity policy is evaluated only for
+    # principals of its own account, so "*" names the same roles when the account is not known at synth.) SCP mode
+    # spans accounts: the fixed-name pattern, protected by ProtectServiceRoles.
+    service_roles = (
+        service_role_arns(
+            partition=partition, account="*" if cdk.Token.is_unresolved(account) else account, regions=config.regions
+        )
+        if mode == "iam"
+        else ()
+    )
     return GuardrailPolicy(
         scope,
         "Guardrails",
@@ -56,7 +69,9 @@ def add_guardrails(scope: Construct, *, config: DeployConfig, region: str) -> Gu
         break_glass_role_arns=config.break_glass_role_arns,
         scp_target_ids=config.scp_target_ids,
         include_role_delivery=config.guardrail_role_delivery,
-        partition=partition_of(region),
+        partition=partition,
+        service_role_arns=service_roles,
+        deployment_role_arns=config.guardrail_deployment_role_arns,
     )
 
 
@@ -134,6 +149,8 @@ class ImdsEnforcerStack(cdk.Stack):
             "LaunchWatch",
             wiring=wiring,
             ledger_table_arn=state.table.table_arn,
+            exempt_tag_key=runtime.EXEMPT_TAG_KEY,
+            exemption_parameter=runtime.EXEMPTION_PARAMETER,
             fix_launch_templates=runtime.FIX_LAUNCH_TEMPLATES,
             fix_images=runtime.FIX_IMAGES,
             fix_sagemaker_notebooks=runtime.FIX_SAGEMAKER_NOTEBOOKS,
@@ -147,6 +164,7 @@ class ImdsEnforcerStack(cdk.Stack):
             memory_mb=config.gate_memory_mb,
             timeout_minutes=config.gate_timeout_minutes,
             exempt_tag_key=runtime.EXEMPT_TAG_KEY,
+            exemption_parameter=runtime.EXEMPTION_PARAMETER,
             set_account_default=runtime.SET_ACCOUNT_DEFAULT,
             rollback=runtime.ROLLBACK_ON_REJECTED,
             fix_launch_templates=runtime.FIX_LAUNCH_TEMPLATES,
@@ -155,13 +173,17 @@ class ImdsEnforcerStack(cdk.Stack):
             fix_lightsail_instances=runtime.FIX_LIGHTSAIL_INSTANCES,
             caller_analysis=runtime.CALLER_ANALYSIS,
             analyzer_document_arn=analyzer.document_arn if analyzer else "",
+            ledger_table_arn=state.table.table_arn,
+            pending_index_arn=state.pending_index_arn,
         )
         rejection_watch = RejectionWatch(
             self,
             "RejectionWatch",
             wiring=wiring,
             exempt_tag_key=runtime.EXEMPT_TAG_KEY,
+            exemption_parameter=runtime.EXEMPTION_PARAMETER,
             rollback=runtime.ROLLBACK_ON_REJECTED,
+            ledger_table_arn=state.table.table_arn,
         )
         # Only the three that report may publish; the Slack notifier only reads the topic.
         for enforcer in (launch_watch.enforcer, usage_gate.enforcer, rejection_watch.enforcer):

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from botocore.retries.standard import ExponentialBackoff
 
 from emulator import ACCOUNT, REGION
 from emulator.moto_ext import teach_moto
@@ -68,3 +70,16 @@ def samples_dir() -> Path:
     if not SAMPLES.is_dir():
         pytest.skip(f"real AWS payloads not present at {SAMPLES} (they live in ../shared/aws-samples beside the repo)")
     return SAMPLES
+
+
+@pytest.fixture
+def retry_delays(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Real retries, without the real back-off sleeps: records each retry's attempt number instead."""
+    attempts: list[int] = []
+
+    def no_delay(self: ExponentialBackoff, context: Any) -> float:
+        attempts.append(context.attempt_number)
+        return 0.0
+
+    monkeypatch.setattr(ExponentialBackoff, "delay_amount", no_delay)
+    return attempts

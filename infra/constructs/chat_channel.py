@@ -82,5 +82,19 @@ class ChatChannel(Construct):
                 principals=[iam.ServicePrincipal(CHATBOT_PRINCIPAL)],
                 actions=["kms:Decrypt", "kms:GenerateDataKey"],
                 resources=["*"],  # in a key policy, "*" is this key
+                # Only for this stack's channel configuration, in this account. Its ARN is built from its fixed name:
+                # a reference would make the key depend on the configuration, which depends on the topic and so on
+                # the key.
+                conditions={
+                    "StringEquals": {"aws:SourceAccount": stack.account},
+                    "ArnLike": {
+                        "aws:SourceArn": stack.format_arn(
+                            service="chatbot",
+                            region="",
+                            resource="chat-configuration",
+                            resource_name=f"slack-channel/{configuration_name(stack.region)}",
+                        )
+                    },
+                },
             )
         )

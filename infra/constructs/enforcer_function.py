@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import aws_cdk as cdk
+from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_lambda_destinations as destinations
@@ -14,6 +15,7 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
+from imds_enforcer.domain.guardrails import service_function_name, service_role_name
 from imds_enforcer.domain.settings import SERVICE_ROLE_PATH
 from infra.constructs.nag import acknowledge, nag_resource
 from infra.constructs.permissions import Permission
@@ -147,6 +149,7 @@ class EnforcerFunction(Construct):
         scope: Construct,
         construct_id: str,
         *,
+        name: str,
         wiring: FunctionWiring,
         handler: str,
         description: str,
@@ -159,13 +162,16 @@ class EnforcerFunction(Construct):
 
         self.log_group = logs.LogGroup(self, "Logs", retention=wiring.log_retention)
 
-        # Under the service's IAM path: CloudTrail records it, so the launch watch knows the service's own calls.
+        region = cdk.Stack.of(self).region
+        # A fixed name under the service's IAM path (imds-enforcer-<name>-<region>): the guardrails exempt exactly
+        # these roles and the launch watch recognises exactly their calls; a path alone anyone could choose.
         self.role = iam.Role(
             self,
             "Role",
             assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
             description=description,
             path=SERVICE_ROLE_PATH,
+            role_name=service_role_name(name, region),
         )
         # What AWSLambdaBasicExecutionRole would give, but only on this function's own log group.
         self.role.add_to_principal_policy(
@@ -195,6 +201,8 @@ class EnforcerFunction(Construct):
         self.function = lambda_.Function(
             self,
             "Function",
+            # Fixed too: the SCP's ProtectServiceRoles statement names the functions that run as exempt roles.
+            function_name=service_function_name(name),
             description=description,
             runtime=RUNTIME,
             architecture=ARCHITECTURE,
@@ -211,6 +219,15 @@ class EnforcerFunction(Construct):
             on_failure=destinations.SqsDestination(self.dead_letter_queue),
         )
 
+    def as_target(self, *, retry_attempts: int, max_event_age: cdk.Duration) -> targets.LambdaFunction:
+        """An EventBridge target invoking this function, failing into its dead-letter queue after the retries."""
+        return targets.LambdaFunction(
+            self.function,
+            dead_letter_queue=self.dead_letter_queue,
+            retry_attempts=retry_attempts,
+            max_event_age=max_event_age,
+        )
+
     def add_permissions(self, permissions: Sequence[Permission]) -> None:
         """More statements for the role (organization mode: the security account's topic), acknowledged alike."""
         self._grant(permissions)
@@ -221,6 +238,8 @@ class EnforcerFunction(Construct):
         reasons: dict[str, list[str]] = {}
         for permission in permissions:
             self.role.add_to_principal_policy(permission.statement)
+            if permission.statement.effect is iam.Effect.DENY:
+                continue  # a Deny takes away: cdk-nag's wildcard rule is about what an Allow grants
             for resource in permission.statement.resources:
                 try:
                     flat = nag_resource(self, resource)

@@ -25,6 +25,10 @@ SCP_TARGET = re.compile(r"^(r-[0-9a-z]{4,32}|ou-[0-9a-z]{4,32}-[a-z0-9]{8,32}|\d
 class GuardrailPolicy(Construct):
     """Deny-only IMDSv2 guardrails, exempting the service's own roles and the given break-glass roles.
 
+    ``service_role_arns``: the service's exact role ARNs (empty: its fixed-name pattern in any account, for an SCP
+    across accounts); ``deployment_role_arns``: the only principals that may create or change the service's roles and
+    functions (the ``ProtectServiceRoles`` statement; see ``imds_enforcer.domain.guardrails``).
+
     ``mode="iam"``: ``managed_policy``, to attach to the principals it should bind (only those).
     ``mode="scp"``: ``service_control_policy``, attached to ``scp_target_ids`` (root, OUs, accounts) and binding
     everyone there, administrators included. AWS Organizations accepts it only from the management account (or a
@@ -47,6 +51,8 @@ class GuardrailPolicy(Construct):
         scp_target_ids: Sequence[str] = (),
         include_role_delivery: bool = True,
         partition: str = "aws",
+        service_role_arns: Sequence[str] = (),
+        deployment_role_arns: Sequence[str] = (),
     ) -> None:
         super().__init__(scope, construct_id)
         self.managed_policy: iam.ManagedPolicy | None = None
@@ -72,6 +78,8 @@ class GuardrailPolicy(Construct):
                         exempt_principal_arns=break_glass_role_arns,
                         include_role_delivery=include_role_delivery,
                         partition=partition,
+                        service_role_arns=service_role_arns,
+                        deployment_role_arns=deployment_role_arns,
                     )
                 ),
             )
@@ -95,6 +103,8 @@ class GuardrailPolicy(Construct):
                     exempt_principal_arns=break_glass_role_arns,
                     include_role_delivery=include_role_delivery,
                     partition=partition,
+                    service_role_arns=service_role_arns,
+                    deployment_role_arns=deployment_role_arns,
                 ),
                 target_ids=list(scp_target_ids),
             )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import aws_cdk as cdk
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
+from aws_cdk import aws_lambda_event_sources as event_sources
+from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from imds_enforcer.domain.door_events import DOOR_EVENT_NAMES, DOOR_EVENT_SOURCES
@@ -46,6 +48,14 @@ DOOR_PATTERN = events.EventPattern(
     detail_type=["AWS API Call via CloudTrail"],
     detail={"eventSource": sorted(DOOR_EVENT_SOURCES.values()), "eventName": DOOR_EVENT_NAMES},
 )
+# A burst (an Auto Scaling group scaling out by 50 sends 50 `running` events) waits this long in the queue so one
+# invocation, and one report, takes it whole; a lone launch is enforced at most this much later.
+BATCHING_WINDOW = cdk.Duration.seconds(30)
+BATCH_SIZE = 100
+FUNCTION_TIMEOUT = cdk.Duration.seconds(60)
+# Received, handled and, on failure, received again: three receives are the first try and two retries, as Lambda's
+# own asynchronous retries were before the queue.
+MAX_RECEIVES = 3
 STATE_CHANGE_PATTERN = events.EventPattern(
     source=["aws.ec2"],
     detail_type=["EC2 Instance State-change Notification"],
@@ -54,7 +64,11 @@ STATE_CHANGE_PATTERN = events.EventPattern(
 
 
 class LaunchWatch(Construct):
-    """The launch watch Lambda and the three EventBridge rules that feed it.
+    """The launch watch Lambda, the three EventBridge rules that feed it, and the queue between them.
+
+    EventBridge delivers to an SQS queue, which the function reads in batches (up to BATCH_SIZE events, waiting up
+    to BATCHING_WINDOW): a burst of launches is one invocation and one report instead of one Slack post per
+    instance. The function still takes a bare EventBridge event (a manual invoke, or the rules pointed back at it).
 
     ``fix_launch_templates`` / ``fix_images`` grant the writes that fix those launch sources (opt-in);
     ``fix_sagemaker_notebooks`` / ``fix_lightsail_instances`` those of the doors outside EC2 (opt-in).
@@ -67,6 +81,8 @@ class LaunchWatch(Construct):
         *,
         wiring: FunctionWiring,
         ledger_table_arn: str,
+        exempt_tag_key: str,
+        exemption_parameter: str = "",
         fix_launch_templates: bool,
         fix_images: bool,
         fix_sagemaker_notebooks: bool = False,
@@ -77,11 +93,16 @@ class LaunchWatch(Construct):
         self.enforcer = EnforcerFunction(
             self,
             "Enforcer",
+            name="launch-watch",
             wiring=wiring,
             handler=HANDLER,
             description="IMDSv2 Enforcer launch watch: flags or fixes instances launched with IMDSv1 allowed",
             permissions=launch_watch_permissions(
                 instance_arn=arns.instance,
+                exempt_tag_key=exempt_tag_key,
+                exemption_parameter_arn=ResourceArns.parameter(self, exemption_parameter)
+                if exemption_parameter
+                else "",
                 launch_template_arn=arns.launch_template,
                 image_arn=arns.image,
                 ledger_table_arn=ledger_table_arn,
@@ -92,18 +113,37 @@ class LaunchWatch(Construct):
                 fix_lightsail_instances=fix_lightsail_instances,
             ),
             memory_size=256,
-            timeout=cdk.Duration.seconds(60),
-            # Caps the EC2 API calls a launch storm can cause; excess events wait in Lambda's async queue.
-            # No reservation: on a new account (concurrency quota 10) reserving would fail the deploy; the modifies
-            # are paced and retried, and EventBridge retries a throttled invoke.
+            timeout=FUNCTION_TIMEOUT,
+            # No reservation: on a new account (concurrency quota 10) reserving would fail the deploy. A launch storm
+            # waits in the queue, a hundred events an invocation, and the modifies are paced and retried.
             reserved_concurrency=None,
         )
-        # Invoking the function is asynchronous: EventBridge only retries when the invoke call itself fails.
-        target = targets.LambdaFunction(
-            self.enforcer.function,
+        self.queue = sqs.Queue(
+            self,
+            "Events",
+            encryption=sqs.QueueEncryption.SQS_MANAGED,
+            enforce_ssl=True,
+            # AWS's guidance for a queue feeding Lambda: six times the function's timeout.
+            visibility_timeout=cdk.Duration.seconds(FUNCTION_TIMEOUT.to_seconds() * 6),
+            # A launch an hour old is caught by the usage gate's next sweep anyway.
+            retention_period=cdk.Duration.hours(1),
+            dead_letter_queue=sqs.DeadLetterQueue(
+                max_receive_count=MAX_RECEIVES, queue=self.enforcer.dead_letter_queue
+            ),
+        )
+        self.enforcer.function.add_event_source(
+            event_sources.SqsEventSource(
+                self.queue,
+                batch_size=BATCH_SIZE,
+                max_batching_window=BATCHING_WINDOW,
+                report_batch_item_failures=True,
+            )
+        )
+        # EventBridge only retries when the delivery to the queue itself fails.
+        target = targets.SqsQueue(
+            self.queue,
             dead_letter_queue=self.enforcer.dead_letter_queue,
             retry_attempts=4,
-            # A launch an hour old is caught by the usage gate's next sweep anyway.
             max_event_age=cdk.Duration.hours(1),
         )
         self.cloudtrail_rule = events.Rule(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import aws_cdk as cdk
 from aws_cdk import aws_iam as iam
@@ -40,6 +41,11 @@ class ResourceArns:
     instance: str
     launch_template: str
     image: str
+
+    @staticmethod
+    def parameter(scope: Construct, name: str) -> str:
+        """An SSM parameter of this account and region (its name with or without the leading slash)."""
+        return cdk.Stack.of(scope).format_arn(service="ssm", resource="parameter", resource_name=name.lstrip("/"))
 
     @classmethod
     def of(cls, scope: Construct) -> ResourceArns:
@@ -105,9 +111,10 @@ def _read_account_default() -> Permission:
 
 def _rollback(instance_arn: str, exempt_tag_key: str) -> list[Permission]:
     """A rollback sets the instance back to optional and writes the exemption tag; it first reads the account default
-    (AWS refuses optional while it enforces IMDSv2)."""
+    (AWS refuses optional while it enforces IMDSv2). The role can set nothing but optional."""
     return [
         _modify_metadata_options(instance_arn),
+        _only_tokens(instance_arn, "optional", "OnlyRollBack"),
         _tag_instances(instance_arn, [exempt_tag_key]),
         _read_account_default(),
     ]
@@ -121,6 +128,78 @@ def _modify_metadata_options(instance_arn: str) -> Permission:
         "Any instance of this account and region may be launched, regress or be swept, so "
         "ModifyInstanceMetadataOptions is scoped to instance/* here (not to other resource types).",
     )
+
+
+# What a role may ask of ModifyInstanceMetadataOptions, enforced by IAM rather than trusted to the code. The Service
+# Authorization Reference (Amazon EC2, "Actions defined by Amazon EC2", ModifyInstanceMetadataOptions) lists, on its
+# `instance` resource, aws:ResourceTag/${TagKey} (the instance's tags when the request is evaluated) and
+# ec2:Attribute/${AttributeName} (the value the request sets: ec2:Attribute/HttpTokens, as in AWS's example policy
+# "Deny opt-out of IMDSv2"). ec2:MetadataHttpTokens is an instance key there (what the instance has), so it cannot
+# say what a request asks. Without a Null guard, StringNotEquals is also true when the request omits HttpTokens:
+# such a role cannot make any other kind of change either.
+
+
+def _deny_exempt_instances(instance_arn: str, exempt_tag_key: str, *, allow_rollback: bool) -> Permission:
+    """An instance carrying the exemption tag cannot be changed by this role, even when someone tagged it after the
+    run read it (the tag is evaluated at the modify). With rollback on, setting HttpTokens=optional stays allowed:
+    the rollback tags the instance exempt first, then sets it optional."""
+    condition: dict[str, Any] = {"Null": {f"aws:ResourceTag/{exempt_tag_key}": "false"}}
+    if allow_rollback:
+        condition["StringNotEquals"] = {"ec2:Attribute/HttpTokens": "optional"}
+    return Permission(
+        iam.PolicyStatement(
+            sid="KeepOffExemptInstances",
+            effect=iam.Effect.DENY,
+            actions=["ec2:ModifyInstanceMetadataOptions"],
+            resources=[instance_arn],
+            conditions=condition,
+        )
+    )
+
+
+def _only_tokens(instance_arn: str, tokens: str, sid: str) -> Permission:
+    """Every ModifyInstanceMetadataOptions of this role sets HttpTokens to `tokens` (no Null guard: one that omits
+    HttpTokens is refused too)."""
+    return Permission(
+        iam.PolicyStatement(
+            sid=sid,
+            effect=iam.Effect.DENY,
+            actions=["ec2:ModifyInstanceMetadataOptions"],
+            resources=[instance_arn],
+            conditions={"StringNotEquals": {"ec2:Attribute/HttpTokens": tokens}},
+        )
+    )
+
+
+def _never_optional(instance_arn: str) -> Permission:
+    """Without rollback, nothing of this role's may set HttpTokens=optional (hop-limit-only calls stay allowed:
+    StringEquals is false when the request omits HttpTokens)."""
+    return Permission(
+        iam.PolicyStatement(
+            sid="NeverAllowImdsv1",
+            effect=iam.Effect.DENY,
+            actions=["ec2:ModifyInstanceMetadataOptions"],
+            resources=[instance_arn],
+            conditions={"StringEquals": {"ec2:Attribute/HttpTokens": "optional"}},
+        )
+    )
+
+
+def _exemptions(
+    instance_arn: str, exempt_tag_key: str, exemption_parameter_arn: str, *, rollback: bool
+) -> list[Permission]:
+    """Who is exempt. With the central list (an SSM parameter), read exactly that parameter: the list replaces the
+    tag, so IAM cannot hold the exemption (it cannot read the list; the run reads it once, at its start). Without it,
+    IAM holds the tag's exemption at the very moment of each modify."""
+    if exemption_parameter_arn:
+        return [
+            Permission(
+                iam.PolicyStatement(
+                    sid="ReadExemptionList", actions=["ssm:GetParameter"], resources=[exemption_parameter_arn]
+                )
+            )
+        ]
+    return [_deny_exempt_instances(instance_arn, exempt_tag_key, allow_rollback=rollback)]
 
 
 def _tag_instances(instance_arn: str, tag_keys: Sequence[str]) -> Permission:
@@ -339,6 +418,8 @@ def caller_analysis_permissions(*, mode: CallerAnalysis, document_arn: str, inst
 def launch_watch_permissions(
     *,
     instance_arn: str,
+    exempt_tag_key: str,
+    exemption_parameter_arn: str = "",
     launch_template_arn: str,
     image_arn: str,
     ledger_table_arn: str,
@@ -359,11 +440,15 @@ def launch_watch_permissions(
         _describe_instances(),
         _read_metadata_usage(),
         _modify_metadata_options(instance_arn),
+        # It only ever requires IMDSv2 (a container host's hop limit rides in the same call), never on an exempt one.
+        _only_tokens(instance_arn, "required", "OnlyRequireImdsv2"),
+        *_exemptions(instance_arn, exempt_tag_key, exemption_parameter_arn, rollback=False),
         _tag_instances(instance_arn, SERVICE_TAG_KEYS),
         Permission(
             iam.PolicyStatement(
                 sid="ReadWriteLedger",
-                actions=["dynamodb:BatchGetItem", "dynamodb:BatchWriteItem"],
+                # PutItem: each switch's conditional record; the batches: verdicts, and settling the records.
+                actions=["dynamodb:BatchGetItem", "dynamodb:BatchWriteItem", "dynamodb:PutItem"],
                 resources=[ledger_table_arn],
             )
         ),
@@ -381,10 +466,28 @@ def launch_watch_permissions(
     ]
 
 
+def _switch_records(ledger_table_arn: str, pending_index_arn: str) -> list[Permission]:
+    """The gate's part of the switch records: record its own (conditional PutItem), read the open ones (the sparse
+    index), settle them (BatchWriteItem) and read one another run holds (BatchGetItem)."""
+    return [
+        Permission(
+            iam.PolicyStatement(
+                sid="RecordSwitches",
+                actions=["dynamodb:PutItem", "dynamodb:BatchWriteItem", "dynamodb:BatchGetItem"],
+                resources=[ledger_table_arn],
+            )
+        ),
+        Permission(
+            iam.PolicyStatement(sid="ReadOpenSwitches", actions=["dynamodb:Query"], resources=[pending_index_arn])
+        ),
+    ]
+
+
 def usage_gate_permissions(
     *,
     instance_arn: str,
     exempt_tag_key: str,
+    exemption_parameter_arn: str = "",
     set_account_default: bool,
     rollback: bool,
     launch_template_arn: str,
@@ -396,9 +499,11 @@ def usage_gate_permissions(
     fix_lightsail_instances: bool = False,
     caller_analysis: CallerAnalysis = CallerAnalysis.OFF,
     analyzer_document_arn: str = "",
+    ledger_table_arn: str,
+    pending_index_arn: str,
 ) -> list[Permission]:
     """Sweep instances, read their IMDSv1 usage, switch the ready ones, prepare container hosts (hop limit, tagged
-    prepared-at), roll back (opt-in: tagging the exemption).
+    prepared-at), roll back (opt-in: tagging the exemption), and keep every switch on the record.
 
     The sweep also checks the launch sources that would bring new IMDSv1 instances (see launch_source_permissions)
     and the IMDS doors outside EC2 instances (door_permissions); opt-in, it names the processes that make a blocked
@@ -415,7 +520,11 @@ def usage_gate_permissions(
         _describe_instances(),
         _read_metadata_usage(),
         _modify_metadata_options(instance_arn),
+        # Enforce (required) and prepare (hop limit only) never touch an exempt instance; only a rollback sets optional.
+        *_exemptions(instance_arn, exempt_tag_key, exemption_parameter_arn, rollback=rollback),
+        *([] if rollback else [_never_optional(instance_arn)]),
         _tag_instances(instance_arn, tag_keys),
+        *_switch_records(ledger_table_arn, pending_index_arn),
         *launch_source_permissions(
             launch_template_arn=launch_template_arn,
             image_arn=image_arn,
@@ -479,12 +588,23 @@ def gate_continuation_permissions(
     ]
 
 
-def rejection_watch_permissions(*, instance_arn: str, exempt_tag_key: str, rollback: bool) -> list[Permission]:
+def rejection_watch_permissions(
+    *, instance_arn: str, exempt_tag_key: str, rollback: bool, ledger_table_arn: str, exemption_parameter_arn: str = ""
+) -> list[Permission]:
     """Find the instances rejecting IMDSv1 calls (one Metrics Insights query), read them, and (opt-in) roll back the
-    ones this service switched: nothing else."""
+    ones this service switched (an untagged one is known by its switch record): nothing else."""
     permissions = [_describe_instances(), _read_metadata_usage()]
     if rollback:
         permissions += _rollback(instance_arn, exempt_tag_key)
+        permissions.append(
+            Permission(
+                iam.PolicyStatement(
+                    sid="ReadSwitchRecords", actions=["dynamodb:BatchGetItem"], resources=[ledger_table_arn]
+                )
+            )
+        )
+        if exemption_parameter_arn:
+            permissions += _exemptions(instance_arn, exempt_tag_key, exemption_parameter_arn, rollback=True)
     return permissions
 
 

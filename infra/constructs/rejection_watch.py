@@ -6,7 +6,6 @@ from __future__ import annotations
 import aws_cdk as cdk
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_events as events
-from aws_cdk import aws_events_targets as targets
 from constructs import Construct
 
 from imds_enforcer.domain.metric_names import EC2_NAMESPACE, NO_TOKEN_REJECTED
@@ -25,18 +24,33 @@ class RejectionWatch(Construct):
     """The alarm on rejected IMDSv1 calls, the EventBridge rule on its state change, and the function it runs."""
 
     def __init__(
-        self, scope: Construct, construct_id: str, *, wiring: FunctionWiring, exempt_tag_key: str, rollback: bool
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        wiring: FunctionWiring,
+        exempt_tag_key: str,
+        exemption_parameter: str = "",
+        rollback: bool,
+        ledger_table_arn: str,
     ) -> None:
         super().__init__(scope, construct_id)
         arns = ResourceArns.of(self)
         self.enforcer = EnforcerFunction(
             self,
             "Enforcer",
+            name="rejection-watch",
             wiring=wiring,
             handler=HANDLER,
             description="IMDSv2 Enforcer rejection watch: names (and opt-in rolls back) instances rejecting IMDSv1",
             permissions=rejection_watch_permissions(
-                instance_arn=arns.instance, exempt_tag_key=exempt_tag_key, rollback=rollback
+                instance_arn=arns.instance,
+                exempt_tag_key=exempt_tag_key,
+                exemption_parameter_arn=ResourceArns.parameter(self, exemption_parameter)
+                if exemption_parameter
+                else "",
+                rollback=rollback,
+                ledger_table_arn=ledger_table_arn,
             ),
             memory_size=256,
             timeout=cdk.Duration.minutes(2),
@@ -71,13 +85,6 @@ class RejectionWatch(Construct):
                 resources=[self.alarm.alarm_arn],
                 detail={"state": {"value": ["ALARM"]}},
             ),
-            targets=[
-                targets.LambdaFunction(
-                    self.enforcer.function,
-                    dead_letter_queue=self.enforcer.dead_letter_queue,
-                    retry_attempts=4,
-                    # Past this, the gate's next sweep reports the rejections anyway.
-                    max_event_age=cdk.Duration.hours(1),
-                )
-            ],
+            # Past an hour, the gate's next sweep reports the rejections anyway.
+            targets=[self.enforcer.as_target(retry_attempts=4, max_event_age=cdk.Duration.hours(1))],
         )

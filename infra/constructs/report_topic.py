@@ -146,5 +146,19 @@ class ReportTopic(Construct):
                 principals=[cloudwatch_principal],
                 actions=["kms:Decrypt", "kms:GenerateDataKey"],
                 resources=["*"],  # in a key policy, "*" is this key
+                # Confused-deputy protection: only for alarms of this account and region. By pattern, not by the
+                # alarms' own ARNs: those would make the key depend on the alarms, which depend on the topic, which
+                # depends on the key. (The topic's policy above names the alarms exactly.)
+                conditions={
+                    "StringEquals": {"aws:SourceAccount": stack.account},
+                    "ArnLike": {
+                        "aws:SourceArn": stack.format_arn(
+                            service="cloudwatch",
+                            resource="alarm",
+                            resource_name="*",
+                            arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME,
+                        )
+                    },
+                },
             )
         )

@@ -51,6 +51,7 @@ class SlackNotifier(Construct):
         self.enforcer = EnforcerFunction(
             self,
             "Enforcer",
+            name="slack-notifier",
             wiring=wiring,
             handler=HANDLER,
             description="IMDSv2 Enforcer Slack notifier: posts each report to the Slack incoming webhook",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import aws_cdk as cdk
 from aws_cdk import aws_events as events
-from aws_cdk import aws_events_targets as targets
 from constructs import Construct
 
 from imds_enforcer.domain.settings import CallerAnalysis
@@ -33,6 +32,7 @@ class UsageGate(Construct):
         memory_mb: int,
         timeout_minutes: int,
         exempt_tag_key: str,
+        exemption_parameter: str = "",
         set_account_default: bool,
         rollback: bool,
         fix_launch_templates: bool,
@@ -41,6 +41,8 @@ class UsageGate(Construct):
         fix_lightsail_instances: bool = False,
         caller_analysis: CallerAnalysis = CallerAnalysis.OFF,
         analyzer_document_arn: str = "",
+        ledger_table_arn: str,
+        pending_index_arn: str,
     ) -> None:
         super().__init__(scope, construct_id)
         arns = ResourceArns.of(self)
@@ -48,12 +50,16 @@ class UsageGate(Construct):
         self.enforcer = EnforcerFunction(
             self,
             "Enforcer",
+            name="usage-gate",
             wiring=wiring,
             handler=HANDLER,
             description="IMDSv2 Enforcer usage gate: requires IMDSv2 where MetadataNoToken stayed at zero",
             permissions=usage_gate_permissions(
                 instance_arn=arns.instance,
                 exempt_tag_key=exempt_tag_key,
+                exemption_parameter_arn=ResourceArns.parameter(self, exemption_parameter)
+                if exemption_parameter
+                else "",
                 set_account_default=set_account_default,
                 rollback=rollback,
                 launch_template_arn=arns.launch_template,
@@ -65,6 +71,8 @@ class UsageGate(Construct):
                 fix_lightsail_instances=fix_lightsail_instances,
                 caller_analysis=caller_analysis,
                 analyzer_document_arn=analyzer_document_arn,
+                ledger_table_arn=ledger_table_arn,
+                pending_index_arn=pending_index_arn,
             )
             + self.continuation.permissions(),
             memory_size=memory_mb,
@@ -79,13 +87,6 @@ class UsageGate(Construct):
             "Schedule",
             description="Runs the IMDSv2 usage gate sweep",
             schedule=events.Schedule.rate(cdk.Duration.hours(schedule_hours)),
-            targets=[
-                targets.LambdaFunction(
-                    self.enforcer.function,
-                    dead_letter_queue=self.enforcer.dead_letter_queue,
-                    retry_attempts=2,
-                    # The gate is stateless: a missed sweep is simply done by the next one.
-                    max_event_age=cdk.Duration.hours(1),
-                )
-            ],
+            # A missed sweep is simply done by the next one.
+            targets=[self.enforcer.as_target(retry_attempts=2, max_event_age=cdk.Duration.hours(1))],
         )

@@ -340,15 +340,16 @@ def test_enforce_apply_yes_enforces_only_the_ready_instance(
         assert metadata_options(untouched)["HttpTokens"] == "optional"
 
 
+@pytest.mark.usefixtures("retry_delays")
 def test_enforce_apply_that_hits_an_unexpected_error_still_prints_what_it_did(
     fleet: SmallFleet, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Given a caller that may not modify the ready instance (the fault sits on the product's cached client for the
-    # paced modifies)
+    # Given EC2 failing the ready instance's modify on every retry (the fault sits on the product's cached client for
+    # the paced modifies)
     inject(
         clients.ec2_paced(),
         "ModifyInstanceMetadataOptions",
-        Fault(ec2_error("UnauthorizedOperation"), only_for=fleet.ready),
+        Fault(ec2_error("InternalError", status=500), only_for=fleet.ready),
     )
     monkeypatch.setattr(clients, "reset_clients", lambda: None)
 
@@ -391,8 +392,13 @@ def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        (["--format", "scp"], scp_document()),
-        (["--format", "iam"], iam_policy_document()),
+        # By default the service's roles are protected for service-managed StackSets' execution roles
+        (["--format", "scp"], scp_document(deployment_role_arns=["arn:aws:iam::*:role/stacksets-exec-*"])),
+        (["--format", "iam"], iam_policy_document(deployment_role_arns=["arn:aws:iam::*:role/stacksets-exec-*"])),
+        (
+            ["--format", "scp", "--deployment-role", "arn:aws:iam::*:role/cdk-hnb659fds-cfn-exec-role-*"],
+            scp_document(deployment_role_arns=["arn:aws:iam::*:role/cdk-hnb659fds-cfn-exec-role-*"]),
+        ),
         (
             [
                 "--format",
@@ -404,7 +410,10 @@ def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]
                 "--no-role-delivery",
             ],
             scp_document(
-                max_hop_limit=3, exempt_principal_arns=["arn:aws:iam::*:role/BreakGlass"], include_role_delivery=False
+                max_hop_limit=3,
+                exempt_principal_arns=["arn:aws:iam::*:role/BreakGlass"],
+                include_role_delivery=False,
+                deployment_role_arns=["arn:aws:iam::*:role/stacksets-exec-*"],
             ),
         ),
     ],
@@ -513,7 +522,7 @@ def test_console_script_prints_the_scp() -> None:
         [script, "guardrails", "--format", "scp"], capture_output=True, text=True, timeout=60, env=env, check=False
     )
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == scp_document()
+    assert json.loads(done.stdout) == scp_document(deployment_role_arns=["arn:aws:iam::*:role/stacksets-exec-*"])
 
 
 def test_python_dash_m_runs_the_same_cli() -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import boto3
 import pytest
 
-from emulator.fleet import backdate_launch
+from emulator.fleet import backdate_launch, create_ledger_table
 from imds_enforcer.aws import clients
 from imds_enforcer.aws.errors import UnexpectedAwsError
 from imds_enforcer.domain.settings import ENFORCED_BY_TAG
@@ -166,7 +166,7 @@ def test_the_world_moves_between_runs_and_each_change_is_rechecked_just_before_i
     (message,) = inbox.drain()
     findings = {finding["resource_id"]: finding for finding in message.report["findings"]}
     assert findings[exempt]["action"] == "exempt"
-    assert "tagged after the gate planned its change" in findings[exempt]["reason"]
+    assert "exempted after the gate planned its change" in findings[exempt]["reason"]
     assert done not in findings
     assert gone not in findings
     totals = message.report["totals"]
@@ -259,3 +259,47 @@ def test_a_continuation_that_cannot_be_scheduled_ends_the_sweep_with_its_report(
     assert message.report["totals"]["deferred"] == len(left)
     assert pending_schedules() == []
     assert saved_sweep() is None
+
+
+def test_a_sweep_over_several_runs_settles_every_switch_its_report_carries(
+    gate: ModifyLog, inbox: ReportInbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the stack's state table, and a fleet that takes two runs
+    table = create_ledger_table("imds-enforcer-state")
+    monkeypatch.setenv("LEDGER_TABLE_NAME", table)
+    ids = ready_fleet(PER_RUN + 10)
+    runs: list[dict[str, Any]] = []
+
+    # When the sweep runs to its end: each run records its switches the moment it makes them
+    first = run(SCHEDULED, gate, runs)
+    assert first["status"] == "continued"
+    assert len(open_switch_ids(table)) == PER_RUN  # the first run's switches wait for the sweep's report
+    while (continuation := fire_next()) is not None:
+        run(continuation.event, gate, runs)
+
+    # Then the one report carries every switch, and settles every record, the first run's included
+    (message,) = inbox.drain()
+    assert message.report["totals"]["enforced"] == len(ids)
+    assert open_switch_ids(table) == []
+    # And the next sweep reports none of them again as late: it has nothing to report at all
+    again = run({**SCHEDULED, "id": "next-sweep"}, gate, runs)
+    assert again["status"] == "processed"
+    assert again["totals"]["reported_late"] == 0
+    assert again["totals"]["enforced"] == 0
+    assert inbox.drain() == []
+
+
+def open_switch_ids(table: str) -> list[str]:
+    """The instances whose switch record is still open (the sparse `pending` index)."""
+    pages = (
+        boto3.client("dynamodb")
+        .get_paginator("query")
+        .paginate(
+            TableName=table,
+            IndexName="pending",
+            KeyConditionExpression="#p = :p",
+            ExpressionAttributeNames={"#p": "pending"},
+            ExpressionAttributeValues={":p": {"S": "switch"}},
+        )
+    )
+    return sorted(item["instance_id"]["S"] for page in pages for item in page.get("Items", []))

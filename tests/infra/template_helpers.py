@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from infra.constructs.permissions import DoorArns
+
 
 def as_list(value: Any) -> list[Any]:
     """IAM allows a single string where a list is meant (Action, Resource)."""
@@ -31,3 +33,14 @@ LAUNCH_SOURCE_READS = {
     "autoscaling:DescribeAutoScalingGroups",
     "autoscaling:DescribeLaunchConfigurations",
 }
+
+# The IMDS doors' ARN patterns in us-east-1 of the test account, for the policy builders.
+DOORS = DoorArns(
+    notebook="arn:aws:sagemaker:us-east-1:123456789012:notebook-instance/*",
+    lightsail_instance="arn:aws:lightsail:us-east-1:123456789012:Instance/*",
+    beanstalk_environment="arn:aws:elasticbeanstalk:us-east-1:123456789012:environment/*",
+    eks_cluster="arn:aws:eks:us-east-1:123456789012:cluster/*",
+    eks_nodegroup="arn:aws:eks:us-east-1:123456789012:nodegroup/*",
+    ecs_capacity_provider="arn:aws:ecs:us-east-1:123456789012:capacity-provider/*",
+    emr_cluster="arn:aws:elasticmapreduce:us-east-1:123456789012:cluster/*",
+)

@@ -49,7 +49,9 @@ def test_iam_mode_creates_one_managed_policy_with_the_guardrail_document(iam_tem
 
 
 def test_iam_mode_statements_are_denies_exempting_the_service_and_break_glass(iam_template: Template) -> None:
-    exemption = {"ArnNotLike": {"aws:PrincipalArn": ["arn:aws:iam::*:role/imds-enforcer/*", *BREAK_GLASS]}}
+    exemption = {
+        "ArnNotLike": {"aws:PrincipalArn": ["arn:aws:iam::*:role/imds-enforcer/imds-enforcer-*", *BREAK_GLASS]}
+    }
     iam_template.has_resource_properties(
         "AWS::IAM::ManagedPolicy",
         {
@@ -58,7 +60,7 @@ def test_iam_mode_statements_are_denies_exempting_the_service_and_break_glass(ia
                     [
                         Match.object_like(
                             {
-                                "Sid": "LimitImdsHopLimit",
+                                "Sid": "LimitImdsHopLimitOnLaunch",
                                 "Effect": "Deny",
                                 "Condition": {
                                     "NumericGreaterThan": {"ec2:MetadataHttpPutResponseHopLimit": "3"},

@@ -12,6 +12,7 @@ import aws_cdk as cdk
 import pytest
 from aws_cdk.assertions import Match, Template
 
+from emulator import ACCOUNT
 from imds_enforcer.domain.guardrails import iam_policy_document, scp_document
 from infra import REPO_ROOT
 from infra.config import DeployConfig, partition_of
@@ -19,7 +20,13 @@ from infra.stack import add_guardrails
 
 from .conftest import BREAK_GLASS_ROLE_ARN, REGIONS
 
-SERVICE_ROLES = "arn:aws:iam::*:role/imds-enforcer/*"
+# IAM mode: exactly the service's roles of every configured region of this account (conftest's context).
+SERVICE_ROLES = [
+    f"arn:aws:iam::{ACCOUNT}:role/imds-enforcer/imds-enforcer-{function}-{region}"
+    for region in REGIONS
+    for function in ("launch-watch", "usage-gate", "rejection-watch")
+]
+DEPLOYMENT_ROLES = ["arn:aws:iam::*:role/stacksets-exec-*"]
 
 
 def _managed_policies(synthesized: Any, region: str) -> dict[str, Any]:
@@ -42,19 +49,26 @@ def test_the_managed_policy_carries_the_configured_deny_statements(synthesized: 
 
     # Exactly the pure document for the context's options (hop limit 3, role delivery on, one break-glass role)...
     assert document == iam_policy_document(
-        max_hop_limit=3, exempt_principal_arns=[BREAK_GLASS_ROLE_ARN], include_role_delivery=True, partition="aws"
+        max_hop_limit=3,
+        exempt_principal_arns=[BREAK_GLASS_ROLE_ARN],
+        include_role_delivery=True,
+        partition="aws",
+        service_role_arns=SERVICE_ROLES,
+        deployment_role_arns=DEPLOYMENT_ROLES,
     )
     # ...which, spot-checked, denies IMDSv1 launches/modifies, hop limits above 3 and IMDSv1 role credentials,
     # sparing the service's own roles and the break-glass role in every statement.
     statements = {statement["Sid"]: statement for statement in document["Statement"]}
     assert {statement["Effect"] for statement in statements.values()} == {"Deny"}
     assert statements["RequireImdsV2OnLaunch"]["Condition"]["StringNotEquals"]["ec2:MetadataHttpTokens"] == "required"
-    assert statements["LimitImdsHopLimit"]["Condition"]["NumericGreaterThan"] == {
+    assert statements["LimitImdsHopLimitOnLaunch"]["Condition"]["NumericGreaterThan"] == {
         "ec2:MetadataHttpPutResponseHopLimit": "3"
     }
     assert statements["RequireImdsV2RoleCredentials"]["Condition"]["NumericLessThan"] == {"ec2:RoleDelivery": "2.0"}
+    protection = statements.pop("ProtectServiceRoles")
+    assert protection["Condition"] == {"ArnNotLike": {"aws:PrincipalArn": DEPLOYMENT_ROLES}}
     for statement in statements.values():
-        assert statement["Condition"]["ArnNotLike"] == {"aws:PrincipalArn": [SERVICE_ROLES, BREAK_GLASS_ROLE_ARN]}
+        assert statement["Condition"]["ArnNotLike"] == {"aws:PrincipalArn": [*SERVICE_ROLES, BREAK_GLASS_ROLE_ARN]}
 
 
 def test_guardrails_are_off_by_default() -> None:
@@ -98,11 +112,13 @@ def test_scp_mode_creates_one_scp_in_the_first_region_with_that_partition() -> N
         {
             "Type": "SERVICE_CONTROL_POLICY",
             "TargetIds": ["ou-ab12-cdef3456", "r-ab12"],
+            # Across accounts: the service's fixed-name pattern, protected by ProtectServiceRoles
             "Content": scp_document(
                 max_hop_limit=2,
                 exempt_principal_arns=["arn:aws-us-gov:iam::*:role/BreakGlass"],
                 include_role_delivery=False,
                 partition="aws-us-gov",
+                deployment_role_arns=["arn:aws-us-gov:iam::*:role/stacksets-exec-*"],
             ),
         },
     )

@@ -212,6 +212,38 @@ def test_chatbot_may_use_the_topic_key_with_two_spelled_out_actions(synthesized:
         "Principal": {"Service": "chatbot.amazonaws.com"},
         "Action": ["kms:Decrypt", "kms:GenerateDataKey"],
         "Resource": "*",
+        # Confused-deputy protection: this account, this stack's channel configuration only
+        "Condition": {
+            "StringEquals": {"aws:SourceAccount": ACCOUNT},
+            "ArnLike": {
+                "aws:SourceArn": {
+                    "Fn::Join": [
+                        "",
+                        [
+                            "arn:",
+                            {"Ref": "AWS::Partition"},
+                            f":chatbot::{ACCOUNT}:chat-configuration/slack-channel/imds-enforcer-{region}",
+                        ],
+                    ]
+                }
+            },
+        },
+    }
+
+
+@pytest.mark.parametrize("region", REGIONS)
+def test_cloudwatch_may_use_the_topic_key_only_for_this_accounts_alarms(synthesized: Any, region: str) -> None:
+    _, key = _only(synthesized.template(region), "AWS::KMS::Key")
+
+    (statement,) = [s for s in key["Properties"]["KeyPolicy"]["Statement"] if s.get("Sid") == "CloudWatchAlarmsUseKey"]
+    assert statement["Principal"] == {"Service": "cloudwatch.amazonaws.com"}
+    assert statement["Condition"] == {
+        "StringEquals": {"aws:SourceAccount": ACCOUNT},
+        "ArnLike": {
+            "aws:SourceArn": {
+                "Fn::Join": ["", ["arn:", {"Ref": "AWS::Partition"}, f":cloudwatch:{region}:{ACCOUNT}:alarm:*"]]
+            }
+        },
     }
 
 

@@ -9,13 +9,12 @@ import pytest
 from imds_enforcer.domain.settings import CallerAnalysis
 from infra.constructs.permissions import (
     UNSCOPABLE_ACTIONS,
-    DoorArns,
     launch_watch_permissions,
     rejection_watch_permissions,
     slack_notifier_permissions,
     usage_gate_permissions,
 )
-from tests.infra.template_helpers import LAUNCH_SOURCE_READS, as_list
+from tests.infra.template_helpers import DOORS, LAUNCH_SOURCE_READS, as_list
 
 INSTANCE_ARN = "arn:aws:ec2:us-east-1:123456789012:instance/*"
 LAUNCH_TEMPLATE_ARN = "arn:aws:ec2:us-east-1:123456789012:launch-template/*"
@@ -24,15 +23,6 @@ TABLE_ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/imds-enforcer-state"
 METADATA_DEFAULTS = {"ec2:GetInstanceMetadataDefaults", "ec2:ModifyInstanceMetadataDefaults"}
 LAUNCH_TEMPLATE_WRITES = {"ec2:CreateLaunchTemplateVersion", "ec2:ModifyLaunchTemplate"}
 IMAGE_WRITES = {"ec2:ModifyImageAttribute"}
-DOORS = DoorArns(
-    notebook="arn:aws:sagemaker:us-east-1:123456789012:notebook-instance/*",
-    lightsail_instance="arn:aws:lightsail:us-east-1:123456789012:Instance/*",
-    beanstalk_environment="arn:aws:elasticbeanstalk:us-east-1:123456789012:environment/*",
-    eks_cluster="arn:aws:eks:us-east-1:123456789012:cluster/*",
-    eks_nodegroup="arn:aws:eks:us-east-1:123456789012:nodegroup/*",
-    ecs_capacity_provider="arn:aws:ecs:us-east-1:123456789012:capacity-provider/*",
-    emr_cluster="arn:aws:elasticmapreduce:us-east-1:123456789012:cluster/*",
-)
 DOCUMENT_ARN = "arn:aws:ssm:us-east-1:123456789012:document/ImdsEnforcer-us-east-1-ImdsPacketAnalyzer"
 DOOR_WRITES = {"sagemaker:UpdateNotebookInstance", "lightsail:UpdateInstanceMetadataOptions"}
 CALLER_ANALYSIS_ACTIONS = {"ssm:GetCommandInvocation", "ssm:DescribeInstanceInformation", "ssm:SendCommand"}
@@ -67,6 +57,7 @@ def _statements(
 ) -> dict[str, list[dict[str, Any]]]:
     launch_watch = launch_watch_permissions(
         instance_arn=INSTANCE_ARN,
+        exempt_tag_key="imdsv2-exempt",
         launch_template_arn=LAUNCH_TEMPLATE_ARN,
         image_arn=IMAGE_ARN,
         ledger_table_arn=TABLE_ARN,
@@ -90,9 +81,11 @@ def _statements(
         fix_lightsail_instances=fix_lightsail_instances,
         caller_analysis=caller_analysis,
         analyzer_document_arn=DOCUMENT_ARN,
+        ledger_table_arn=TABLE_ARN,
+        pending_index_arn=f"{TABLE_ARN}/index/pending",
     )
     rejection_watch = rejection_watch_permissions(
-        instance_arn=INSTANCE_ARN, exempt_tag_key="imdsv2-exempt", rollback=rollback
+        instance_arn=INSTANCE_ARN, exempt_tag_key="imdsv2-exempt", rollback=rollback, ledger_table_arn=TABLE_ARN
     )
     return {
         "launch_watch": [p.statement.to_statement_json() for p in launch_watch],
@@ -142,9 +135,16 @@ def test_only_unscopable_actions_get_resource_star_and_no_action_is_a_wildcard(o
         "eks:DescribeNodegroup": DOORS.eks_nodegroup,
         "ecs:DescribeCapacityProviders": DOORS.ecs_capacity_provider,
         "elasticmapreduce:DescribeCluster": DOORS.emr_cluster,
+        "dynamodb:PutItem": TABLE_ARN,
+        "dynamodb:Query": f"{TABLE_ARN}/index/pending",
     }
     for statements in _statements(**opt_ins).values():
         for statement in statements:
+            if statement["Effect"] == "Deny":
+                # The role's own limits on what it may ask (tested request by request in test_infra_role_limits)
+                assert as_list(statement["Action"]) == ["ec2:ModifyInstanceMetadataOptions"]
+                assert as_list(statement["Resource"]) == [INSTANCE_ARN]
+                continue
             assert statement["Effect"] == "Allow"
             for action in as_list(statement["Action"]):
                 assert "*" not in action
@@ -369,3 +369,33 @@ def test_the_enforcers_read_exactly_the_doors_declared_reads() -> None:
             or action.startswith("elasticmapreduce:")
         }
         assert door_reads == set(DOOR_READ_ACTIONS), role
+
+
+def test_with_the_central_exemption_list_each_role_reads_exactly_that_parameter() -> None:
+    parameter = "arn:aws:ssm:us-east-1:123456789012:parameter/platform/imds-exemptions"
+    built = {
+        "launch_watch": launch_watch_permissions(
+            instance_arn=INSTANCE_ARN,
+            exempt_tag_key="imdsv2-exempt",
+            exemption_parameter_arn=parameter,
+            launch_template_arn=LAUNCH_TEMPLATE_ARN,
+            image_arn=IMAGE_ARN,
+            ledger_table_arn=TABLE_ARN,
+            fix_launch_templates=False,
+            fix_images=False,
+            doors=DOORS,
+        ),
+        "rejection_watch": rejection_watch_permissions(
+            instance_arn=INSTANCE_ARN,
+            exempt_tag_key="imdsv2-exempt",
+            rollback=True,
+            ledger_table_arn=TABLE_ARN,
+            exemption_parameter_arn=parameter,
+        ),
+    }
+    for permissions in built.values():
+        statements = [p.statement.to_statement_json() for p in permissions]
+        reads = [s for s in statements if "ssm:GetParameter" in as_list(s["Action"])]
+        assert [(as_list(s["Action"]), s["Resource"]) for s in reads] == [(["ssm:GetParameter"], parameter)]
+        # the list replaces the tag: IAM no longer keys on it
+        assert not any("aws:ResourceTag/imdsv2-exempt" in str(s.get("Condition")) for s in statements)

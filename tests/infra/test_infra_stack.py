@@ -304,7 +304,9 @@ def test_failed_async_invocations_go_to_an_encrypted_tls_only_queue(template: Te
     )
     queues = template.find_resources("AWS::SQS::Queue")
     assert queue.as_string() in queues
-    for properties in (q["Properties"] for q in queues.values()):
+    dead_letters = {queue_id: q for queue_id, q in queues.items() if "DeadLetterQueue" in queue_id}
+    assert len(dead_letters) == len(ALL_HANDLERS)
+    for properties in (q["Properties"] for q in dead_letters.values()):
         assert properties == {"MessageRetentionPeriod": 14 * 24 * 3600, "SqsManagedSseEnabled": True}
     template.resource_properties_count_is(
         "AWS::SQS::QueuePolicy",
@@ -315,7 +317,7 @@ def test_failed_async_invocations_go_to_an_encrypted_tls_only_queue(template: Te
                 )
             }
         },
-        len(ALL_HANDLERS),
+        len(ALL_HANDLERS) + 1,  # and the launch watch's event queue
     )
 
 
@@ -340,10 +342,83 @@ def _rule_targets(template: Template, handler: str) -> Matcher:
     )
 
 
+def _launch_watch_queue_targets(template: Template) -> Matcher:
+    (queue_id,) = [
+        queue_id for queue_id in template.find_resources("AWS::SQS::Queue") if "LaunchWatchEvents" in queue_id
+    ]
+    return Match.exact(
+        [
+            {
+                "Arn": {"Fn::GetAtt": [queue_id, "Arn"]},
+                "Id": Match.any_value(),
+                "DeadLetterConfig": {"Arn": {"Fn::GetAtt": [Match.string_like_regexp("DeadLetterQueue"), "Arn"]}},
+                "RetryPolicy": {"MaximumRetryAttempts": Match.any_value(), "MaximumEventAgeInSeconds": 3600},
+            }
+        ]
+    )
+
+
+def test_launch_events_wait_in_a_queue_so_a_burst_is_one_invocation(template: Template) -> None:
+    # An encrypted, TLS-only queue that hands on to the dead-letter queue after the first try and two retries...
+    (queue_id,) = [
+        queue_id for queue_id in template.find_resources("AWS::SQS::Queue") if "LaunchWatchEvents" in queue_id
+    ]
+    template.has_resource_properties(
+        "AWS::SQS::Queue",
+        {
+            "SqsManagedSseEnabled": True,
+            "VisibilityTimeout": 360,
+            "MessageRetentionPeriod": 3600,
+            "RedrivePolicy": {
+                "deadLetterTargetArn": {
+                    "Fn::GetAtt": [Match.string_like_regexp("LaunchWatchEnforcerDeadLetter"), "Arn"]
+                },
+                "maxReceiveCount": 3,
+            },
+        },
+    )
+    # ...read by the launch watch in batches of up to 100 events gathered for up to 30 seconds, failures reported
+    function_id = next(
+        logical_id
+        for logical_id, resource in template.find_resources("AWS::Lambda::Function").items()
+        if resource["Properties"]["Handler"] == HANDLERS["launch_watch"]
+    )
+    template.has_resource_properties(
+        "AWS::Lambda::EventSourceMapping",
+        {
+            "EventSourceArn": {"Fn::GetAtt": [queue_id, "Arn"]},
+            "FunctionName": {"Ref": function_id},
+            "BatchSize": 100,
+            "MaximumBatchingWindowInSeconds": 30,
+            "FunctionResponseTypes": ["ReportBatchItemFailures"],
+        },
+    )
+    # ...and only the launch watch's rules may send to it
+    template.has_resource_properties(
+        "AWS::SQS::QueuePolicy",
+        {
+            "Queues": [{"Ref": queue_id}],
+            "PolicyDocument": {
+                "Statement": Match.array_with(
+                    [
+                        Match.object_like(
+                            {
+                                "Action": Match.array_with(["sqs:SendMessage"]),
+                                "Principal": {"Service": "events.amazonaws.com"},
+                                "Condition": {"ArnEquals": {"aws:SourceArn": Match.any_value()}},
+                            }
+                        )
+                    ]
+                )
+            },
+        },
+    )
+
+
 def test_launch_watch_rules_match_exactly_the_launch_events(template: Template) -> None:
     # The launch watch's four rules, the gate's schedule and the rejection alarm's rule.
     template.resource_count_is("AWS::Events::Rule", 6)
-    targets = _rule_targets(template, HANDLERS["launch_watch"])
+    targets = _launch_watch_queue_targets(template)
     # EC2's calls: launches, metadata option changes, and the launch sources (launch templates, registered AMIs).
     template.has_resource_properties(
         "AWS::Events::Rule",
@@ -450,7 +525,7 @@ def test_launch_watch_rules_match_exactly_the_launch_events(template: Template) 
             "Targets": targets,
         },
     )
-    # Every launch watch rule retries a failed invoke 4 times before the dead-letter queue.
+    # Every launch watch rule retries a failed delivery to the queue 4 times before the dead-letter queue.
     launch_rules = template.find_resources("AWS::Events::Rule", {"Properties": {"Targets": targets}})
     assert len(launch_rules) == 4
     assert {r["Properties"]["Targets"][0]["RetryPolicy"]["MaximumRetryAttempts"] for r in launch_rules.values()} == {4}
@@ -531,6 +606,8 @@ def test_the_rejection_watch_reads_and_only_rolls_back_what_it_may(template: Tem
         "ec2:ModifyInstanceMetadataOptions",
         "ec2:CreateTags",
         "ec2:GetInstanceMetadataDefaults",
+        # an untagged switch is known by its switch record
+        "dynamodb:BatchGetItem",
     }
 
 
@@ -542,27 +619,47 @@ def test_the_state_table_is_encrypted_recoverable_and_expires_its_items(template
             "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}],
             "TimeToLiveSpecification": {"AttributeName": "expires_at", "Enabled": True},
             "Replicas": [Match.object_like({"PointInTimeRecoverySpecification": {"PointInTimeRecoveryEnabled": True}})],
+            # The sparse index of open switch records: only they carry `pending`
+            "GlobalSecondaryIndexes": [
+                {
+                    "IndexName": "pending",
+                    "KeySchema": [
+                        {"AttributeName": "pending", "KeyType": "HASH"},
+                        {"AttributeName": "pk", "KeyType": "RANGE"},
+                    ],
+                    "Projection": {"ProjectionType": "ALL"},
+                }
+            ],
         },
     )
-    # Only the launch watch reads and writes it, one item operation pair, on this table.
+    # Each function gets only the item operations it makes, on this table (the gate's Query on the index only).
     table_id = _only_logical_id(template, "AWS::DynamoDB::GlobalTable")
+    table_arn = {"Fn::GetAtt": [table_id, "Arn"]}
+    index_arn = {"Fn::Join": ["", [table_arn, "/index/pending"]]}
+    expected = {
+        HANDLERS["launch_watch"]: {
+            ("dynamodb:BatchGetItem", json.dumps(table_arn)),
+            ("dynamodb:BatchWriteItem", json.dumps(table_arn)),
+            ("dynamodb:PutItem", json.dumps(table_arn)),
+        },
+        HANDLERS["usage_gate"]: {
+            ("dynamodb:PutItem", json.dumps(table_arn)),
+            ("dynamodb:BatchWriteItem", json.dumps(table_arn)),
+            ("dynamodb:BatchGetItem", json.dumps(table_arn)),
+            ("dynamodb:Query", json.dumps(index_arn)),
+        },
+        REJECTION_WATCH_HANDLER: {("dynamodb:BatchGetItem", json.dumps(table_arn))},
+        SLACK_HANDLER: set(),
+    }
     for handler in ALL_HANDLERS:
-        grants = [
-            s
+        grants = {
+            (action, json.dumps(resource))
             for s in _role_policy_statements(template, handler)
-            if any(a.startswith("dynamodb:") for a in as_list(s["Action"]))
-        ]
-        if handler == HANDLERS["launch_watch"]:
-            assert grants == [
-                {
-                    "Sid": "ReadWriteLedger",
-                    "Action": ["dynamodb:BatchGetItem", "dynamodb:BatchWriteItem"],
-                    "Effect": "Allow",
-                    "Resource": {"Fn::GetAtt": [table_id, "Arn"]},
-                }
-            ]
-        else:
-            assert grants == [], handler
+            for action in as_list(s["Action"])
+            if action.startswith("dynamodb:")
+            for resource in as_list(s["Resource"])
+        }
+        assert grants == expected[handler], handler
 
 
 # ---- IAM -----------------------------------------------------------------------------------------------------
@@ -622,7 +719,7 @@ def test_instance_changes_are_scoped_to_this_accounts_instances(synthesized: Any
     instance_arn = f"arn:${{AWS::Partition}}:ec2:{region}:{ACCOUNT}:instance/*"
 
     for action in ("ec2:ModifyInstanceMetadataOptions", "ec2:CreateTags"):
-        granting = [s for s in statements if action in as_list(s["Action"])]
+        granting = [s for s in statements if action in as_list(s["Action"]) and s["Effect"] == "Allow"]
         assert granting, f"{name} lacks {action}"
         assert [render(resource) for s in granting for resource in as_list(s["Resource"])] == [instance_arn]
 

@@ -85,31 +85,40 @@ def test_plans_from_older_facts_are_read_again_from_the_first_batch() -> None:
     assert {finding.resource_id for finding in outcome.findings} == set(ids[2:])
 
 
-def test_instances_that_cannot_be_read_again_are_not_changed_blind() -> None:
+@pytest.mark.parametrize(
+    ("code", "status", "raised"),
+    [
+        ("InternalError", 500, True),  # a retry can fix it: raised after the report
+        ("UnauthorizedOperation", 403, False),  # a policy's refusal: a retry would be refused the same way
+    ],
+)
+def test_instances_that_cannot_be_read_again_are_not_changed_blind(code: str, status: int, raised: bool) -> None:
     # Given plans from older facts, and DescribeInstances failing
     ids = launch(count=3)
     plans = plans_for(ids)
-    inject(clients.ec2(), "DescribeInstances", Fault(ec2_error("UnauthorizedOperation", "not allowed")))
+    inject(clients.ec2(), "DescribeInstances", Fault(ec2_error(code, "injected", status=status)))
 
     # When the gate enforces them
     outcome = enforce(plans, enforced_by="usage_gate", pacer=fast_pacer(), adaptive=True, facts_read_now=False)
 
-    # Then nothing is modified, each is reported failed naming the re-check, and the error is raised later
+    # Then nothing is modified, each is reported failed naming the re-check, and only a retryable error is raised
     assert outcome.enforced == []
     assert all(metadata_options(i)["HttpTokens"] == "optional" for i in ids)
     assert sorted(f.resource_id for f in outcome.findings) == sorted(ids)
-    assert all(f.error_code == "UnauthorizedOperation" and "re-check" in f.reason for f in outcome.findings)
-    assert outcome.unexpected_errors
+    assert all(f.error_code == code and "re-check" in f.reason for f in outcome.findings)
+    assert bool(outcome.unexpected_errors) is raised
 
 
 def test_an_unexpected_error_on_one_instance_never_stops_the_others() -> None:
-    # Given one instance the role may not modify, between two it may
+    # Given one instance EC2 keeps failing (5xx through every retry), between two it modifies
     ids = launch(count=3)
     inject(
-        clients.ec2_paced(), "ModifyInstanceMetadataOptions", Fault(ec2_error("UnauthorizedOperation"), only_for=ids[1])
+        clients.ec2_paced(),
+        "ModifyInstanceMetadataOptions",
+        Fault(ec2_error("InternalError", status=500), only_for=ids[1]),
     )
     outcome = enforce(plans_for(ids), enforced_by="usage_gate", pacer=fast_pacer(), adaptive=True)
     assert sorted(outcome.enforced) == sorted([ids[0], ids[2]])
-    assert [f.error_code for f in outcome.findings if f.resource_id == ids[1]] == ["UnauthorizedOperation"]
-    # (raised by the caller after its report is out)
-    assert outcome.unexpected_errors == [f"ModifyInstanceMetadataOptions {ids[1]}: UnauthorizedOperation"]
+    assert [f.error_code for f in outcome.findings if f.resource_id == ids[1]] == ["InternalError"]
+    # (raised by the caller after its report is out: a retry can fix it)
+    assert outcome.unexpected_errors == [f"ModifyInstanceMetadataOptions {ids[1]}: InternalError"]

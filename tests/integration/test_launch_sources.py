@@ -25,7 +25,7 @@ from imds_enforcer.workflows import launch_source_sweep
 from imds_enforcer.workflows.usage_gate import SOURCE_CHECKS
 from tests.support.aws import SCHEDULED, ReportInbox, launch
 from tests.support.context import FakeLambdaContext
-from tests.support.faults import Fault, ec2_error, inject
+from tests.support.faults import Fault, ec2_error, inject, timeout_error
 
 pytestmark = pytest.mark.usefixtures("aws")
 
@@ -253,7 +253,20 @@ def test_a_failure_on_one_template_does_not_stop_the_others() -> None:
     assert outcome.unexpected_errors == []
 
 
-def test_an_unexpected_error_is_collected_for_the_caller_to_raise() -> None:
+@pytest.mark.usefixtures("retry_delays")
+def test_an_error_a_retry_can_fix_is_collected_for_the_caller_to_raise() -> None:
+    create_template("web")
+    inject(clients.ec2(), "DescribeLaunchTemplates", Fault(ec2_error("InternalError", "try again", 500)))
+
+    outcome = launch_source_sweep.sweep_launch_templates(FLAG)
+
+    [finding] = outcome.findings
+    assert (finding.resource_id, finding.action, finding.error_code) == ("*", Action.FAILED, "InternalError")
+    assert outcome.unexpected_errors == ["DescribeLaunchTemplates *: InternalError"]
+
+
+def test_a_refusal_is_reported_once_and_not_raised() -> None:
+    # Given a policy (an SCP) that refuses the listing: a retry would be refused the same way
     create_template("web")
     inject(clients.ec2(), "DescribeLaunchTemplates", Fault(ec2_error("UnauthorizedOperation", "no", 403)))
 
@@ -261,7 +274,20 @@ def test_an_unexpected_error_is_collected_for_the_caller_to_raise() -> None:
 
     [finding] = outcome.findings
     assert (finding.resource_id, finding.action, finding.error_code) == ("*", Action.FAILED, "UnauthorizedOperation")
-    assert outcome.unexpected_errors == ["DescribeLaunchTemplates *: UnauthorizedOperation"]
+    assert outcome.unexpected_errors == []
+
+
+@pytest.mark.usefixtures("retry_delays")
+def test_a_read_timeout_leaves_the_sweep_as_a_failed_finding_naming_it() -> None:
+    # Given a listing whose answer never arrives (botocore's ReadTimeoutError, not a ClientError)
+    create_template("web")
+    inject(clients.ec2(), "DescribeLaunchTemplates", Fault(timeout_error()))
+
+    outcome = launch_source_sweep.sweep_launch_templates(FLAG)
+
+    [finding] = outcome.findings
+    assert (finding.action, finding.error_code) == (Action.FAILED, "ReadTimeoutError")
+    assert outcome.unexpected_errors == ["DescribeLaunchTemplates *: ReadTimeoutError"]
 
 
 # --- launch configurations -------------------------------------------------------------------------------------
@@ -370,13 +396,14 @@ def test_cloudtrail_image_and_launch_configuration_events_through_the_launch_wat
     assert [m.report["findings"][0]["resource_type"] for m in inbox.drain()] == ["image", "launch_configuration"]
 
 
+@pytest.mark.usefixtures("retry_delays")
 def test_unexpected_error_on_a_source_event_is_reported_then_raised(
     inbox: ReportInbox, lambda_context: FakeLambdaContext
 ) -> None:
     web = create_template("web")
-    inject(clients.ec2(), "DescribeLaunchTemplates", Fault(ec2_error("UnauthorizedOperation", "no", 403)))
+    inject(clients.ec2(), "DescribeLaunchTemplates", Fault(ec2_error("InternalError", "no", 500)))
 
-    with pytest.raises(UnexpectedAwsError, match="UnauthorizedOperation"):
+    with pytest.raises(UnexpectedAwsError, match="InternalError"):
         launch_watch(create_launch_template_event(web), lambda_context)
 
     [message] = inbox.drain()

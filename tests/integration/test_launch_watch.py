@@ -11,10 +11,10 @@ from typing import Any
 
 import boto3
 import pytest
-from botocore.retries.standard import ExponentialBackoff
 
+from emulator import REGION
 from imds_enforcer.aws import clients
-from imds_enforcer.aws.errors import AwsError, UnexpectedAwsError
+from imds_enforcer.aws.errors import UnexpectedAwsError
 from imds_enforcer.domain.settings import ENFORCED_AT_TAG, ENFORCED_BY_TAG, SettingsError
 from imds_enforcer.handlers.launch_watch import handler
 from tests.support.aws import (
@@ -29,7 +29,7 @@ from tests.support.aws import (
     tags_of,
 )
 from tests.support.context import FakeLambdaContext
-from tests.support.faults import Fault, count_calls, ec2_error, inject
+from tests.support.faults import Fault, count_calls, ec2_error, inject, timeout_error
 
 pytestmark = pytest.mark.usefixtures("aws")
 
@@ -37,19 +37,6 @@ pytestmark = pytest.mark.usefixtures("aws")
 @pytest.fixture
 def fix_mode(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ENFORCEMENT_MODE", "fix")
-
-
-@pytest.fixture
-def retry_delays(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Real retries, without the real back-off sleeps: records each retry's attempt number instead."""
-    attempts: list[int] = []
-
-    def no_delay(self: ExponentialBackoff, context: Any) -> float:
-        attempts.append(context.attempt_number)
-        return 0.0
-
-    monkeypatch.setattr(ExponentialBackoff, "delay_amount", no_delay)
-    return attempts
 
 
 def findings_of(inbox: ReportInbox) -> list[dict[str, Any]]:
@@ -190,7 +177,7 @@ def test_rollback_by_the_service_itself_is_left_alone(inbox: ReportInbox, lambda
     # Given the gate (a role under the service's IAM path, the default setting) rolled an instance back
     [instance_id] = launch()
     event = modify_options_event(
-        instance_id, caller_role="ImdsEnforcer-us-e-UsageGateRole-ABC", caller_role_path="/imds-enforcer/"
+        instance_id, caller_role=f"imds-enforcer-usage-gate-{REGION}", caller_role_path="/imds-enforcer/"
     )
 
     result = handler(event, lambda_context)
@@ -351,34 +338,105 @@ def test_throttling_after_all_retries_is_a_failed_finding_not_a_crash(
     assert metadata_options(throttled)["HttpTokens"] == "optional"
 
 
-@pytest.mark.usefixtures("fix_mode")
-def test_unexpected_error_is_reported_then_raised_for_lambda_retry(
+@pytest.mark.usefixtures("fix_mode", "retry_delays")
+def test_an_error_a_retry_can_fix_is_reported_then_raised_for_lambda_retry(
     inbox: ReportInbox, lambda_context: FakeLambdaContext
 ) -> None:
-    [denied, fine] = launch(count=2)
-    inject(clients.ec2(), "ModifyInstanceMetadataOptions", Fault(ec2_error("UnauthorizedOperation"), only_for=denied))
+    [broken, fine] = launch(count=2)
+    inject(
+        clients.ec2(), "ModifyInstanceMetadataOptions", Fault(ec2_error("InternalError", status=500), only_for=broken)
+    )
 
-    with pytest.raises(UnexpectedAwsError, match="UnauthorizedOperation"):
-        handler(run_instances_event([denied, fine]), lambda_context)
+    with pytest.raises(UnexpectedAwsError, match="InternalError"):
+        handler(run_instances_event([broken, fine]), lambda_context)
 
     # the report still went out, with the other instance enforced
     by_id = {f["resource_id"]: f for f in findings_of(inbox)}
-    assert by_id[denied]["error_code"] == "UnauthorizedOperation"
+    assert by_id[broken]["error_code"] == "InternalError"
     assert by_id[fine]["action"] == "enforced"
 
 
 @pytest.mark.usefixtures("fix_mode")
-def test_describe_failure_raises_and_changes_nothing(
+def test_a_refusal_by_a_policy_is_reported_once_and_not_raised(
+    inbox: ReportInbox, lambda_context: FakeLambdaContext
+) -> None:
+    # Given an SCP that refuses the change on one instance (a retry would be refused the same way)
+    [denied, fine] = launch(count=2)
+    inject(clients.ec2(), "ModifyInstanceMetadataOptions", Fault(ec2_error("UnauthorizedOperation"), only_for=denied))
+
+    # When the launch is handled, the handler returns (no retry, no dead letter)
+    result = handler(run_instances_event([denied, fine]), lambda_context)
+
+    by_id = {f["resource_id"]: f for f in findings_of(inbox)}
+    assert by_id[denied]["action"] == "failed"
+    assert by_id[denied]["error_code"] == "UnauthorizedOperation"
+    assert "refused by a policy" in by_id[denied]["reason"]
+    assert by_id[fine]["action"] == "enforced"
+    assert result["published"] == 1
+
+
+@pytest.mark.usefixtures("fix_mode")
+def test_an_exemption_tagged_during_the_run_is_reported_exempt_when_iam_refuses_the_change(
+    inbox: ReportInbox, lambda_context: FakeLambdaContext
+) -> None:
+    # Given an instance read as optional and untagged, tagged exempt by a person just before the modify: IAM's
+    # exemption condition (aws:ResourceTag) refuses the role's change, as AWS would answer it
+    [instance_id] = launch()
+
+    def tag_then_refuse(request: Any, **kwargs: Any) -> Any:
+        boto3.client("ec2").create_tags(Resources=[instance_id], Tags=[{"Key": "imdsv2-exempt", "Value": "CHG-7"}])
+        return refusal(request, **kwargs)
+
+    refusal = Fault(ec2_error("UnauthorizedOperation", "You are not authorized to perform this operation.", 403))
+    clients.ec2().meta.events.register_first("before-send.ec2.ModifyInstanceMetadataOptions", tag_then_refuse)
+
+    result = handler(state_change_event(instance_id), lambda_context)
+
+    # Then it is reported exempt (exempted during the run), nothing changed, and nothing raised
+    [finding] = findings_of(inbox)
+    assert (finding["action"], finding["details"]["exempted_during_run"]) == ("exempt", "true")
+    assert "CHG-7" in finding["reason"]
+    assert "UnauthorizedOperation" in finding["reason"]
+    assert metadata_options(instance_id)["HttpTokens"] == "optional"
+    assert result["status"] == "processed"
+
+
+@pytest.mark.usefixtures("fix_mode", "retry_delays")
+def test_a_read_timeout_on_the_modify_is_a_failed_finding_naming_it_then_raised(
+    inbox: ReportInbox, lambda_context: FakeLambdaContext
+) -> None:
+    # Given an instance whose modify never gets an answer (botocore's ReadTimeoutError, retried, then given up)
+    [instance_id, fine] = launch(count=2)
+    fault = inject(clients.ec2(), "ModifyInstanceMetadataOptions", Fault(timeout_error(), only_for=instance_id))
+
+    with pytest.raises(UnexpectedAwsError, match="ReadTimeoutError"):
+        handler(run_instances_event([instance_id, fine]), lambda_context)
+
+    by_id = {f["resource_id"]: f for f in findings_of(inbox)}
+    assert (by_id[instance_id]["action"], by_id[instance_id]["error_code"]) == ("failed", "ReadTimeoutError")
+    assert "Read timeout" in by_id[instance_id]["reason"]
+    assert by_id[fine]["action"] == "enforced"
+    assert fault.injected == 6  # botocore retried it like any connection failure
+
+
+@pytest.mark.usefixtures("fix_mode")
+def test_describe_failure_is_reported_per_instance_raises_and_changes_nothing(
     inbox: ReportInbox, lambda_context: FakeLambdaContext, retry_delays: list[int]
 ) -> None:
     [instance_id] = launch()
     inject(clients.ec2(), "DescribeInstances", Fault(ec2_error("InternalError", status=500)))
 
-    with pytest.raises(AwsError, match="InternalError"):
+    # The run raises (a retry can fix it) after reporting the instance it could not read
+    with pytest.raises(UnexpectedAwsError, match=r"DescribeInstances.*InternalError"):
         handler(state_change_event(instance_id), lambda_context)
 
     assert metadata_options(instance_id)["HttpTokens"] == "optional"
-    assert inbox.drain() == []
+    [finding] = findings_of(inbox)
+    assert (finding["resource_id"], finding["action"], finding["error_code"]) == (
+        instance_id,
+        "failed",
+        "InternalError",
+    )
 
 
 def test_bad_setting_fails_loudly_naming_the_variable(
@@ -490,3 +548,79 @@ def test_handler_emits_a_count_per_action_as_embedded_metrics(
     assert blob["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "ImdsEnforcer"
     assert blob["service"] == "imds-enforcer"
     assert (blob["Enforced"], blob["Failed"], blob["Rejected"], blob["EventsProcessed"]) == ([1.0], [0.0], [0.0], [1.0])
+
+
+# --- bursts: EventBridge -> SQS -> one invocation ---------------------------------------------------------------
+
+
+def sqs_batch(events: list[Any], *, extra_bodies: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The SQS-to-Lambda event for EventBridge events delivered to the launch watch's queue."""
+    bodies = [json.dumps(event) for event in events] + list(extra_bodies)
+    return {
+        "Records": [
+            {
+                "messageId": f"m-{index}",
+                "receiptHandle": f"r-{index}",
+                "body": body,
+                "attributes": {},
+                "messageAttributes": {},
+                "eventSource": "aws:sqs",
+                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:launch-watch-events",
+                "awsRegion": "us-east-1",
+            }
+            for index, body in enumerate(bodies)
+        ]
+    }
+
+
+def test_an_auto_scaling_burst_is_one_report(inbox: ReportInbox, lambda_context: FakeLambdaContext) -> None:
+    # Given an Auto Scaling group scaling out by 50 (50 `running` events, gathered by the queue into one batch),
+    # plus a message that is not JSON at all
+    ids = launch(count=50)
+    batch = sqs_batch([state_change_event(instance_id) for instance_id in ids], extra_bodies=("not json",))
+
+    # When the launch watch reads the batch (flag mode)
+    result = handler(batch, lambda_context)
+
+    # Then one message reaches the topic (so one Slack post), naming every instance once
+    [message] = inbox.drain()
+    assert sorted(f["resource_id"] for f in message.findings) == sorted(ids)
+    assert {f["action"] for f in message.findings} == {"flagged"}
+    assert message.report["totals"]["events"] == 50
+    assert message.report["totals"]["events_ignored"] == 1
+    assert result["batchItemFailures"] == []
+
+
+@pytest.mark.usefixtures("fix_mode")
+def test_a_batch_mixing_launches_set_backs_and_foreign_events_is_one_report(
+    inbox: ReportInbox, lambda_context: FakeLambdaContext
+) -> None:
+    [new, set_back] = launch(count=2)
+    batch = sqs_batch(
+        [
+            run_instances_event([new]),
+            modify_options_event(set_back, "optional", caller_role="PlatformAdmin"),
+            state_change_event(new),  # the same launch again
+            state_change_event("i-0aaaaaaaaaaaaaaaa", account="999999999999"),
+        ]
+    )
+
+    result = handler(batch, lambda_context)
+
+    [message] = inbox.drain()
+    assert sorted((f["resource_id"], f["action"]) for f in message.findings) == sorted(
+        [(new, "enforced"), (set_back, "enforced")]
+    )
+    assert message.report["totals"]["events"] == 3
+    assert message.report["totals"]["events_ignored"] == 1
+    assert result["status"] == "processed"
+
+
+def test_a_batch_of_only_unreadable_messages_is_ignored_without_raising(
+    inbox: ReportInbox, lambda_context: FakeLambdaContext
+) -> None:
+    result = handler(sqs_batch([], extra_bodies=("{", "[]")), lambda_context)
+
+    assert result["status"] == "ignored"
+    assert result["batchItemFailures"] == []
+    assert inbox.drain() == []

@@ -446,3 +446,51 @@ def test_account_default_in_flag_mode_is_only_reported(
     finding = by_instance(only_report(inbox))["123456789012"]
     assert finding["action"] == "ready"
     assert "HttpTokens" not in backend_defaults()
+
+
+# The central exemption list (SSM Parameter Store), replacing the tag.
+
+
+def put_exemption_list(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    boto3.client("ssm").put_parameter(Name="/platform/imds-exemptions", Value=value, Type="String")
+    monkeypatch.setenv("EXEMPTION_PARAMETER", "/platform/imds-exemptions")
+
+
+def test_the_central_list_decides_who_is_exempt_and_reports_expired_entries(
+    inbox: ReportInbox, lambda_context: FakeLambdaContext, fix_mode: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a listed instance, a self-tagged one the list does not name, and an expired entry
+    listed = ready_instance()
+    self_tagged = ready_instance(tags={"imdsv2-exempt": "I said so"})
+    lapsed = ready_instance()
+    entries = [
+        {"instance_id": listed, "reason": "vendor appliance (CHG-2291)", "expires": "2099-12-31"},
+        {"instance_id": lapsed, "reason": "old migration", "expires": "2020-01-01"},
+    ]
+    put_exemption_list(monkeypatch, json.dumps({"version": 1, "exemptions": entries}))
+
+    handler(SCHEDULED, lambda_context)
+
+    findings = only_report(inbox)["findings"]
+    actions = {(f["resource_type"], f["resource_id"]): f["action"] for f in findings}
+    assert actions[("instance", listed)] == "exempt"
+    # the tag is no privilege any more: the self-tagged instance is decided on its evidence
+    assert actions[("instance", self_tagged)] == "enforced"
+    assert actions[("instance", lapsed)] == "enforced"
+    assert actions[("exemption", lapsed)] == "flagged"
+    assert metadata_options(listed)["HttpTokens"] == "optional"
+
+
+def test_an_invalid_central_list_changes_nothing_and_says_what_is_wrong(
+    inbox: ReportInbox, lambda_context: FakeLambdaContext, fix_mode: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from imds_enforcer.domain.exemptions import ExemptionListError
+
+    ready = ready_instance()
+    put_exemption_list(monkeypatch, json.dumps({"exemptions": [{"instance_id": ready, "reason": "no expiry"}]}))
+
+    with pytest.raises(ExemptionListError, match=r"/platform/imds-exemptions.*exemptions\.0\.expires"):
+        handler(SCHEDULED, lambda_context)
+
+    assert metadata_options(ready)["HttpTokens"] == "optional"
+    assert inbox.drain() == []

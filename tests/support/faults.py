@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from botocore.awsrequest import AWSResponse
+from botocore.exceptions import BotoCoreError, EndpointConnectionError, ReadTimeoutError
 
 from emulator.observe import CallCounter
 
@@ -49,11 +50,22 @@ def rest_json_error(code: str, message: str = "injected fault", status: int = 40
     return AWSResponse("https://scheduler.amazonaws.com/", status, headers, _Body(body))
 
 
+def timeout_error() -> ReadTimeoutError:
+    """The answer never arrives (botocore raises it from the HTTP layer; its standard retries apply)."""
+    return ReadTimeoutError(endpoint_url="https://fault-injection.invalid/", error="Read timed out. (read timeout=30)")
+
+
+def connection_error() -> EndpointConnectionError:
+    """The endpoint cannot be reached at all."""
+    return EndpointConnectionError(endpoint_url="https://fault-injection.invalid/")
+
+
 @dataclass
 class Fault:
-    """Answers the first `times` sends of an operation with an error (None: every send); then lets moto answer."""
+    """Answers the first `times` sends of an operation with an error response, or raises the botocore exception
+    the HTTP layer would (None: every send); then lets moto answer."""
 
-    response: AWSResponse
+    response: AWSResponse | BotoCoreError
     times: int | None = None
     only_for: str | None = None  # a substring of the request body, e.g. an instance id
     sends: int = 0
@@ -72,6 +84,8 @@ class Fault:
         # In-process moto answers every before-send too (botocore emits to all handlers and takes the first
         # response); pointing this one request elsewhere keeps moto from also applying it.
         request.url = "https://fault-injection.invalid/"
+        if isinstance(self.response, BotoCoreError):
+            raise self.response
         return self.response
 
 

@@ -148,17 +148,40 @@ def test_modify_to_required_is_not_a_regression() -> None:
     assert "does not set HttpTokens to optional" in result.reason
 
 
-def test_rollback_by_this_service_is_not_a_regression() -> None:
+@pytest.mark.parametrize("function", ["usage-gate", "rejection-watch"])
+def test_rollback_by_this_service_is_not_a_regression(function: str) -> None:
     event = modify_options_event(
-        "i-0abc", caller_role="ImdsEnforcer-ap-southeast-2-UsageGate-1X2Y3Z", caller_role_path="/imds-enforcer/"
+        "i-0abc", caller_role=f"imds-enforcer-{function}-{REGION}", caller_role_path="/imds-enforcer/"
     )
     result = read_launch_event(event, account=ACCOUNT, region=REGION, service_role_path="/imds-enforcer/")
     assert isinstance(result, Ignored)
     assert "by this service" in result.reason
 
 
-def test_same_role_name_outside_the_service_path_is_a_regression() -> None:
-    event = modify_options_event("i-0abc", caller_role="ImdsEnforcer-lookalike", caller_role_path="/")
+@pytest.mark.parametrize(
+    ("role", "path"),
+    [
+        # someone else's role under the service's path (anyone allowed iam:CreateRole picks the path)
+        ("attacker", "/imds-enforcer/"),
+        ("imds-enforcer-usage-gate-lookalike", "/imds-enforcer/"),
+        # the service's role name outside its path
+        (f"imds-enforcer-usage-gate-{REGION}", "/"),
+        # the service's role of another region's deployment
+        ("imds-enforcer-usage-gate-eu-west-1", "/imds-enforcer/"),
+    ],
+)
+def test_a_role_that_only_looks_like_the_services_is_a_regression(role: str, path: str) -> None:
+    event = modify_options_event("i-0abc", caller_role=role, caller_role_path=path)
+    result = read_launch_event(event, account=ACCOUNT, region=REGION, service_role_path="/imds-enforcer/")
+    assert isinstance(result, LaunchTrigger)
+
+
+def test_the_services_role_name_in_another_account_is_a_regression() -> None:
+    event = modify_options_event(
+        "i-0abc", caller_role=f"imds-enforcer-usage-gate-{REGION}", caller_role_path="/imds-enforcer/"
+    )
+    issuer = event["detail"]["userIdentity"]["sessionContext"]["sessionIssuer"]
+    issuer["arn"] = issuer["arn"].replace(f":{ACCOUNT}:", ":999999999999:")
     result = read_launch_event(event, account=ACCOUNT, region=REGION, service_role_path="/imds-enforcer/")
     assert isinstance(result, LaunchTrigger)
 

@@ -18,7 +18,7 @@ from imds_enforcer.domain.guardrails import (
     scp_document,
 )
 
-SERVICE_ROLES = "arn:aws:iam::*:role/imds-enforcer/*"
+SERVICE_ROLES = "arn:aws:iam::*:role/imds-enforcer/imds-enforcer-*"
 INSTANCES = "arn:aws:ec2:*:*:instance/*"
 BREAK_GLASS = "arn:aws:iam::123456789012:role/BreakGlass"
 # Five realistic break-glass roles, IAM Identity Center ones with their random suffix matched by a wildcard.
@@ -72,22 +72,26 @@ def test_launches_must_require_imdsv2_unless_imds_is_off() -> None:
 def test_nobody_but_the_exempt_sets_an_instance_back_to_optional() -> None:
     statement = _by_sid(guardrail_statements())["DenyImdsV1OnModify"]
 
-    # Negated operator: a modify that omits HttpTokens is denied too, so the rule holds however EC2 fills the key.
+    # AWS's own example: the requested value (ec2:Attribute/HttpTokens), with the Null guard; ec2:MetadataHttpTokens
+    # is an instance key on this action (what the instance has), so it cannot say what the call asks.
     assert statement["Action"] == "ec2:ModifyInstanceMetadataOptions"
     assert statement["Resource"] == INSTANCES
-    assert statement["Condition"]["StringNotEquals"] == {
-        "ec2:MetadataHttpTokens": "required",
-        "ec2:MetadataHttpEndpoint": "disabled",
-    }
+    assert statement["Condition"]["StringNotEquals"] == {"ec2:Attribute/HttpTokens": "required"}
+    assert statement["Condition"]["Null"] == {"ec2:Attribute/HttpTokens": "false"}
 
 
 @pytest.mark.parametrize("max_hop_limit", [1, 2, 3, 64])
 def test_hop_limit_above_the_maximum_is_denied_at_launch_and_on_modify(max_hop_limit: int) -> None:
-    statement = _by_sid(guardrail_statements(max_hop_limit=max_hop_limit))["LimitImdsHopLimit"]
+    statements = _by_sid(guardrail_statements(max_hop_limit=max_hop_limit))
+    launch, modify = statements["LimitImdsHopLimitOnLaunch"], statements["LimitImdsHopLimitOnModify"]
 
-    assert set(statement["Action"]) == {"ec2:RunInstances", "ec2:ModifyInstanceMetadataOptions"}
-    assert statement["Resource"] == INSTANCES
-    assert statement["Condition"]["NumericGreaterThan"] == {"ec2:MetadataHttpPutResponseHopLimit": str(max_hop_limit)}
+    # At launch the instance key is the requested value; on a modify the request's own attribute is
+    assert (launch["Action"], launch["Resource"]) == ("ec2:RunInstances", INSTANCES)
+    assert launch["Condition"]["NumericGreaterThan"] == {"ec2:MetadataHttpPutResponseHopLimit": str(max_hop_limit)}
+    assert (modify["Action"], modify["Resource"]) == ("ec2:ModifyInstanceMetadataOptions", INSTANCES)
+    allowed = [str(n) for n in range(1, max_hop_limit + 1)]
+    assert modify["Condition"]["StringNotEquals"] == {"ec2:Attribute/HttpPutResponseHopLimit": allowed}
+    assert modify["Condition"]["Null"] == {"ec2:Attribute/HttpPutResponseHopLimit": "false"}
 
 
 def test_imdsv1_role_credentials_are_denied_every_action_as_aws_documents() -> None:
@@ -103,7 +107,12 @@ def test_role_delivery_can_be_left_out_until_the_fleet_is_clean() -> None:
     sids = set(_by_sid(guardrail_statements(include_role_delivery=False)))
 
     # ...then the launch, modify and hop-limit doors are closed, but IMDSv1 credentials still work.
-    assert sids == {"RequireImdsV2OnLaunch", "DenyImdsV1OnModify", "LimitImdsHopLimit"}
+    assert sids == {
+        "RequireImdsV2OnLaunch",
+        "DenyImdsV1OnModify",
+        "LimitImdsHopLimitOnLaunch",
+        "LimitImdsHopLimitOnModify",
+    }
 
 
 @pytest.mark.parametrize("include_role_delivery", [True, False])
@@ -126,7 +135,7 @@ def test_the_service_exemption_follows_the_partition() -> None:
 
     for statement in statements:
         assert statement["Condition"]["ArnNotLike"]["aws:PrincipalArn"] == [
-            "arn:aws-us-gov:iam::*:role/imds-enforcer/*"
+            "arn:aws-us-gov:iam::*:role/imds-enforcer/imds-enforcer-*"
         ]
         assert statement["Resource"] in ("*", "arn:aws-us-gov:ec2:*:*:instance/*")
 

@@ -301,3 +301,93 @@ def test_an_event_without_records_is_one_skip() -> None:
     assert len(parsed) == 1
     assert parsed[0].report is None
     assert "no Records" in (parsed[0].skip_reason or "")
+
+
+# --- hostile messages on the topic ----------------------------------------------------------------------------------
+
+HOSTILE = ["<!channel>", "<!here|here>", "<https://evil.example|click me>", "@channel", "@everyone", "a & b", "<@U123>"]
+
+
+def _texts(payload: dict[str, Any]) -> list[str]:
+    """Every string Slack would render from the payload: the fallback text and every text of every block."""
+    found: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "text" and isinstance(value, str):
+                    found.append(value)
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(payload)
+    return found
+
+
+def _assert_inert(payload: dict[str, Any]) -> None:
+    for text in _texts(payload):
+        # no mention, broadcast or planted link survives: the only <...> are our own console links
+        links = re.findall(r"<([^>]*)>", text)
+        assert all(link.startswith("https://") and ".console." in link.split("|")[0] for link in links), text
+        assert not re.search(r"@(channel|here|everyone)\b", text, re.IGNORECASE), text
+        assert not re.search(r"&(?!amp;|lt;|gt;)", text.replace("&amp;", "")), text
+
+
+@pytest.mark.parametrize("hostile", HOSTILE)
+def test_every_field_of_a_report_that_reaches_slack_is_inert(hostile: str) -> None:
+    # Given a message on the topic whose every free-text field carries a mention or a link
+    report = Report(
+        account=hostile,
+        region=hostile,
+        trigger=hostile,
+        mode=hostile,
+        source_event_id=hostile,
+        totals={hostile: 1},
+        findings=[
+            Finding(
+                resource_type=hostile,
+                resource_id=hostile,
+                action=Action.FAILED,
+                reason=hostile,
+                error_code=hostile,
+            ),
+            Finding(resource_id="i-0abc", action=Action.ENFORCED, reason=f"before {hostile} after"),
+        ],
+    )
+
+    payload = render_payload(report).as_dict()
+
+    # Then the fallback text and every block render it as text, never as a mention or a link
+    _assert_inert(payload)
+    assert all(block.get("text", {}).get("verbatim", True) for block in payload["blocks"] if block["type"] == "section")
+
+
+@pytest.mark.parametrize("hostile", HOSTILE)
+def test_every_field_of_an_alarm_that_reaches_slack_is_inert(hostile: str) -> None:
+    from imds_enforcer.domain.slack_message import CloudWatchAlarm, render_alarm
+
+    alarm = CloudWatchAlarm.model_validate(
+        {
+            "AlarmName": f"rejections {hostile}",
+            "NewStateValue": "ALARM",
+            "NewStateReason": hostile,
+            "AlarmDescription": hostile,
+            "AlarmArn": f"arn:aws:cloudwatch:us-east-1:{ACCOUNT}:alarm:x",
+            "AWSAccountId": hostile,
+            "StateChangeTime": hostile,
+        }
+    )
+
+    _assert_inert(render_alarm(alarm).as_dict())
+
+
+def test_the_fallback_text_of_a_report_is_escaped_and_keeps_its_words() -> None:
+    report = report_with([finding(Action.ENFORCED, 1)]).model_copy(update={"account": "<!channel> & co"})
+
+    text = render_payload(report).text
+
+    assert "&lt;!channel&gt; &amp; co" in text
+    assert "1 enforced" in text

@@ -117,7 +117,9 @@ def test_failed_calls_are_ignored(event: dict[str, Any]) -> None:
 
 def test_the_services_own_template_changes_are_ignored() -> None:
     # Given the fix's own CreateLaunchTemplateVersion, made by a role under the service's IAM path
-    event = create_launch_template_version_event(TEMPLATE_ID, caller_role="gate", caller_role_path="/imds-enforcer/")
+    event = create_launch_template_version_event(
+        TEMPLATE_ID, caller_role=f"imds-enforcer-usage-gate-{REGION}", caller_role_path="/imds-enforcer/"
+    )
 
     result = read(event)
 

@@ -177,7 +177,7 @@ def secretsmanager() -> SecretsManagerClient:
     return client
 
 
-# The IMDS doors outside EC2 instances, and SSM for the caller analysis.
+# The IMDS doors outside EC2 instances.
 
 
 def sagemaker() -> SageMakerClient:

@@ -1,4 +1,5 @@
-"""SSM adapter for the caller analysis: which instances SSM manages, sending the analyzer document, its result."""
+"""SSM adapter: the central exemption list's parameter; for the caller analysis, which instances SSM manages, sending
+the analyzer document, its result."""
 
 from __future__ import annotations
 
@@ -66,3 +67,9 @@ def command_invocation(command_id: str, instance_id: str) -> Mapping[str, Any] |
             return None
         raise AwsError.from_client_error("GetCommandInvocation", error) from error
     return response
+
+
+def parameter_value(name: str) -> str:
+    """The parameter's value (a String parameter; a SecureString is decrypted with the role's own rights)."""
+    with translated("GetParameter"):
+        return clients.ssm().get_parameter(Name=name, WithDecryption=True)["Parameter"].get("Value", "")

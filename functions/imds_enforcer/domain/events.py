@@ -8,6 +8,7 @@ non-ISO `eventTime`. Everything that is not ours becomes an `Ignored` with a rea
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from typing import Any
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from imds_enforcer.domain.door_events import DOOR_EVENT_SOURCES, DOOR_EVENTS, DoorTrigger, door_ids
+from imds_enforcer.domain.guardrails import EC2_FUNCTIONS, service_role_name
 
 INSTANCE_ID = re.compile(r"^i-[0-9a-zA-Z]{1,32}$")
 LAUNCH_TEMPLATE_ID = re.compile(r"^lt-[0-9a-zA-Z]{1,32}$")
@@ -166,6 +168,38 @@ class Ignored:
     event_id: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """The events one launch watch invocation carries: a bare EventBridge event, or an SQS batch of them (EventBridge
+    -> queue -> the function, so a burst of launches is one invocation and one report)."""
+
+    events: tuple[object, ...]
+    skipped: tuple[str, ...] = ()  # why each unreadable queue message was skipped
+    from_queue: bool = False
+
+
+def read_batch(raw: object) -> Batch:
+    """The events in an invocation. Never raises: an unreadable message is skipped with a reason (retrying it would
+    not make it readable, and a poisoned message must not hold back the rest of the batch)."""
+    records = raw.get("Records") if isinstance(raw, Mapping) else None
+    if not (
+        isinstance(records, list)
+        and records
+        and all(isinstance(record, Mapping) and record.get("eventSource") == "aws:sqs" for record in records)
+    ):
+        return Batch(events=(raw,))
+    events: list[object] = []
+    skipped: list[str] = []
+    for record in records:
+        message_id = str(record.get("messageId", "?"))[:100]
+        body = record.get("body")
+        try:
+            events.append(json.loads(body) if isinstance(body, str) else body)
+        except (json.JSONDecodeError, RecursionError):
+            skipped.append(f"SQS message {message_id}: body is not JSON")
+    return Batch(events=tuple(events), skipped=tuple(skipped), from_queue=True)
+
+
 def read_launch_event(
     raw: object, *, account: str, region: str, service_role_path: str = ""
 ) -> LaunchTrigger | SourceTrigger | DoorTrigger | Ignored:
@@ -187,7 +221,8 @@ def read_launch_event(
     if event.detail_type == STATE_CHANGE and event.source == "aws.ec2":
         return _read_state_change(event)
     if event.detail_type == CLOUDTRAIL_CALL:
-        return _read_cloudtrail(event, account=account, service_role_path=service_role_path)
+        own = service_roles(account=account, region=region, path=service_role_path) if service_role_path else set()
+        return _read_cloudtrail(event, account=account, service_roles=own)
     return Ignored(f"detail-type {event.detail_type!r} is not one the launch watch handles", event.id)
 
 
@@ -201,8 +236,22 @@ def _read_state_change(event: EnforcerEvent) -> LaunchTrigger | Ignored:
     return _trigger(TriggerKind.STATE_CHANGE, [change.instance_id], event)
 
 
+def service_roles(*, account: str, region: str, path: str) -> set[str]:
+    """The exact role ARNs whose calls are the service's own (its EC2-calling functions in this account and region):
+    a role someone else creates under the same path, or with the same name in another path or account, is not one.
+    The partition is whatever the caller's ARN says (the account and region already pin the deployment)."""
+    names = {f"role{path}{service_role_name(function, region)}" for function in EC2_FUNCTIONS}
+    return {f"iam::{account}:{name}" for name in names}
+
+
+def _is_service_role(caller: str | None, own: set[str]) -> bool:
+    # arn:<partition>:iam::<account>:role<path><name>, compared from "iam::" on, whatever the partition.
+    parts = (caller or "").split(":", 2)
+    return len(parts) == 3 and parts[0] == "arn" and parts[2] in own
+
+
 def _read_cloudtrail(
-    event: EnforcerEvent, *, account: str, service_role_path: str
+    event: EnforcerEvent, *, account: str, service_roles: set[str]
 ) -> LaunchTrigger | SourceTrigger | Ignored:
     try:
         call = CloudTrailCall.model_validate(event.detail)
@@ -219,9 +268,9 @@ def _read_cloudtrail(
     if name == "RunInstances":
         return _read_run_instances(call, event)
     if name == "ModifyInstanceMetadataOptions":
-        return _read_modify(call, event, service_role_path)
+        return _read_modify(call, event, service_roles)
     if name in SOURCE_EVENTS:
-        return _read_source_event(call, event.id, service_role_path)
+        return _read_source_event(call, event.id, service_roles)
     return Ignored(f"CloudTrail event {name} is not one the launch watch handles", event.id)
 
 
@@ -239,7 +288,7 @@ def _read_run_instances(call: CloudTrailCall, event: EnforcerEvent) -> LaunchTri
     return _trigger(TriggerKind.RUN_INSTANCES, [item.instanceId for item in items], event)
 
 
-def _read_modify(call: CloudTrailCall, event: EnforcerEvent, service_role_path: str) -> LaunchTrigger | Ignored:
+def _read_modify(call: CloudTrailCall, event: EnforcerEvent, service_roles: set[str]) -> LaunchTrigger | Ignored:
     event_id = event.id
     parameters = call.requestParameters or {}
     body = parameters.get("ModifyInstanceMetadataOptionsRequest", parameters)
@@ -252,13 +301,13 @@ def _read_modify(call: CloudTrailCall, event: EnforcerEvent, service_role_path: 
             f"ModifyInstanceMetadataOptions on {request.instance_id} does not set HttpTokens to optional", event_id
         )
     caller = _caller_role_arn(call.userIdentity)
-    if service_role_path and caller and f":role{service_role_path}" in caller:
+    if _is_service_role(caller, service_roles):
         return Ignored(f"{request.instance_id} was set to optional by this service ({caller}): a rollback", event_id)
     who = (call.userIdentity.arn if call.userIdentity else None) or caller
     return _trigger(TriggerKind.REGRESSION, [request.instance_id], event, caller=who)
 
 
-def _read_source_event(call: CloudTrailCall, event_id: str, service_role_path: str) -> SourceTrigger | Ignored:
+def _read_source_event(call: CloudTrailCall, event_id: str, service_roles: set[str]) -> SourceTrigger | Ignored:
     """The launch template, AMI or launch configuration a successful call created or changed.
 
     The shapes read here come from AWS documentation examples and EventBridge patterns, not recorded payloads
@@ -272,7 +321,7 @@ def _read_source_event(call: CloudTrailCall, event_id: str, service_role_path: s
     name = call.eventName
     kind = SOURCE_EVENTS[name]
     caller = _caller_role_arn(call.userIdentity)
-    if service_role_path and caller and f":role{service_role_path}" in caller:
+    if _is_service_role(caller, service_roles):
         # Our own fix (a new version, a new default) already reported what it did; checking it again mid-fix
         # could race the fix itself.
         return Ignored(f"{name} was made by this service ({caller})", event_id)

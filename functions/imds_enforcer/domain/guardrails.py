@@ -16,9 +16,28 @@ Two ways to apply the same statements, with different scope:
   Deny in an identity policy is evaluated the same way, so it suits accounts without AWS Organizations, or a
   trial on a few roles before the SCP goes on.
 
-Every statement exempts the service's own roles (under ``SERVICE_ROLE_PATH``: the usage gate's opt-in rollback
-sets ``HttpTokens=optional`` on an instance whose IMDSv1 callers broke) and the break-glass roles the operator
-names. Pure functions: no boto3, no environment.
+Who is exempt, and why nobody else can become exempt. Every statement spares the service's own roles (the usage
+gate's and the rejection watch's opt-in rollback sets ``HttpTokens=optional`` on an instance whose IMDSv1 callers
+broke) and the break-glass roles the operator names, by ``aws:PrincipalArn``. An IAM path alone is no boundary: anyone
+allowed iam:CreateRole chooses it. So the service's roles have fixed names (``imds-enforcer-<function>-<region>``,
+under ``/imds-enforcer/``, see ``service_role_name``), and the exemption names them:
+
+- exactly (``service_role_arns``: the stack passes the ARNs of its own roles in every configured region), or
+- for an SCP across many accounts, as the pattern ``arn:<partition>:iam::*:role/imds-enforcer/imds-enforcer-*``,
+  with the ``ProtectServiceRoles`` statement: creating, changing, passing or deleting a role under that path, changing
+  the code or configuration of the service's functions (``imds-enforcer-*``), or changing the deployment roles
+  themselves, is denied to everyone but the deployment roles (``deployment_role_arns``; by default the execution
+  roles of service-managed StackSets, ``stacksets-exec-*``, which only StackSets' service-linked role creates, and
+  SCPs do not bind service-linked roles). A role someone else creates under the same path or with the same name
+  pattern is then refused at creation, and is never exempt.
+
+Condition keys of ``ModifyInstanceMetadataOptions`` (Service Authorization Reference, Amazon EC2, "Actions defined by
+Amazon EC2"): the requested values are ``ec2:Attribute/${AttributeName}`` (``ec2:Attribute/HttpTokens``, as AWS's
+example "Deny opt-out of IMDSv2" uses, with a ``Null`` guard); ``ec2:MetadataHttpTokens`` and its siblings are
+keys of the *instance* resource on that action (what the instance has, not what the call asks), so a Deny on them
+there would refuse changes by the instance's current state. On ``RunInstances`` the instance does not exist yet and
+``ec2:Metadata*`` are the requested values (AWS's "Require the use of IMDSv2" example). Pure functions: no boto3,
+no environment.
 """
 
 from __future__ import annotations
@@ -32,6 +51,57 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from imds_enforcer.domain.settings import SERVICE_ROLE_PATH
 
+# The service's roles and functions have fixed names, so the guardrails can name them (see the module docstring).
+SERVICE_NAME_PREFIX = "imds-enforcer-"
+# The functions whose roles call EC2 (the Slack notifier's does not, and is not exempt).
+EC2_FUNCTIONS = ("launch-watch", "usage-gate", "rejection-watch")
+# Service-managed StackSets deploy through these roles, which StackSets' service-linked role creates in each account.
+DEFAULT_DEPLOYMENT_ROLE_ARNS = ("arn:aws:iam::*:role/stacksets-exec-*",)
+# What creates, changes, hands over or removes a role (or its trust, policies, boundary, tags), and what changes the
+# code a function runs: each could make someone else's code run as an exempt role.
+ROLE_CHANGES = (
+    "iam:CreateRole",
+    "iam:DeleteRole",
+    "iam:UpdateRole",
+    "iam:UpdateRoleDescription",
+    "iam:UpdateAssumeRolePolicy",
+    "iam:PutRolePolicy",
+    "iam:DeleteRolePolicy",
+    "iam:AttachRolePolicy",
+    "iam:DetachRolePolicy",
+    "iam:PutRolePermissionsBoundary",
+    "iam:DeleteRolePermissionsBoundary",
+    "iam:TagRole",
+    "iam:UntagRole",
+    "iam:PassRole",
+)
+FUNCTION_CHANGES = (
+    "lambda:CreateFunction",
+    "lambda:UpdateFunctionCode",
+    "lambda:UpdateFunctionConfiguration",
+    "lambda:DeleteFunction",
+)
+
+
+def service_role_name(function: str, region: str) -> str:
+    """The fixed name of one of the service's roles (64 characters at most, as IAM allows)."""
+    return f"{SERVICE_NAME_PREFIX}{function}-{region}"[:64]
+
+
+def service_function_name(function: str) -> str:
+    """The fixed name of one of the service's functions (one per region, so the region is not in it)."""
+    return f"{SERVICE_NAME_PREFIX}{function}"
+
+
+def service_role_arns(*, partition: str, account: str, regions: Sequence[str]) -> tuple[str, ...]:
+    """The exact ARNs of the service's EC2-calling roles in these regions of one account."""
+    return tuple(
+        f"arn:{partition}:iam::{account}:role{SERVICE_ROLE_PATH}{service_role_name(function, region)}"
+        for region in regions
+        for function in EC2_FUNCTIONS
+    )
+
+
 POLICY_VERSION = "2012-10-17"
 # Organizations counts every character of an SCP, whitespace included; IAM counts a managed policy without it.
 SCP_MAX_CHARACTERS = 5120
@@ -43,6 +113,12 @@ PARTITIONS = ("aws", "aws-cn", "aws-us-gov")
 # A role ARN, or an ArnLike pattern for one: the account may be `*` (one SCP for an OU of many accounts) and the
 # path/name may hold `*`/`?` (IAM Identity Center roles end in a random suffix: AWSReservedSSO_BreakGlass_*).
 _ROLE_ARN = re.compile(r"^arn:(?P<partition>aws|aws-cn|aws-us-gov):iam::(?:\d{12}|\*):role/(?P<name>[\w+=,.@/*?-]+)$")
+# One of the service's roles: under the service's path, with the fixed name prefix (a trailing `*` only in the pattern).
+_SERVICE_ROLE_ARN = re.compile(
+    r"^arn:(?:aws|aws-cn|aws-us-gov):iam::(?:\d{12}|\*):role"
+    + re.escape(SERVICE_ROLE_PATH + SERVICE_NAME_PREFIX)
+    + r"(?:[\w+=,.@-]+|\*)$"
+)
 
 
 class GuardrailsError(ValueError):
@@ -61,6 +137,10 @@ class GuardrailOptions(BaseModel):
     # The RoleDelivery Deny breaks every instance still fetching credentials over IMDSv1: the last step only.
     include_role_delivery: bool = True
     partition: str = "aws"
+    # The service's own roles: exact ARNs (a stack knows them), or empty for the fixed-name pattern in any account.
+    service_role_arns: tuple[str, ...] = ()
+    # Who may create or change the service's roles and functions (ProtectServiceRoles); empty: no such statement.
+    deployment_role_arns: tuple[str, ...] = ()
 
     @field_validator("partition")
     @classmethod
@@ -69,7 +149,22 @@ class GuardrailOptions(BaseModel):
             raise ValueError(f"partition {value!r} is not one of {', '.join(PARTITIONS)}")
         return value
 
-    @field_validator("exempt_principal_arns", mode="before")
+    @field_validator("service_role_arns", mode="before")
+    @classmethod
+    def _service_roles(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = (value,)
+        if not isinstance(value, Sequence):
+            return value
+        for arn in value:
+            if not (isinstance(arn, str) and _SERVICE_ROLE_ARN.fullmatch(arn)):
+                raise ValueError(
+                    f"{arn!r} is not one of the service's roles "
+                    f"(arn:<partition>:iam::<account>:role{SERVICE_ROLE_PATH}{SERVICE_NAME_PREFIX}<function>-<region>)"
+                )
+        return tuple(dict.fromkeys(value))
+
+    @field_validator("exempt_principal_arns", "deployment_role_arns", mode="before")
     @classmethod
     def _role_arns(cls, value: object) -> object:
         if isinstance(value, str):
@@ -96,6 +191,8 @@ class GuardrailOptions(BaseModel):
         exempt_principal_arns: Sequence[str] = (),
         include_role_delivery: bool = True,
         partition: str = "aws",
+        service_role_arns: Sequence[str] = (),
+        deployment_role_arns: Sequence[str] = (),
     ) -> GuardrailOptions:
         """Validate the options; raises GuardrailsError naming the option (and the bad ARN) on a bad value."""
         try:
@@ -105,6 +202,8 @@ class GuardrailOptions(BaseModel):
                     "exempt_principal_arns": exempt_principal_arns,
                     "include_role_delivery": include_role_delivery,
                     "partition": partition,
+                    "service_role_arns": service_role_arns,
+                    "deployment_role_arns": deployment_role_arns,
                 }
             )
         except ValidationError as error:
@@ -116,8 +215,12 @@ class GuardrailOptions(BaseModel):
 
     @property
     def service_role_pattern(self) -> str:
-        """The service's own roles in any account: the IAM path is what they share, not their generated names."""
-        return f"arn:{self.partition}:iam::*:role{SERVICE_ROLE_PATH}*"
+        """The service's own roles in any account, by their fixed path and name prefix (protected: see the module)."""
+        return f"arn:{self.partition}:iam::*:role{SERVICE_ROLE_PATH}{SERVICE_NAME_PREFIX}*"
+
+    @property
+    def service_roles(self) -> tuple[str, ...]:
+        return self.service_role_arns or (self.service_role_pattern,)
 
     @property
     def instance_arn(self) -> str:
@@ -126,7 +229,22 @@ class GuardrailOptions(BaseModel):
     def _exemption(self) -> dict[str, Any]:
         """The condition every statement carries: a negated operator over many values is true only when the
         principal matches none of them. A fresh dict each time, so statements share no mutable parts."""
-        return {"ArnNotLike": {"aws:PrincipalArn": [self.service_role_pattern, *self.exempt_principal_arns]}}
+        return {"ArnNotLike": {"aws:PrincipalArn": [*self.service_roles, *self.exempt_principal_arns]}}
+
+    def _protection(self) -> dict[str, Any]:
+        """Nobody but the deployment roles creates, changes or passes a role the exemption could name, changes the
+        code the service's functions run, or changes the deployment roles themselves."""
+        return {
+            "Sid": "ProtectServiceRoles",
+            "Effect": "Deny",
+            "Action": [*ROLE_CHANGES, *FUNCTION_CHANGES],
+            "Resource": [
+                f"arn:{self.partition}:iam::*:role{SERVICE_ROLE_PATH}*",
+                *self.deployment_role_arns,
+                f"arn:{self.partition}:lambda:*:*:function:{SERVICE_NAME_PREFIX}*",
+            ],
+            "Condition": {"ArnNotLike": {"aws:PrincipalArn": list(self.deployment_role_arns)}},
+        }
 
     def statements(self) -> list[dict[str, Any]]:
         """The Deny statements, in the order of the transition path. Each one's conditions are ANDed with the
@@ -148,31 +266,46 @@ class GuardrailOptions(BaseModel):
                 },
             },
             # Step "require IMDSv2 on existing instances", kept: nobody sets an enforced instance back to
-            # `optional` (except the gate's rollback, exempt above). StringNotEquals rather than
-            # StringEquals "optional": a negated operator is true when the key is absent, so a call that omits
-            # HttpTokens is denied too (the caller adds HttpTokens=required, a no-op on an enforced instance),
-            # and the rule does not depend on how EC2 fills the key for an omitted parameter. Turning IMDS off
-            # (HttpEndpoint=disabled) stays allowed; turning it back on needs HttpTokens=required in the same call.
+            # `optional` (except the service's rollback, exempt above). AWS's own example ("Deny opt-out of IMDSv2"):
+            # the requested value is ec2:Attribute/HttpTokens, and the Null guard limits the Deny to calls that set
+            # HttpTokens at all (a call that omits it leaves the tokens as they are).
             {
                 "Sid": "DenyImdsV1OnModify",
                 "Effect": "Deny",
                 "Action": "ec2:ModifyInstanceMetadataOptions",
                 "Resource": self.instance_arn,
                 "Condition": {
-                    "StringNotEquals": {"ec2:MetadataHttpTokens": "required", "ec2:MetadataHttpEndpoint": "disabled"},
+                    "StringNotEquals": {"ec2:Attribute/HttpTokens": "required"},
+                    "Null": {"ec2:Attribute/HttpTokens": "false"},
                     **self._exemption(),
                 },
             },
             # Container hosts need hop limit 2 under IMDSv2; a higher one lets a token PUT answer cross more network
-            # hops (nested containers, a forwarding proxy), widening what can reach IMDS. An absent key makes
-            # NumericGreaterThan false, so calls that do not set the hop limit are not affected.
+            # hops (nested containers, a forwarding proxy), widening what can reach IMDS. At launch the instance's
+            # key is the requested value (Numeric; an absent key makes NumericGreaterThan false, so launches that
+            # do not set it are not affected). On a modify the request's own attribute is, and the Service
+            # Authorization Reference types ec2:Attribute/* as String: so the allowed values are listed, and the
+            # Null guard leaves calls that do not set the hop limit alone.
             {
-                "Sid": "LimitImdsHopLimit",
+                "Sid": "LimitImdsHopLimitOnLaunch",
                 "Effect": "Deny",
-                "Action": ["ec2:RunInstances", "ec2:ModifyInstanceMetadataOptions"],
+                "Action": "ec2:RunInstances",
                 "Resource": self.instance_arn,
                 "Condition": {
                     "NumericGreaterThan": {"ec2:MetadataHttpPutResponseHopLimit": str(self.max_hop_limit)},
+                    **self._exemption(),
+                },
+            },
+            {
+                "Sid": "LimitImdsHopLimitOnModify",
+                "Effect": "Deny",
+                "Action": "ec2:ModifyInstanceMetadataOptions",
+                "Resource": self.instance_arn,
+                "Condition": {
+                    "StringNotEquals": {
+                        "ec2:Attribute/HttpPutResponseHopLimit": [str(n) for n in range(1, self.max_hop_limit + 1)]
+                    },
+                    "Null": {"ec2:Attribute/HttpPutResponseHopLimit": "false"},
                     **self._exemption(),
                 },
             },
@@ -192,6 +325,8 @@ class GuardrailOptions(BaseModel):
                     "Condition": {"NumericLessThan": {"ec2:RoleDelivery": "2.0"}, **self._exemption()},
                 }
             )
+        if self.deployment_role_arns:
+            statements.append(self._protection())
         return statements
 
 
@@ -201,6 +336,8 @@ def guardrail_statements(
     exempt_principal_arns: Sequence[str] = (),
     include_role_delivery: bool = True,
     partition: str = "aws",
+    service_role_arns: Sequence[str] = (),
+    deployment_role_arns: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """The guardrail Deny statements (see ``GuardrailOptions.statements``); raises GuardrailsError on a bad option."""
     return GuardrailOptions.of(
@@ -208,6 +345,8 @@ def guardrail_statements(
         exempt_principal_arns=exempt_principal_arns,
         include_role_delivery=include_role_delivery,
         partition=partition,
+        service_role_arns=service_role_arns,
+        deployment_role_arns=deployment_role_arns,
     ).statements()
 
 
@@ -217,6 +356,8 @@ def iam_policy_document(
     exempt_principal_arns: Sequence[str] = (),
     include_role_delivery: bool = True,
     partition: str = "aws",
+    service_role_arns: Sequence[str] = (),
+    deployment_role_arns: Sequence[str] = (),
 ) -> dict[str, Any]:
     """An identity policy (for a customer managed policy) binding only the principals it is attached to."""
     statements = guardrail_statements(
@@ -224,6 +365,8 @@ def iam_policy_document(
         exempt_principal_arns=exempt_principal_arns,
         include_role_delivery=include_role_delivery,
         partition=partition,
+        service_role_arns=service_role_arns,
+        deployment_role_arns=deployment_role_arns,
     )
     return _sized_document(
         statements, MANAGED_POLICY_MAX_CHARACTERS, "the IAM managed policy", "IAM's", exempt_principal_arns
@@ -236,6 +379,8 @@ def scp_document(
     exempt_principal_arns: Sequence[str] = (),
     include_role_delivery: bool = True,
     partition: str = "aws",
+    service_role_arns: Sequence[str] = (),
+    deployment_role_arns: Sequence[str] = (),
 ) -> dict[str, Any]:
     """A service control policy for an account, OU or root: binds everyone there, administrators included.
 
@@ -248,6 +393,8 @@ def scp_document(
         exempt_principal_arns=exempt_principal_arns,
         include_role_delivery=include_role_delivery,
         partition=partition,
+        service_role_arns=service_role_arns,
+        deployment_role_arns=deployment_role_arns,
     )
     return _sized_document(statements, SCP_MAX_CHARACTERS, "the SCP", "AWS Organizations'", exempt_principal_arns)
 

@@ -6,6 +6,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from imds_enforcer.domain.exemptions import CentralExemptions
 from imds_enforcer.domain.instances import InstanceFacts
 from imds_enforcer.domain.report import Action, Finding
 from imds_enforcer.domain.settings import Settings
@@ -95,10 +96,25 @@ def modify_plan(
 
 
 def is_exempt(instance: InstanceFacts, settings: Settings) -> bool:
+    """Exempt by the central list when one is configured (it replaces the tag), else by the exemption tag."""
+    central = settings.exemptions
+    if isinstance(central, CentralExemptions):
+        return central.exemption_of(instance) is not None
     return settings.EXEMPT_TAG_KEY in instance.tags
 
 
 def exempt_finding(instance: InstanceFacts, settings: Settings) -> Finding:
+    central = settings.exemptions
+    if isinstance(central, CentralExemptions):
+        entry = central.exemption_of(instance)
+        if entry is not None:
+            return Finding(
+                resource_id=instance.instance_id,
+                action=Action.EXEMPT,
+                reason=f"on the central exemption list ({central.parameter}: {entry.selector}) until "
+                f"{entry.expires.isoformat()}: {entry.reason}",
+                details={"expires": entry.expires.isoformat(), "exemption": entry.selector},
+            )
     value = instance.tags.get(settings.EXEMPT_TAG_KEY, "")
     reason = f"carries the exemption tag {settings.EXEMPT_TAG_KEY}" + (f" ({value})" if value else "")
     return Finding(resource_id=instance.instance_id, action=Action.EXEMPT, reason=reason)
@@ -137,29 +153,41 @@ class Recheck:
     finding: Finding | None = None  # what to report for a skip, when anything (an exemption)
 
 
-def recheck_exempt(plan_instance: InstanceFacts, live: InstanceFacts, exempt_tag_key: str) -> Recheck | None:
-    if exempt_tag_key and exempt_tag_key in live.tags:
+def recheck_exempt(live: InstanceFacts, exempt_tag_key: str, settings: Settings | None = None) -> Recheck | None:
+    """Exempt on the live instance? By the run's settings when given (the central list, when configured, replaces
+    the tag), else by the plan's exemption tag (a plan carries it across a continuation)."""
+    if settings is not None:
+        if not is_exempt(live, settings):
+            return None
+        finding = exempt_finding(live, settings)
+    elif exempt_tag_key and exempt_tag_key in live.tags:
         value = live.tags[exempt_tag_key]
-        return Recheck(
-            skip="exempt",
-            finding=Finding(
-                resource_id=live.instance_id,
-                action=Action.EXEMPT,
-                reason=f"carries the exemption tag {exempt_tag_key}"
-                + (f" ({value})" if value else "")
-                + ": tagged after the gate planned its change, which was not made",
-                details={"state": live.state},
-            ),
+        finding = Finding(
+            resource_id=live.instance_id,
+            action=Action.EXEMPT,
+            reason=f"carries the exemption tag {exempt_tag_key}" + (f" ({value})" if value else ""),
         )
-    return None
+    else:
+        return None
+    return Recheck(
+        skip="exempt",
+        finding=finding.model_copy(
+            update={
+                "reason": finding.reason + ": exempted after the gate planned its change, which was not made",
+                "details": {**finding.details, "state": live.state},
+            }
+        ),
+    )
 
 
-def recheck_modify(plan: ModifyPlan, live: InstanceFacts | None) -> ModifyPlan | Recheck:
+def recheck_modify(
+    plan: ModifyPlan, live: InstanceFacts | None, settings: Settings | None = None
+) -> ModifyPlan | Recheck:
     """The plan on the live instance's facts, or why it is skipped: gone, exempt since, or already required (by
     someone else since: the launch watch, a person). A hop limit raised since is never lowered."""
     if live is None or live.gone:
         return Recheck(skip="gone")
-    exempt = recheck_exempt(plan.instance, live, plan.exempt_tag_key)
+    exempt = recheck_exempt(live, plan.exempt_tag_key, settings)
     if exempt is not None:
         return exempt
     if not live.accepts_imdsv1:
@@ -174,12 +202,14 @@ def recheck_modify(plan: ModifyPlan, live: InstanceFacts | None) -> ModifyPlan |
     )
 
 
-def recheck_prepare(plan: PreparePlan, live: InstanceFacts | None) -> PreparePlan | Recheck:
+def recheck_prepare(
+    plan: PreparePlan, live: InstanceFacts | None, settings: Settings | None = None
+) -> PreparePlan | Recheck:
     """The preparation on the live instance, or why it is skipped (its hop limit already 2 or more, tokens already
     required: nothing left to prepare)."""
     if live is None or live.gone:
         return Recheck(skip="gone")
-    exempt = recheck_exempt(plan.instance, live, plan.exempt_tag_key)
+    exempt = recheck_exempt(live, plan.exempt_tag_key, settings)
     if exempt is not None:
         return exempt
     if not live.accepts_imdsv1:

@@ -14,7 +14,16 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 SERVICE_TAG_PREFIX = "imdsv2-enforcer:"
 ENFORCED_AT_TAG = "imdsv2-enforcer:enforced-at"
@@ -155,6 +164,14 @@ class Settings(BaseModel):
         str, Field(pattern=r"^(arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256})?$")
     ] = ""
     ORGANIZATIONAL_UNIT: Annotated[str, Field(pattern=r"^(ou-[a-z0-9]{4,32}-[a-z0-9]{8,32}|r-[a-z0-9]{4,32})?$")] = ""
+    # The central exemption list (domain/exemptions.py): the name of an SSM Parameter Store parameter holding it. Set,
+    # it replaces the exemption tag: only the instances it names are exempt, until their expiry dates. Empty: the tag.
+    EXEMPTION_PARAMETER: Annotated[
+        str, Field(pattern=r"^(/?[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*)?$", max_length=1011)
+    ] = ""
+
+    # The list as read for the current run (Settings.with_exemptions): not an environment variable.
+    _exemptions: object = PrivateAttr(default=None)
 
     @field_validator("CONTAINER_HOST_TAG_KEYS", mode="before")
     @classmethod
@@ -207,6 +224,17 @@ class Settings(BaseModel):
     @property
     def fix(self) -> bool:
         return self.ENFORCEMENT_MODE is EnforcementMode.FIX
+
+    def with_exemptions(self, exemptions: object) -> Settings:
+        """These settings with the central exemption list read for this run (domain/exemptions.CentralExemptions)."""
+        copy = self.model_copy()
+        copy._exemptions = exemptions
+        return copy
+
+    @property
+    def exemptions(self) -> object:
+        """The central exemption list of this run, or None (the exemption tag decides)."""
+        return self._exemptions
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:

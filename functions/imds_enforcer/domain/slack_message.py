@@ -7,6 +7,7 @@ the header), so Slack never rejects a post for its size: a rejected post would b
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +40,9 @@ CONSOLE_FRAGMENT = {
 }
 # mrkdwn treats these three as control characters; everything else is literal.
 _MRKDWN_ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+# Broadcast words Slack may turn into a mention even without the angle brackets (automatic parsing): a word joiner
+# after the @ keeps them words. Every field that reaches Slack is a message on the topic, which is not ours alone.
+_BROADCASTS = re.compile(r"@(channel|here|everyone)\b", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +138,7 @@ def render_alarm(alarm: CloudWatchAlarm) -> SlackPayload:
     firing = alarm.state == "ALARM"
     icon = SEVERITY_ICON[Severity.HIGH] if firing else ":large_green_circle:"
     title = f"{'Action needed: ' if firing else ''}{alarm.state}: {alarm.name}"
-    header = {"type": "header", "text": {"type": "plain_text", "text": _clip(title, MAX_HEADER_TEXT)}}
+    header = {"type": "header", "text": {"type": "plain_text", "text": _escape(title, MAX_HEADER_TEXT)}}
     lines = [f"{icon} *{_escape(alarm.state, 20)}* {_escape(alarm.name, 200)}"]
     if alarm.description:
         lines.append(_escape(alarm.description, 1000))
@@ -146,10 +150,11 @@ def render_alarm(alarm: CloudWatchAlarm) -> SlackPayload:
         url = f"https://{region}.console.aws.amazon.com/cloudwatch/home?region={region}#alarmsV2:alarm/{name}"
         lines.append(f"<{url}|Open the alarm in the CloudWatch console>")
     context = _context(
-        f"CloudWatch alarm · {_escape(alarm.account, 20)}/{_escape(alarm.region, 30)} · {alarm.changed_at}"
+        f"CloudWatch alarm · {_escape(alarm.account, 20)}/{_escape(alarm.region, 30)} · {_escape(alarm.changed_at, 40)}"
     )
     blocks = [header, _section(_clip_lines("\n".join(lines), MAX_SECTION_TEXT)), context]
-    return SlackPayload(text=_clip(title, MAX_SECTION_TEXT), blocks=blocks)
+    # The fallback text is mrkdwn too (notifications, screen readers): escaped like the blocks.
+    return SlackPayload(text=_escape(title, MAX_SECTION_TEXT), blocks=blocks)
 
 
 def render_payload(report: Report, *, max_findings: int = MAX_FINDINGS_SHOWN) -> SlackPayload:
@@ -198,7 +203,9 @@ def _header(report: Report) -> dict[str, Any]:
     known = [value for value in (report.account_name, report.organizational_unit) if value]
     account = f"{report.account} ({', '.join(known)})" if known else report.account
     text = f"{prefix}IMDSv2 {report.trigger} report · {account} · {report.region} · {report.mode} mode{part}"
-    return {"type": "header", "text": {"type": "plain_text", "text": _clip(text, MAX_HEADER_TEXT), "emoji": True}}
+    # plain_text is not parsed for links or mentions, but Slack decodes the same three entities everywhere: escaped
+    # like the rest, so no field is trusted to its block type.
+    return {"type": "header", "text": {"type": "plain_text", "text": _escape(text, MAX_HEADER_TEXT), "emoji": True}}
 
 
 def _summary(report: Report) -> str:
@@ -268,7 +275,8 @@ def _footer(report: Report) -> str:
 def _fallback_text(report: Report) -> str:
     # The notification and screen-reader text: the same words as the SNS subject, so both channels agree.
     counts = report.run_counts if report.parts > 1 and report.run_counts else report.counts
-    return subject_for(report, counts=counts)
+    # mrkdwn, like the blocks: the account and region in it come from the message, so they are escaped too.
+    return _escape(subject_for(report, counts=counts), MAX_SECTION_TEXT)
 
 
 def _top_severity(report: Report) -> Severity | None:
@@ -276,17 +284,28 @@ def _top_severity(report: Report) -> Severity | None:
     return next((s for s in (Severity.HIGH, Severity.WARNING, Severity.INFO) if s in severities), None)
 
 
+# verbatim: Slack does not auto-link bare URLs or auto-parse mentions in the text; our own <url|label> links stay.
 def _section(text: str) -> dict[str, Any]:
-    return {"type": "section", "text": {"type": "mrkdwn", "text": _clip_lines(text, MAX_SECTION_TEXT)}}
+    return {
+        "type": "section",
+        "text": {"type": "mrkdwn", "text": _clip_lines(text, MAX_SECTION_TEXT), "verbatim": True},
+    }
 
 
 def _context(text: str) -> dict[str, Any]:
-    return {"type": "context", "elements": [{"type": "mrkdwn", "text": _clip_lines(text, MAX_CONTEXT_TEXT)}]}
+    return {
+        "type": "context",
+        "elements": [{"type": "mrkdwn", "text": _clip_lines(text, MAX_CONTEXT_TEXT), "verbatim": True}],
+    }
+
+
+def _defang(raw: str) -> str:
+    return _BROADCASTS.sub("@\u2060\\1", raw)
 
 
 def _escape(raw: str, limit: int) -> str:
     """Escape for mrkdwn and cap the escaped length, never cutting inside an escape sequence."""
-    escaped = [_MRKDWN_ESCAPES.get(char, char) for char in raw]
+    escaped = [_MRKDWN_ESCAPES.get(char, char) for char in _defang(raw)]
     if sum(len(piece) for piece in escaped) <= limit:
         return "".join(escaped)
     out: list[str] = []

@@ -5,10 +5,16 @@ lowered, who/when tags) and report the same way.
 
 Before each paced batch of RECHECK_BATCH modifies, one DescribeInstances (instance-id filter) reads the live
 instances again: a plan made from older facts (the gate's listing, minutes ago; a continuation's plan) is skipped when
-its instance is gone, was tagged exempt since (reported `exempt`) or already requires IMDSv2 (someone else switched
-it: not reported again), and it never lowers a hop limit raised since. A batch of 50 is at most 10 s of modifies at
+its instance is gone, was exempted since (reported `exempt`) or already requires IMDSv2 (someone else switched it:
+not reported again), and it never lowers a hop limit raised since. A batch of 50 is at most 10 s of modifies at
 EC2's sustained rate. The first batch of a caller that has just read the instances itself (the launch watch) is not
 read again.
+
+After each successful modify, before anything else can fail, the switch is logged (one structured line) and
+recorded in the state table (workflows/switch_records): the record is what a retry or the gate's next sweep reports
+if this run's report never goes out, and what the watch after the switch reads if the tags could not be written. A
+policy's refusal (UnauthorizedOperation: an SCP, the role's exemption condition) is reported, never raised: a retry
+would get the same answer.
 """
 
 from __future__ import annotations
@@ -28,13 +34,17 @@ from imds_enforcer.domain.policy import (
     ModifyPlan,
     PreparePlan,
     Recheck,
+    exempt_finding,
+    is_exempt,
     recheck_modify,
     recheck_prepare,
 )
 from imds_enforcer.domain.report import Action, Finding
-from imds_enforcer.domain.settings import ENFORCED_AT_TAG, ENFORCED_BY_TAG, PREPARED_AT_TAG
+from imds_enforcer.domain.settings import ENFORCED_AT_TAG, ENFORCED_BY_TAG, PREPARED_AT_TAG, Settings
+from imds_enforcer.domain.switches import untagged_finding
 from imds_enforcer.observability import logger
 from imds_enforcer.workflows.pacing import Pacer, is_throttle
+from imds_enforcer.workflows.switch_records import SwitchRecorder, log_switch, tag_with_retry
 
 __all__ = ["RECHECK_BATCH", "EnforcementOutcome", "Pacer", "deferred_preparation_finding", "enforce", "prepare"]
 
@@ -57,6 +67,8 @@ class EnforcementOutcome:
     already_done: list[str] = field(default_factory=list)
     gone: list[str] = field(default_factory=list)
     rechecks: int = 0  # DescribeInstances calls made to re-check
+    # Switched by another run after this one read them (our modify changed nothing): that run reports them.
+    switched_elsewhere: list[str] = field(default_factory=list)
 
 
 def enforce(
@@ -69,25 +81,34 @@ def enforce(
     reason_prefix: str = "",
     adaptive: bool = False,
     facts_read_now: bool = True,
+    recorder: SwitchRecorder | None = None,
+    settings: Settings | None = None,
+    event_id: str | None = None,
 ) -> EnforcementOutcome:
-    """Modify each planned instance; a failure on one never stops the others. Unexpected codes are collected
+    """Modify each planned instance; a failure on one never stops the others. Errors a retry can fix are collected
     so that the caller can raise after reporting (Lambda's retry and the failure destination then see them).
 
     `plans` may be lazy (the gate decides them chunk by chunk as they are taken); what is not taken stays with the
     caller. `adaptive` (the gate): modifies go through the paced client, a throttle slows the pacer down (AIMD) and
     the instance is tried again later in the run, never reported as a failure; otherwise (the launch watch) botocore's
     retries absorb throttles and one that outlasts them is a `failed` finding. `facts_read_now=False`: the plans'
-    facts are not fresh, so the first batch is re-checked too."""
+    facts are not fresh, so the first batch is re-checked too. `recorder` (the state table) makes each switch durable
+    and settles overlaps with other runs; `settings` decide exemptions on the live instance (the central list, when
+    configured) and let a refused modify be told apart: an instance exempted since this run read it is `exempt`."""
     outcome = EnforcementOutcome()
+    stamp = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    refused: dict[str, AwsError] = {}
 
     def modify(plan: ModifyPlan) -> None:
         ec2.require_tokens(plan.instance_id, hop_limit=plan.hop_limit, paced=adaptive)
 
     changed = _paced(
         plans,
-        recheck=recheck_modify,
+        recheck=lambda plan, live: recheck_modify(plan, live, settings),
         modify=modify,
+        switched=lambda plan: _after_switch(plan, stamp, reason_prefix, enforced_by, recorder, event_id, outcome),
         failed=lambda plan, error: error.finding(plan.instance_id),
+        refused=refused if settings is not None else None,
         deferred=outcome.deferred_plans,
         outcome=outcome,
         pacer=pacer,
@@ -96,23 +117,114 @@ def enforce(
         facts_read_now=facts_read_now,
     )
     outcome.deferred = [plan.instance for plan in outcome.deferred_plans]
+    if refused and settings is not None:
+        outcome.findings.extend(_refusals(refused, settings, "ModifyInstanceMetadataOptions"))
 
-    stamp = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    tag_error: AwsError | None = None
-    if changed:
-        try:
-            ec2.tag_instances(
-                [plan.instance_id for plan in changed], {ENFORCED_AT_TAG: stamp, ENFORCED_BY_TAG: enforced_by}
-            )
-        except AwsError as error:
-            tag_error = error
-            _note_unexpected(outcome, "(tagging)", error, always=True)
+    failed = (
+        tag_with_retry({plan.instance_id: {ENFORCED_AT_TAG: stamp, ENFORCED_BY_TAG: enforced_by} for plan in changed})
+        if changed
+        else {}
+    )
+    if recorder is not None:
+        recorder.tagged(plan.instance_id for plan in changed if plan.instance_id not in failed)
     for plan in changed:
         outcome.enforced.append(plan.instance_id)
         outcome.findings.append(_enforced(plan, stamp, reason_prefix))
-        if tag_error is not None:
-            outcome.findings.append(tag_error.finding(plan.instance_id, "CreateTags (enforced, but not tagged)"))
+        tag_error = failed.get(plan.instance_id)
+        if tag_error is None:
+            continue
+        if recorder is not None and plan.instance_id not in recorder.ours:
+            # Neither tagged nor recorded yet: the record gets a second chance before the run settles for neither.
+            recorder.record_again(
+                plan.instance_id,
+                stamp=stamp,
+                reason=_enforced(plan, stamp, reason_prefix).reason,
+                hop_limit=plan.hop_limit,
+            )
+        record = recorder.ours.get(plan.instance_id) if recorder is not None else None
+        if record is not None:
+            outcome.findings.append(untagged_finding(record, tag_error.code, tag_error.message))
+            logger.warning(
+                "enforced, not tagged: watched from the state table", extra={"instance_id": plan.instance_id}
+            )
+        else:
+            # Neither tagged nor recorded: the report and the switch's log line are all there is; a person must tag
+            # it for the gate to watch it (the rejection alarm still covers every instance of the account).
+            outcome.findings.append(
+                tag_error.finding(
+                    plan.instance_id,
+                    "CreateTags (enforced, but neither tagged nor recorded: tag it "
+                    f"{ENFORCED_AT_TAG}={stamp} so the gate watches it)",
+                )
+            )
+            logger.error("enforced, neither tagged nor recorded", extra={"instance_id": plan.instance_id})
+        # Not raised: the gate retries the tag from the record, and a retry of this run could not find it otherwise.
     return outcome
+
+
+def _after_switch(
+    plan: ModifyPlan,
+    stamp: str,
+    reason_prefix: str,
+    enforced_by: str,
+    recorder: SwitchRecorder | None,
+    event_id: str | None,
+    outcome: EnforcementOutcome,
+) -> bool:
+    """Log and record a switch the moment it is made. False when another run had already switched the instance
+    after this run read it: this modify changed nothing, and the other run reports it."""
+    log_switch(
+        plan.instance_id, enforced_by=enforced_by, stamp=stamp, event_id=event_id or "-", hop_limit=plan.hop_limit
+    )
+    if recorder is None:
+        return True
+    other = recorder.record(
+        plan.instance_id, stamp=stamp, reason=_enforced(plan, stamp, reason_prefix).reason, hop_limit=plan.hop_limit
+    )
+    if other is None:
+        return True
+    outcome.switched_elsewhere.append(plan.instance_id)
+    return False
+
+
+def _refusals(refused: dict[str, AwsError], settings: Settings, operation: str) -> list[Finding]:
+    """Findings for modifies a policy refused. One look at those instances (a single DescribeInstances) tells an
+    exemption made since this run read them (the roles' IAM condition refuses to touch such an instance: the
+    exemption held) from any other refusal (an SCP, a boundary): `exempt` for the first, `failed` for the rest,
+    neither raised, since a retry would be refused the same way."""
+    try:
+        now_exempt = {
+            facts.instance_id: facts for facts in ec2.describe_by_ids(sorted(refused)) if is_exempt(facts, settings)
+        }
+    except AwsError as unread:
+        logger.warning("refused instances not re-read", extra={"code": unread.code})
+        now_exempt = {}
+    findings = []
+    for instance_id, error in refused.items():
+        facts = now_exempt.get(instance_id)
+        if facts is not None:
+            finding = exempt_finding(facts, settings)
+            findings.append(
+                finding.model_copy(
+                    update={
+                        "reason": f"{finding.reason}: exempted while this run was under way; {operation} was refused "
+                        f"({error.code}), as the role's exemption condition intends, and nothing changed",
+                        "details": {**finding.details, "exempted_during_run": "true"},
+                    }
+                )
+            )
+            continue
+        logger.warning("refused by a policy", extra={"instance_id": instance_id, "code": error.code})
+        finding = error.finding(instance_id, operation)
+        findings.append(
+            finding.model_copy(
+                update={
+                    "reason": finding.reason + ": refused by a policy (an SCP or the role's conditions); "
+                    "reported once a run, not retried"
+                }
+            )
+        )
+    return findings
 
 
 def _enforced(plan: ModifyPlan, stamp: str, reason_prefix: str) -> Finding:
@@ -133,20 +245,24 @@ def prepare(
     should_stop: Callable[[], bool] = lambda: False,
     adaptive: bool = False,
     facts_read_now: bool = True,
+    settings: Settings | None = None,
 ) -> EnforcementOutcome:
     """Raise each planned container host's hop limit to 2 (tokens untouched), paced like every modify, and tag it
     `imdsv2-enforcer:prepared-at`. Plans past the time budget are left in `deferred_preparations` for the caller
     (deferred_preparation_finding says so in a report)."""
     outcome = EnforcementOutcome()
+    refused: dict[str, AwsError] = {}
 
     def modify(plan: PreparePlan) -> None:
         ec2.raise_hop_limit(plan.instance_id, CONTAINER_HOP_LIMIT, paced=adaptive)
 
     changed = _paced(
         plans,
-        recheck=recheck_prepare,
+        recheck=lambda plan, live: recheck_prepare(plan, live, settings),
         modify=modify,
+        switched=lambda plan: True,
         failed=lambda plan, error: error.finding(plan.instance_id, "ModifyInstanceMetadataOptions (hop limit)"),
+        refused=refused if settings is not None else None,
         deferred=outcome.deferred_preparations,
         outcome=outcome,
         pacer=pacer,
@@ -155,6 +271,8 @@ def prepare(
         facts_read_now=facts_read_now,
     )
     outcome.deferred = [plan.instance for plan in outcome.deferred_preparations]
+    if refused and settings is not None:
+        outcome.findings.extend(_refusals(refused, settings, "ModifyInstanceMetadataOptions (hop limit)"))
     stamp = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
     if changed:
         try:
@@ -181,7 +299,9 @@ def _paced(
     *,
     recheck: Callable[[P, InstanceFacts | None], P | Recheck],
     modify: Callable[[P], None],
+    switched: Callable[[P], bool],
     failed: Callable[[P, AwsError], Finding],
+    refused: dict[str, AwsError] | None,
     deferred: list[P],
     outcome: EnforcementOutcome,
     pacer: Pacer,
@@ -191,7 +311,9 @@ def _paced(
 ) -> list[P]:
     """The paced loop both kinds of modify share: batches of RECHECK_BATCH, each re-checked on the live instances,
     then one modify per plan when the pacer allows. `should_stop()` is asked once before each plan (and the plans
-    not taken yet are never pulled once it says stop). Returns the plans carried out."""
+    not taken yet are never pulled once it says stop). `switched(plan)` runs right after each successful modify (the
+    record of the switch) and says whether it counts as this run's. A policy's refusal goes to `refused` when given.
+    Returns the plans carried out."""
     source: Iterator[P] = iter(plans)
     retry: deque[P] = deque()  # throttled (adaptive): tried again, re-checked again
     changed: list[P] = []
@@ -220,6 +342,9 @@ def _paced(
                     pacer.throttled(max(1, ec2.throttled_attempts() - throttled_before))
                     retry.append(plan)
                     continue
+                if refused is not None and error.refused:
+                    refused[plan.instance_id] = error
+                    continue
                 outcome.findings.append(failed(plan, error))
                 _note_unexpected(outcome, plan.instance_id, error)
                 continue
@@ -227,7 +352,8 @@ def _paced(
             if adaptive and absorbed:
                 pacer.throttled(absorbed)  # the client's retry got through, but EC2 said slow down first
             pacer.succeeded()
-            changed.append(plan)
+            if switched(plan):
+                changed.append(plan)
     return changed
 
 
@@ -265,10 +391,13 @@ def _recheck(
     return go
 
 
-def _note_unexpected(outcome: EnforcementOutcome, instance_id: str, error: AwsError, *, always: bool = False) -> None:
+def _note_unexpected(outcome: EnforcementOutcome, instance_id: str, error: AwsError) -> None:
+    """Log a failure; collect it for the caller to raise (after its report is out) only if a retry can fix it."""
     context = {"operation": error.operation, "instance_id": instance_id, "code": error.code}
-    if always or not error.expected:
-        logger.error("unexpected AWS error", extra=context)
+    if error.retryable:
+        logger.error("AWS call failed: the run raises after its report so that a retry can fix it", extra=context)
         outcome.unexpected_errors.append(f"{error.operation} {instance_id}: {error.code}")
-    else:
+    elif error.expected:
         logger.warning("AWS call failed", extra=context)
+    else:
+        logger.error("AWS call refused: reported, not retried", extra=context)

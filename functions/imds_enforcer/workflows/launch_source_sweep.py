@@ -3,8 +3,8 @@
 Used by the usage gate (the whole region), the launch watch (the resources a CloudTrail event names) and the CLI.
 Each check flags in flag mode and fixes per its opt-in in fix mode (FIX_LAUNCH_TEMPLATES, FIX_IMAGES; launch
 configurations cannot be changed). An AWS error on one resource becomes a `failed` finding and never stops the
-others; codes we do not expect are collected in `SourceOutcome.unexpected_errors`, so that the gate and the launch
-watch can raise after reporting, as they do for instances.
+others; failures a retry can fix are collected in `SourceOutcome.unexpected_errors`, so that the gate and the launch
+watch can raise after reporting, as they do for instances (a refusal is reported and not raised).
 
 The three `check_*` functions return the findings only (the CLI's view: a failed finding carries its code);
 the `sweep_*` functions return the whole outcome.
@@ -59,9 +59,11 @@ class SourceOutcome:
         context = {"operation": operation, "resource_id": resource_id, "code": error.code}
         if error.expected_for_sources:
             logger.warning("AWS call failed", extra=context)
-        else:
-            logger.error("unexpected AWS error", extra=context)
+        elif error.retryable:
+            logger.error("AWS call failed: the run raises after its report so that a retry can fix it", extra=context)
             self.unexpected_errors.append(f"{operation} {resource_id}: {error.code}")
+        else:
+            logger.error("AWS call refused: reported, not retried", extra=context)
 
     def extend(self, other: SourceOutcome) -> None:
         self.findings.extend(other.findings)

@@ -17,10 +17,11 @@ verdict changed since it was last reported (the stack's ledger table); changes (
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
-from imds_enforcer.aws import ec2, ledger, sns
+from imds_enforcer.aws import ec2, ledger
 from imds_enforcer.aws.errors import AwsError, UnexpectedAwsError
 from imds_enforcer.domain.deployment import Deployment
 from imds_enforcer.domain.door_events import DoorTrigger
@@ -30,6 +31,7 @@ from imds_enforcer.domain.events import (
     SourceKind,
     SourceTrigger,
     TriggerKind,
+    read_batch,
     read_launch_event,
 )
 from imds_enforcer.domain.instances import InstanceFacts
@@ -40,6 +42,9 @@ from imds_enforcer.domain.usage import gate_decision, rejected_calls, set_back_f
 from imds_enforcer.observability import logger
 from imds_enforcer.workflows import door_sweep, evidence, launch_source_sweep
 from imds_enforcer.workflows.enforcement import Pacer, enforce
+from imds_enforcer.workflows.exemptions import with_central_exemptions
+from imds_enforcer.workflows.outcome import EventOutcome
+from imds_enforcer.workflows.switch_records import SwitchRecorder, publish_and_settle
 
 ENFORCED_BY = "launch_watch"
 TRIGGER = "launch"
@@ -48,86 +53,150 @@ ALWAYS_REPORTED = frozenset({Action.ENFORCED, Action.PREPARED, Action.ROLLED_BAC
 
 
 @dataclass
-class LaunchOutcome:
-    status: str  # "ignored" or "processed"
-    reason: str = ""
-    findings: list[Finding] = field(default_factory=list)
-    message_ids: list[str] = field(default_factory=list)
+class _Run:
+    """What the events of one invocation add up to: one report."""
 
-    def summary(self) -> dict[str, object]:
-        return {
-            "status": self.status,
-            "reason": self.reason,
-            "findings": [finding.model_dump(mode="json", exclude_none=True) for finding in self.findings],
-            "published": len(self.message_ids),
-        }
+    settings: Settings
+    moment: datetime
+    recorder: SwitchRecorder | None
+    reported: list[Finding] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    totals: Counter[str] = field(default_factory=Counter)
+    remember: list[tuple[list[Finding], LaunchTrigger]] = field(default_factory=list)
 
 
 def watch_launch(
     raw_event: object, *, settings: Settings, deployment: Deployment, now: datetime | None = None
-) -> LaunchOutcome:
-    trigger = read_launch_event(
-        raw_event,
-        account=deployment.account,
-        region=deployment.region,
-        service_role_path=settings.SERVICE_ROLE_PATH,
+) -> EventOutcome:
+    """Handle a bare EventBridge event, or an SQS batch of them (a burst of launches): one report for all."""
+    batch = read_batch(raw_event)
+    for reason in batch.skipped:
+        logger.warning("queue message skipped", extra={"reason": reason})
+    triggers: list[LaunchTrigger | SourceTrigger | DoorTrigger] = []
+    ignored: list[str] = list(batch.skipped)
+    for event in batch.events:
+        trigger = read_launch_event(
+            event,
+            account=deployment.account,
+            region=deployment.region,
+            service_role_path=settings.SERVICE_ROLE_PATH,
+        )
+        if isinstance(trigger, Ignored):
+            logger.info("event ignored", extra={"reason": trigger.reason, "event_id": trigger.event_id})
+            ignored.append(trigger.reason)
+        else:
+            triggers.append(trigger)
+    if not triggers:
+        reason = ignored[0] if len(ignored) == 1 else f"{len(ignored)} events ignored: " + "; ".join(ignored[:5])
+        return EventOutcome(status="ignored", reason=reason, from_queue=batch.from_queue)
+
+    moment = now or datetime.now(UTC)
+    # The central exemption list, when configured, replaces the tag (unreadable or invalid: nothing changes).
+    settings = with_central_exemptions(settings, now=moment)
+    # Before anything is read: a switch another run records after this moment is one this run would only repeat.
+    run = _Run(
+        settings=settings,
+        moment=moment,
+        recorder=SwitchRecorder.start(settings, enforced_by=ENFORCED_BY, event_id=triggers[0].event_id),
     )
-    if isinstance(trigger, Ignored):
-        logger.info("event ignored", extra={"reason": trigger.reason, "event_id": trigger.event_id})
-        return LaunchOutcome(status="ignored", reason=trigger.reason)
-    if isinstance(trigger, SourceTrigger):
-        return _watch_source(trigger, settings, deployment)
-    if isinstance(trigger, DoorTrigger):
-        return _watch_door(trigger, settings, deployment)
+    try:
+        for trigger in triggers:
+            if isinstance(trigger, SourceTrigger):
+                _watch_source(trigger, run)
+            elif isinstance(trigger, DoorTrigger):
+                _watch_door(trigger, run)
+            else:
+                _watch_instances(trigger, run)
+    except Exception:
+        # Whatever went wrong, what was already done is published (or logged in full) before the run raises.
+        logger.exception("launch watch failed part way: publishing what it did before raising")
+        _publish_partial(run, triggers[0].event_id, deployment)
+        raise
+    if len(triggers) > 1 or batch.from_queue:
+        run.totals["events"] = len(triggers)
+        run.totals["events_ignored"] = len(ignored)
+    result = _finish(run, triggers[0].event_id, deployment)
+    for findings, trigger in run.remember:
+        _remember(findings, trigger, settings, run.moment)
+    result.from_queue = batch.from_queue
+    return result
+
+
+def _watch_instances(trigger: LaunchTrigger, run: _Run) -> None:
+    settings = run.settings
     if trigger.rejected_ids:
         logger.warning("event names invalid instance ids", extra={"ids": list(trigger.rejected_ids)})
     logger.info("event accepted", extra={"kind": trigger.kind.value, "instances": list(trigger.instance_ids)})
-
-    moment = now or datetime.now(UTC)
-    decided = _decide(trigger, settings, moment)
+    if run.recorder is not None:
+        run.recorder.event_id = trigger.event_id  # each switch is recorded under the event that named it
+    try:
+        decided = _decide(trigger, settings, run.moment)
+    except AwsError as error:
+        # Its instances could not be read (or their history): each one is reported failed, the batch's other events
+        # go on, and the run raises at the end if a retry can fix it.
+        logger.error("event not decided", extra={"event_id": trigger.event_id, "code": error.code})
+        run.reported.extend(error.finding(instance_id) for instance_id in trigger.instance_ids)
+        if error.retryable:
+            run.unexpected.append(f"{error.operation} (event {trigger.event_id}): {error.code}")
+        return
     outcome = enforce(
         decided.plans,
         enforced_by=ENFORCED_BY,
         pacer=Pacer(burst=settings.MODIFY_BURST, rate_per_second=settings.MODIFY_RATE_PER_SECOND),
-        now=moment,
+        now=run.moment,
         reason_prefix="regression to optional undone: " if trigger.kind is TriggerKind.REGRESSION else "",
+        recorder=run.recorder,
+        settings=settings,
+        event_id=trigger.event_id,
     )
-    findings = [*decided.findings, *outcome.findings]
+    # A retry of this event finds its instances already required: the switches its earlier attempt recorded but
+    # could not report are reported now.
+    late = run.recorder.claim_for_event(decided.already_required, [trigger.event_id]) if run.recorder else []
+    findings = [*decided.findings, *outcome.findings, *late]
     reported, muted = _mute_unchanged(findings, trigger, settings)
-    totals = {
-        "instances_in_event": len(trigger.instance_ids),
-        "new": decided.new,
-        "restarted": decided.restarted,
-        "enforced": len(outcome.enforced),
-        "unchanged_not_reported": len(muted),
-    }
-    result = _finish(reported, outcome.unexpected_errors, totals, trigger.event_id, settings, deployment)
-    _remember(findings, trigger, settings, moment)
-    return result
+    run.reported.extend(reported)
+    run.unexpected.extend(outcome.unexpected_errors)
+    run.totals.update(
+        {
+            "instances_in_event": len(trigger.instance_ids),
+            "new": decided.new,
+            "restarted": decided.restarted,
+            "enforced": len(outcome.enforced),
+            "reported_late": len(late),
+            "switched_by_another_run": len(outcome.switched_elsewhere),
+            "unchanged_not_reported": len(muted),
+        }
+    )
+    run.remember.append((findings, trigger))
 
 
-def _finish(
-    findings: list[Finding],
-    unexpected_errors: list[str],
-    totals: dict[str, int],
-    event_id: str,
-    settings: Settings,
-    deployment: Deployment,
-) -> LaunchOutcome:
-    """Publish what the event found; then raise if an AWS call failed unexpectedly (after the report is out)."""
-    report = Report(
+def _report(run: _Run, event_id: str, deployment: Deployment) -> Report:
+    return Report(
         account=deployment.account,
         region=deployment.region,
         trigger=TRIGGER,
-        mode=settings.ENFORCEMENT_MODE.value,
+        mode=run.settings.ENFORCEMENT_MODE.value,
         source_event_id=event_id,
-        totals=totals,
-        findings=findings,
+        totals=dict(run.totals),
+        findings=run.reported,
     )
-    message_ids = sns.publish(report, settings)
-    if unexpected_errors:
-        raise UnexpectedAwsError("; ".join(unexpected_errors), report=report)
-    return LaunchOutcome(status="processed", findings=findings, message_ids=message_ids)
+
+
+def _publish_partial(run: _Run, event_id: str, deployment: Deployment) -> None:
+    try:
+        publish_and_settle(_report(run, event_id, deployment), settings=run.settings, recorder=run.recorder)
+    except AwsError:
+        logger.error("partial report not published either (logged in full above)")
+
+
+def _finish(run: _Run, event_id: str, deployment: Deployment) -> EventOutcome:
+    """Publish what the events found, settle the switch records (reported where the report went out); then raise if
+    an AWS call failed in a way a retry can fix (after the report is out)."""
+    report = _report(run, event_id, deployment)
+    message_ids = publish_and_settle(report, settings=run.settings, recorder=run.recorder)
+    if run.unexpected:
+        raise UnexpectedAwsError("; ".join(run.unexpected), report=report)
+    return EventOutcome(status="processed", findings=run.reported, message_ids=message_ids)
 
 
 @dataclass
@@ -136,6 +205,7 @@ class _Decided:
     plans: list[ModifyPlan] = field(default_factory=list)
     new: int = 0
     restarted: int = 0
+    already_required: list[str] = field(default_factory=list)  # a retry's own earlier switches may be among them
 
 
 def _decide(trigger: LaunchTrigger, settings: Settings, now: datetime) -> _Decided:
@@ -157,6 +227,8 @@ def _decide(trigger: LaunchTrigger, settings: Settings, now: datetime) -> _Decid
                 )
             )
         elif facts.gone or facts.pending or not facts.accepts_imdsv1:
+            if not facts.accepts_imdsv1:
+                decided.already_required.append(instance_id)
             why = "pending: its running state-change event will look again" if facts.pending else "nothing to do"
             logger.info(why, extra={"instance_id": instance_id, "tokens": facts.http_tokens, "state": facts.state})
         elif is_exempt(facts, settings):
@@ -260,29 +332,31 @@ def _remember(findings: list[Finding], trigger: LaunchTrigger, settings: Setting
         logger.warning("ledger not updated: the next event may report these again", extra={"code": error.code})
 
 
-def _watch_source(trigger: SourceTrigger, settings: Settings, deployment: Deployment) -> LaunchOutcome:
+def _watch_source(trigger: SourceTrigger, run: _Run) -> None:
     """Check the launch sources the event names, with the same rules (and opt-ins) as the gate's sweep."""
     logger.info(
         "event accepted", extra={"kind": trigger.kind.value, "event": trigger.event_name, "ids": trigger.resource_ids}
     )
     ids = list(trigger.resource_ids)
     if trigger.kind is SourceKind.LAUNCH_TEMPLATE:
-        outcome = launch_source_sweep.sweep_launch_templates(settings, template_ids=ids)
+        outcome = launch_source_sweep.sweep_launch_templates(run.settings, template_ids=ids)
     elif trigger.kind is SourceKind.LAUNCH_CONFIGURATION:
-        outcome = launch_source_sweep.sweep_launch_configurations(settings, names=ids)
+        outcome = launch_source_sweep.sweep_launch_configurations(run.settings, names=ids)
     else:
-        outcome = launch_source_sweep.sweep_images(settings, image_ids=ids)
-    totals = {"resources_in_event": len(ids)}
-    return _finish(outcome.findings, outcome.unexpected_errors, totals, trigger.event_id, settings, deployment)
+        outcome = launch_source_sweep.sweep_images(run.settings, image_ids=ids)
+    run.reported.extend(outcome.findings)
+    run.unexpected.extend(outcome.unexpected_errors)
+    run.totals["resources_in_event"] += len(ids)
 
 
-def _watch_door(trigger: DoorTrigger, settings: Settings, deployment: Deployment) -> LaunchOutcome:
+def _watch_door(trigger: DoorTrigger, run: _Run) -> None:
     """Check the doors outside EC2 instances the event names, with the same rules (and opt-ins) as the gate."""
     logger.info(
         "event accepted",
         extra={"kind": trigger.resource_type, "event": trigger.event_name, "ids": trigger.resource_ids},
     )
     ids = list(trigger.resource_ids)
-    outcome = door_sweep.DOOR_SWEEPS[trigger.resource_type](settings, names=ids)
-    totals = {"resources_in_event": len(ids)}
-    return _finish(outcome.findings, outcome.unexpected_errors, totals, trigger.event_id, settings, deployment)
+    outcome = door_sweep.DOOR_SWEEPS[trigger.resource_type](run.settings, names=ids)
+    run.reported.extend(outcome.findings)
+    run.unexpected.extend(outcome.unexpected_errors)
+    run.totals["resources_in_event"] += len(ids)

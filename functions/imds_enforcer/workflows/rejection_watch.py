@@ -34,6 +34,9 @@ from imds_enforcer.domain.report import Action, Finding, Report
 from imds_enforcer.domain.settings import ENFORCED_AT_TAG, Settings
 from imds_enforcer.domain.usage import rejected_finding, rollback_tag_value
 from imds_enforcer.observability import logger
+from imds_enforcer.workflows import switch_records
+from imds_enforcer.workflows.exemptions import with_central_exemptions
+from imds_enforcer.workflows.outcome import EventOutcome
 
 TRIGGER = "rejection_alarm"
 # How far back the alarm's run looks: the alarm fires on a 5-minute period; this covers late datapoints and a run
@@ -142,7 +145,7 @@ def _roll_back(
         ec2.allow_tokens_optional(facts.instance_id)
     except AwsError as error:
         outcome.findings.append(error.finding(facts.instance_id, f"rollback: {operation}"))
-        if not error.expected:
+        if error.retryable:
             outcome.unexpected.append(f"rollback {operation} {facts.instance_id}: {error.code}")
         return False
     outcome.findings.append(
@@ -164,36 +167,26 @@ def watch_rejections_now(*, settings: Settings, now: datetime) -> WatchOutcome:
         logger.info("the rejection alarm fired, but no instance rejects IMDSv1 calls now")
         return WatchOutcome()
     instances = ec2.describe_by_ids(sorted(counts))
+    if settings.ROLLBACK_ON_REJECTED:
+        # An instance the service switched but could not tag is known by its switch record: a rollback may touch it.
+        instances = switch_records.with_switch_records(settings, instances)
     return watch(instances, counts, settings=settings, now=now, since="in the last hour")
-
-
-@dataclass
-class AlarmRunOutcome:
-    status: str  # "ignored" or "processed"
-    reason: str = ""
-    findings: list[Finding] = field(default_factory=list)
-    message_ids: list[str] = field(default_factory=list)
-
-    def summary(self) -> dict[str, object]:
-        return {
-            "status": self.status,
-            "reason": self.reason,
-            "findings": [finding.model_dump(mode="json", exclude_none=True) for finding in self.findings],
-            "published": len(self.message_ids),
-        }
 
 
 def run_on_alarm(
     raw_event: object, *, settings: Settings, deployment: Deployment, now: datetime | None = None
-) -> AlarmRunOutcome:
+) -> EventOutcome:
     """The rejection alarm fired: name the rejecting instances in a report (trigger `rejection_alarm`), and, opt-in,
     roll back the ones the rules allow. Raises after the report is out if an AWS call failed unexpectedly."""
     trigger = read_alarm_event(raw_event, account=deployment.account, region=deployment.region)
     if isinstance(trigger, Ignored):
         logger.info("event ignored", extra={"reason": trigger.reason, "event_id": trigger.event_id})
-        return AlarmRunOutcome(status="ignored", reason=trigger.reason)
+        return EventOutcome(status="ignored", reason=trigger.reason)
     logger.info("rejection watch", extra={"trigger": trigger.kind, "alarm": trigger.alarm_name})
     moment = now or datetime.now(UTC)
+    if settings.ROLLBACK_ON_REJECTED:
+        # Who is exempt decides what may be rolled back: the central list, when configured, replaces the tag.
+        settings = with_central_exemptions(settings, now=moment)
     outcome = watch_rejections_now(settings=settings, now=moment)
     report = Report(
         account=deployment.account,
@@ -207,4 +200,4 @@ def run_on_alarm(
     message_ids = sns.publish(report, settings)
     if outcome.unexpected:
         raise UnexpectedAwsError("; ".join(outcome.unexpected), report=report)
-    return AlarmRunOutcome(status="processed", findings=outcome.findings, message_ids=message_ids)
+    return EventOutcome(status="processed", findings=outcome.findings, message_ids=message_ids)

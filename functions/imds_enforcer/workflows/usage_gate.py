@@ -47,7 +47,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from imds_enforcer.aws import ec2, scheduler, sns, sweep_store
+from imds_enforcer.aws import ec2, scheduler, sweep_store
 from imds_enforcer.aws.cloudwatch import MAX_QUERIES_PER_CALL
 from imds_enforcer.aws.errors import AwsError, UnexpectedAwsError
 from imds_enforcer.domain.deployment import Deployment
@@ -79,7 +79,15 @@ from imds_enforcer.domain.usage import (
     under_watch,
 )
 from imds_enforcer.observability import logger
-from imds_enforcer.workflows import caller_analysis, door_sweep, evidence, launch_source_sweep, rejection_watch
+from imds_enforcer.workflows import (
+    caller_analysis,
+    door_sweep,
+    evidence,
+    exemptions,
+    launch_source_sweep,
+    rejection_watch,
+    switch_records,
+)
 from imds_enforcer.workflows.enforcement import EnforcementOutcome, deferred_preparation_finding, enforce, prepare
 from imds_enforcer.workflows.pacing import Clock, Pacer, PacerSnapshot, SystemClock
 
@@ -106,6 +114,8 @@ TOTALS = (
     "throttles",
     "modify_wait_seconds",
     "source_checks_skipped",
+    "reported_late",
+    "switched_by_another_run",
     "runs",
     "continuations",
     "sweep_seconds",
@@ -148,6 +158,7 @@ class _Run:
     pacer: Pacer
     clock: Clock
     started: float  # the clock's monotonic reading when the run began
+    recorder: switch_records.SwitchRecorder | None = None  # this run's switches, in the state table
     findings: list[Finding] = field(default_factory=list)  # this run's
     unexpected: list[str] = field(default_factory=list)
 
@@ -193,9 +204,12 @@ def run_gate(
     logger.info("gate run", extra={"trigger": trigger.kind, "event_id": trigger.event_id, "run": trigger.run})
 
     clock = clock or SystemClock()
+    now = now or clock.now()
+    # The central exemption list, when configured, replaces the tag for this run (unreadable: nothing changes).
+    settings = exemptions.with_central_exemptions(settings, now=now)
     run = _Run(
         settings=settings,
-        now=now or clock.now(),
+        now=now,
         pacer=Pacer(
             burst=settings.MODIFY_BURST,
             rate_per_second=settings.MODIFY_RATE_PER_SECOND,
@@ -204,6 +218,8 @@ def run_gate(
         ),
         clock=clock,
         started=clock.monotonic(),
+        # Before anything is read: a switch another run records after this moment is one this run would only repeat.
+        recorder=switch_records.SwitchRecorder.start(settings, enforced_by=ENFORCED_BY, event_id=trigger.event_id),
     )
     margin_ms = settings.DEADLINE_MARGIN_SECONDS * 1000
 
@@ -292,6 +308,13 @@ def _start_sweep(trigger: GateTrigger, run: _Run, deployment: Deployment, *, eag
     watched = [
         facts for facts in ec2.iter_instances_tagged(ENFORCED_AT_TAG) if under_watch(facts, settings, now=run.now)
     ]
+    # Switches no report carried yet (reported now) and untagged ones (tagged again, and watched from the record).
+    open_switches = switch_records.reconcile(run.recorder, now=run.now)
+    watched += [
+        facts
+        for facts in switch_records.watch_untagged(open_switches.untagged, watched)
+        if under_watch(facts, settings, now=run.now)
+    ]
     usage = evidence.fetch_usage(optional if eager else [], watched, settings=settings, now=run.now)
     watch = rejection_watch.watch(
         watched,
@@ -300,20 +323,22 @@ def _start_sweep(trigger: GateTrigger, run: _Run, deployment: Deployment, *, eag
         now=run.now,
         before_modify=run.pacer.acquire,
     )
-    run.findings.extend(watch.findings)
+    first = [*exemptions.expired_exemption_findings(settings), *open_switches.findings, *watch.findings]
+    run.findings.extend(first)
     run.unexpected.extend(watch.unexpected)
     state = SweepState(
         sweep_id=f"{run.now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}",
         started_at=run.now,
         source_event_id=trigger.event_id,
         mode=settings.ENFORCEMENT_MODE.value,
-        findings=list(watch.findings),
+        findings=first,
         unexpected=list(watch.unexpected),
         totals={
             "instances_scanned": len(optional),
             "watched": len(watched),
             "rejected": watch.rejected,
             "rolled_back": watch.rolled_back,
+            "reported_late": len(open_switches.findings),
         },
         open_candidates=sum(1 for facts in optional if not is_exempt(facts, settings)),
         container_host_seen=_container_host_seen([*optional, *watched], settings),
@@ -424,6 +449,9 @@ def _instances(work: _Work, state: SweepState, run: _Run, should_stop: Callable[
         should_stop=should_stop,
         adaptive=True,
         facts_read_now=False,
+        recorder=run.recorder,
+        settings=run.settings,
+        event_id=state.source_event_id,
     )
     _tally(enforced, state, run, counter="enforced")
     work.to_enforce.extendleft(reversed([taken[plan.instance_id] for plan in enforced.deferred_plans]))
@@ -438,7 +466,13 @@ def _instances(work: _Work, state: SweepState, run: _Run, should_stop: Callable[
             yield record.prepare_plan()
 
     prepared = prepare(
-        preparations(), pacer=run.pacer, now=run.now, should_stop=should_stop, adaptive=True, facts_read_now=False
+        preparations(),
+        pacer=run.pacer,
+        now=run.now,
+        should_stop=should_stop,
+        adaptive=True,
+        facts_read_now=False,
+        settings=run.settings,
     )
     _tally(prepared, state, run, counter="prepared")
     work.to_prepare.extendleft(reversed([preparing[plan.instance_id] for plan in prepared.deferred_preparations]))
@@ -450,7 +484,12 @@ def _tally(outcome: EnforcementOutcome, state: SweepState, run: _Run, *, counter
     run.unexpected.extend(outcome.unexpected_errors)
     state.unexpected.extend(outcome.unexpected_errors)
     state.add(
-        {counter: len(outcome.enforced), "already_required": len(outcome.already_done), "gone": len(outcome.gone)}
+        {
+            counter: len(outcome.enforced),
+            "already_required": len(outcome.already_done),
+            "gone": len(outcome.gone),
+            "switched_by_another_run": len(outcome.switched_elsewhere),
+        }
     )
     state.exempt_since += sum(1 for finding in outcome.findings if finding.action is Action.EXEMPT)
 
@@ -467,6 +506,9 @@ def _continue(state: SweepState, run: _Run, deployment: Deployment, function_arn
         logger.error("the sweep cannot continue: it ends with this run", extra={"code": error.code})
         state.unexpected.append(f"{error.operation} (continuation): {error.code}")
         return None
+    if run.recorder is not None:
+        # This run's switches stay open (the sweep's report, at its end, carries them), but their tags are on record.
+        run.recorder.checkpoint()
     totals = _totals(state, run)
     logger.info(
         "sweep continues in a new run",
@@ -502,7 +544,10 @@ def _schedule(state: SweepState, run: _Run, deployment: Deployment, function_arn
 def _totals(state: SweepState, run: _Run) -> dict[str, int]:
     totals = dict.fromkeys(TOTALS, 0)
     totals.update(state.totals)
-    totals["optional_remaining"] = totals["instances_scanned"] - totals["enforced"] + totals["rolled_back"]
+    # Of the optional instances the sweep listed: those it did not find required (by itself or by another run since)
+    # nor gone, and the instances it set back to optional.
+    done = totals["enforced"] + totals["already_required"] + totals["switched_by_another_run"] + totals["gone"]
+    totals["optional_remaining"] = totals["instances_scanned"] - done + totals["rolled_back"]
     totals["runs"] = state.runs
     totals["continuations"] = state.continuations
     totals["sweep_seconds"] = max(0, round((run.wall() - state.started_at).total_seconds()))
@@ -535,6 +580,7 @@ def _finish(
             - state.totals.get("enforced", 0)
             - state.totals.get("already_required", 0)
             - state.totals.get("gone", 0)
+            - state.totals.get("switched_by_another_run", 0)
             - state.exempt_since
         )
         before = len(run.findings)
@@ -558,7 +604,10 @@ def _finish(
         findings=state.findings,
     )
     logger.info("gate decided", extra={"sweep_id": state.sweep_id, "totals": totals, "counts": report.counts})
-    message_ids = sns.publish(report, run.settings) if publish else []
+    # Settles the switch records of every run of the sweep whose `enforced` finding this report carries.
+    message_ids = switch_records.publish_and_settle(
+        report, settings=run.settings, recorder=run.recorder, publish=publish
+    )
     if continuing:
         # After the report is out: had the publish failed, the next run would find the sweep and publish it then.
         # (A single-run sweep saved nothing, but a run whose continuation failed did.)

@@ -395,8 +395,9 @@ def _run(
 
     from imds_enforcer.aws import clients
 
+    # (the gate's modifies go through the paced EC2 client: it gets its share of the faults too)
     chaos = Chaos(rng=rng, rate=rate).attach(
-        clients.ec2(), clients.cloudwatch(), clients.sns(), clients.dynamodb(), clients.ssm()
+        clients.ec2(), clients.ec2_paced(), clients.cloudwatch(), clients.sns(), clients.dynamodb(), clients.ssm()
     )
     os.environ["REPORT_TOPIC_ARN"] = inbox.topic_arn
     with LogRecorder().attached() as logs, no_backoff():

@@ -100,9 +100,7 @@ class LaunchWatch(Construct):
             permissions=launch_watch_permissions(
                 instance_arn=arns.instance,
                 exempt_tag_key=exempt_tag_key,
-                exemption_parameter_arn=ResourceArns.parameter(self, exemption_parameter)
-                if exemption_parameter
-                else "",
+                exemption_parameter_arn=ResourceArns.parameter(self, exemption_parameter),
                 launch_template_arn=arns.launch_template,
                 image_arn=arns.image,
                 ledger_table_arn=ledger_table_arn,

@@ -44,7 +44,9 @@ class ResourceArns:
 
     @staticmethod
     def parameter(scope: Construct, name: str) -> str:
-        """An SSM parameter of this account and region (its name with or without the leading slash)."""
+        """An SSM parameter of this account and region (its name with or without the leading slash); "" for none."""
+        if not name:
+            return ""
         return cdk.Stack.of(scope).format_arn(service="ssm", resource="parameter", resource_name=name.lstrip("/"))
 
     @classmethod

@@ -46,9 +46,7 @@ class RejectionWatch(Construct):
             permissions=rejection_watch_permissions(
                 instance_arn=arns.instance,
                 exempt_tag_key=exempt_tag_key,
-                exemption_parameter_arn=ResourceArns.parameter(self, exemption_parameter)
-                if exemption_parameter
-                else "",
+                exemption_parameter_arn=ResourceArns.parameter(self, exemption_parameter),
                 rollback=rollback,
                 ledger_table_arn=ledger_table_arn,
             ),

@@ -57,9 +57,7 @@ class UsageGate(Construct):
             permissions=usage_gate_permissions(
                 instance_arn=arns.instance,
                 exempt_tag_key=exempt_tag_key,
-                exemption_parameter_arn=ResourceArns.parameter(self, exemption_parameter)
-                if exemption_parameter
-                else "",
+                exemption_parameter_arn=ResourceArns.parameter(self, exemption_parameter),
                 set_account_default=set_account_default,
                 rollback=rollback,
                 launch_template_arn=arns.launch_template,

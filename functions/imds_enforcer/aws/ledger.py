@@ -32,20 +32,23 @@ BACKOFF_SECONDS = 0.05
 
 
 def _batch_get(table: str, keys: Sequence[Mapping[str, Any]], **options: Any) -> tuple[list[Any], int]:
-    """BatchGetItem of up to GET_LIMIT keys, unprocessed keys asked again with backoff: the items, and how many keys
-    were still unprocessed after ATTEMPTS calls."""
+    """BatchGetItem of the keys (distinct: DynamoDB refuses a call with a key twice), GET_LIMIT a call, unprocessed
+    keys asked again with backoff: the items, and how many keys were still unprocessed after ATTEMPTS calls."""
     items: list[Any] = []
-    pending: list[Any] = list(keys)
-    for attempt in range(ATTEMPTS):
-        if attempt:
-            time.sleep(BACKOFF_SECONDS * 2 ** (attempt - 1))
-        request: Any = {table: {"Keys": pending, **options}}
-        response: Any = clients.dynamodb().batch_get_item(RequestItems=request)
-        items.extend(response.get("Responses", {}).get(table, []))
-        pending = list(response.get("UnprocessedKeys", {}).get(table, {}).get("Keys", []))
-        if not pending:
-            break
-    return items, len(pending)
+    unread = 0
+    for start in range(0, len(keys), GET_LIMIT):
+        pending: list[Any] = list(keys[start : start + GET_LIMIT])
+        for attempt in range(ATTEMPTS):
+            if attempt:
+                time.sleep(BACKOFF_SECONDS * 2 ** (attempt - 1))
+            request: Any = {table: {"Keys": pending, **options}}
+            response: Any = clients.dynamodb().batch_get_item(RequestItems=request)
+            items.extend(response.get("Responses", {}).get(table, []))
+            pending = list(response.get("UnprocessedKeys", {}).get(table, {}).get("Keys", []))
+            if not pending:
+                break
+        unread += len(pending)
+    return items, unread
 
 
 def _batch_write(table: str, requests: Sequence[WriteRequestTypeDef]) -> int:
@@ -71,20 +74,15 @@ def _key(instance_id: str) -> dict[str, Any]:
 
 def last_verdicts(table: str, instance_ids: Sequence[str]) -> dict[str, str]:
     """Instance id -> the verdict last recorded for it (instances never recorded are absent)."""
-    found: dict[str, str] = {}
-    unique = list(dict.fromkeys(instance_ids))
     with translated("BatchGetItem"):
-        for start in range(0, len(unique), GET_LIMIT):
-            items, unread = _batch_get(
-                table,
-                [_key(instance_id) for instance_id in unique[start : start + GET_LIMIT]],
-                ProjectionExpression="pk, verdict",
-            )
-            for item in items:
-                found[str(item["pk"]["S"]).removeprefix("verdict#")] = str(item["verdict"]["S"])
-            if unread:
-                logger.warning("ledger read incomplete: those instances are reported again", extra={"keys": unread})
-    return found
+        items, unread = _batch_get(
+            table,
+            [_key(instance_id) for instance_id in dict.fromkeys(instance_ids)],
+            ProjectionExpression="pk, verdict",
+        )
+    if unread:
+        logger.warning("ledger read incomplete: those instances are reported again", extra={"keys": unread})
+    return {str(item["pk"]["S"]).removeprefix("verdict#"): str(item["verdict"]["S"]) for item in items}
 
 
 def record_verdicts(table: str, verdicts: Mapping[str, str], *, now: datetime) -> None:
@@ -191,21 +189,14 @@ def record_switch(
 
 def switch_records(table: str, instance_ids: Sequence[str]) -> dict[str, SwitchRecord]:
     """Instance id -> its switch record (consistent reads: a retry must see what its earlier attempt wrote)."""
-    found: dict[str, SwitchRecord] = {}
-    unique = list(dict.fromkeys(instance_ids))
     with translated("BatchGetItem"):
-        for start in range(0, len(unique), GET_LIMIT):
-            items, unread = _batch_get(
-                table,
-                [_switch_key(instance_id) for instance_id in unique[start : start + GET_LIMIT]],
-                ConsistentRead=True,
-            )
-            for item in items:
-                record = _switch_record(item)
-                found[record.instance_id] = record
-            if unread:
-                raise AwsError("BatchGetItem", "UnprocessedKeys", f"{unread} switch records not read")
-    return found
+        items, unread = _batch_get(
+            table, [_switch_key(instance_id) for instance_id in dict.fromkeys(instance_ids)], ConsistentRead=True
+        )
+    if unread:
+        raise AwsError("BatchGetItem", "UnprocessedKeys", f"{unread} switch records not read")
+    records = [_switch_record(item) for item in items]
+    return {record.instance_id: record for record in records}
 
 
 def open_switches(table: str) -> list[SwitchRecord]:

@@ -12,7 +12,7 @@ import boto3
 import pytest
 
 from emulator.fleet import backdate_launch, create_ledger_table
-from imds_enforcer.aws import clients
+from imds_enforcer.aws import clients, sweep_store
 from imds_enforcer.aws.errors import UnexpectedAwsError
 from imds_enforcer.domain.settings import ENFORCED_BY_TAG
 from imds_enforcer.handlers.usage_gate import handler
@@ -287,6 +287,46 @@ def test_a_sweep_over_several_runs_settles_every_switch_its_report_carries(
     assert again["totals"]["reported_late"] == 0
     assert again["totals"]["enforced"] == 0
     assert inbox.drain() == []
+
+
+def test_the_switches_of_a_run_killed_before_it_saved_are_in_the_sweeps_report(
+    gate: ModifyLog, inbox: ReportInbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the stack's state table, a fleet that takes three runs, and a second run killed (its timeout) after its
+    # modifies and before it saved the sweep
+    monkeypatch.setenv("LEDGER_TABLE_NAME", create_ledger_table("imds-enforcer-state"))
+    ids = ready_fleet(2 * PER_RUN + 10)
+    runs: list[dict[str, Any]] = []
+    run(SCHEDULED, gate, runs)
+    second = fire_next()
+    assert second is not None
+    saves = sweep_store.save
+
+    def killed(bucket: str, state_json: str) -> int:
+        raise TimeoutError("Task timed out after 900.00 seconds")
+
+    monkeypatch.setattr(sweep_store, "save", killed)
+    with pytest.raises(TimeoutError):
+        run(second.event, gate, runs)
+    killed_run = sorted(gate.calls[PER_RUN : 2 * PER_RUN])
+    monkeypatch.setattr(sweep_store, "save", saves)
+
+    # When Lambda retries that run with the same event, and the sweep goes on to its end
+    runs[-1]["ended"] = True
+    run(second.event, gate, runs)
+    while (continuation := fire_next()) is not None:
+        run(continuation.event, gate, runs)
+
+    # Then the retry found the killed run's instances already required and changed nothing twice, and the sweep's
+    # one report still says each of them was enforced, once, as reported late
+    assert set(gate.per_instance.values()) == {1}
+    assert sorted(gate.per_instance) == sorted(ids)
+    (message,) = inbox.drain()
+    enforced = [f for f in message.report["findings"] if f["action"] == "enforced"]
+    assert sorted(f["resource_id"] for f in enforced) == sorted(ids)
+    late = sorted(f["resource_id"] for f in enforced if f.get("details", {}).get("reported_late") == "true")
+    assert late == killed_run
+    assert message.report["totals"]["reported_late"] == PER_RUN
 
 
 def open_switch_ids(table: str) -> list[str]:

@@ -258,6 +258,32 @@ def reconcile(recorder: SwitchRecorder | None, *, now: datetime) -> OpenSwitches
     return found
 
 
+def claim_unreported(recorder: SwitchRecorder | None, *, reported: Iterable[str]) -> list[Finding]:
+    """The gate, at the end of a sweep: its own open switches that the sweep's report does not carry (a run of the
+    sweep that stopped after its modifies and before it saved what it did, e.g. killed at its timeout: its retry
+    found those instances already required). Gate runs never overlap, so these are the sweep's to report; their
+    `enforced` findings join the report, and settling it settles them."""
+    if recorder is None:
+        return []
+    carried = set(reported)
+    try:
+        records = ledger.open_switches(recorder.table)
+    except AwsError as error:
+        logger.warning("open switch records unreadable: the next sweep reports them", extra={"code": error.code})
+        return []
+    findings = []
+    for record in records:
+        if record.reported or record.enforced_by != recorder.enforced_by or record.instance_id in carried:
+            continue
+        if record.instance_id in recorder.ours:
+            continue
+        recorder.claimed[record.instance_id] = record
+        findings.append(record.late_finding("the run of this sweep that switched it stopped before it saved that"))
+    if findings:
+        logger.info("switches of an interrupted run reported", extra={"instances": [f.resource_id for f in findings]})
+    return findings
+
+
 def watch_untagged(records: Sequence[SwitchRecord], tagged: Sequence[InstanceFacts]) -> list[InstanceFacts]:
     """The untagged switches as the watch sees them: described, with the tags they should carry taken from the
     record (so the watch reads their rejections since the switch, and a rollback knows the service switched them)."""

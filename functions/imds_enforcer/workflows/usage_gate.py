@@ -590,6 +590,12 @@ def _finish(
     state.add({"source_checks_skipped": _check_sources(run, should_stop)})
     state.findings.extend(run.findings[before:])
     _attach_callers(state, run)
+    interrupted = switch_records.claim_unreported(
+        run.recorder, reported=(f.resource_id for f in state.findings if f.action is Action.ENFORCED)
+    )
+    state.findings.extend(interrupted)
+    run.findings.extend(interrupted)
+    state.add({"reported_late": len(interrupted)})
     state.unexpected.extend(error for error in run.unexpected if error not in state.unexpected)
 
     totals = _totals(state, run)

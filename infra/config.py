@@ -109,7 +109,7 @@ class DeployConfig(BaseModel):
     notification_emails: list[str] = []
     gate_schedule_hours: Annotated[int, Field(ge=1, le=168)] = 6
     log_retention_days: LogRetentionDays = 90
-    gate_memory_mb: Annotated[int, Field(ge=128, le=10240)] = 512
+    gate_memory_mb: Annotated[int, Field(ge=128, le=10240)] = 1024
     # A Lambda runs for at most 15 minutes; under 2 leaves no time once the handler keeps its deadline margin.
     gate_timeout_minutes: Annotated[int, Field(ge=2, le=15)] = 15
     # Only when the Slack webhook secret (the runtime setting SLACK_WEBHOOK_SECRET) is encrypted with a customer

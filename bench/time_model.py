@@ -377,14 +377,26 @@ def simulate(size: int, *, fire_delay: float = CONTINUATION_FIRE_DELAY, backgrou
 
 def main(sizes: Sequence[int] = SIZES) -> None:
     import logging
+    import resource
+    import tracemalloc
 
     logging.getLogger("imds-enforcer").setLevel(logging.ERROR)
-    results = [simulate(size) for size in sizes]
+    results, peaks = [], []
+    for size in sizes:
+        # Memory too: the real gate code holds what a run holds (the simulated region's instances counted with it).
+        tracemalloc.start()
+        results.append(simulate(size))
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
     for result in results:
         print(
             f"time_to_enforce n={result.size} runs={result.runs} seconds={result.seconds:.0f} "
             f"floor={result.floor:.0f} ratio={result.ratio:.2f}"
         )
+    for result, peak in zip(results, peaks, strict=True):
+        print(f"memory n={result.size} tracemalloc_peak_mib={peak / 2**20:.0f} (the simulated region included)")
+    maxrss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"memory max_rss_mib={maxrss_mib:.0f} (this process, after the largest size)")
     for result in results:
         print(
             f"evidence_calls n={result.size} get_metric_data={result.evidence_calls} "

@@ -27,7 +27,7 @@ from botocore.exceptions import EndpointConnectionError, ReadTimeoutError
 from botocore.retries.standard import ExponentialBackoff
 
 from emulator import ACCOUNT, REGION
-from emulator.events import scheduled_event, state_change_event
+from emulator.events import queue_batch, scheduled_event, state_change_event
 from emulator.fleet import backdate_launch, create_ledger_table
 from emulator.observe import Inbox
 
@@ -361,12 +361,7 @@ def launch_run(*, rng: random.Random, handler: Callable[[dict[str, Any], Any], o
     fresh = _launch(rng.randint(4, 10))
     exempt = _launch(1, tags={EXEMPT_TAG: "vendor appliance"})
     optional = [*fresh, *exempt]
-    batch = {
-        "Records": [
-            {"messageId": str(index), "body": json.dumps(state_change_event(instance_id)), "eventSource": "aws:sqs"}
-            for index, instance_id in enumerate(optional)
-        ]
-    }
+    batch = queue_batch([state_change_event(instance_id) for instance_id in optional])
     before = _state()
     return _run(
         lambda: handler(batch, Context()),

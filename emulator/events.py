@@ -4,6 +4,7 @@ schedule. The demo, the tests and the benchmark build their events here; the rea
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -286,3 +287,24 @@ def scheduled_event(
         event_id=event_id,
         resources=[f"arn:aws:events:{region}:{account}:rule/{rule_name}"],
     )
+
+
+def queue_batch(events: Sequence[Any], *, extra_bodies: Sequence[str] = ()) -> dict[str, Any]:
+    """The SQS-to-Lambda event for EventBridge events delivered to the launch watch's queue (a burst gathered into one
+    batch), plus raw bodies that are not events at all."""
+    bodies = [json.dumps(event) for event in events] + list(extra_bodies)
+    return {
+        "Records": [
+            {
+                "messageId": f"m-{index}",
+                "receiptHandle": f"r-{index}",
+                "body": body,
+                "attributes": {},
+                "messageAttributes": {},
+                "eventSource": "aws:sqs",
+                "eventSourceARN": f"arn:aws:sqs:{REGION}:{ACCOUNT}:launch-watch-events",
+                "awsRegion": REGION,
+            }
+            for index, body in enumerate(bodies)
+        ]
+    }

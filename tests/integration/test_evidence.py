@@ -22,6 +22,7 @@ from tests.support.aws import (
     launch,
     metadata_options,
     modify_options_event,
+    queue_batch,
     run_instances_event,
     state_change_event,
     tags_of,
@@ -139,6 +140,31 @@ def test_restarts_are_decided_on_their_history_in_one_batched_read(
     # And the three restarts' evidence came in one GetMetricData call (2 queries each), the new one needed none
     assert log.counts["GetMetricData"] == 1
     assert log.metric_queries == [6]
+
+
+@pytest.mark.usefixtures("fix_mode")
+def test_a_scheduled_fleets_morning_start_is_decided_in_one_read_whatever_the_number_of_events(
+    inbox: ReportInbox, lambda_context: FakeLambdaContext
+) -> None:
+    # Given six instances of a stop/start schedule, four quiet and two that called IMDSv1, started this morning:
+    # one `running` event each, gathered by the queue into one batch
+    quiet = [established() for _ in range(4)]
+    users = [established(history=[0.0] * 10 + [2.0] + [0.0] * 3) for _ in range(2)]
+    batch = queue_batch([state_change_event(i) for i in [*quiet, *users]])
+    log = count_calls(clients.ec2(), clients.cloudwatch())
+
+    # When the launch watch reads the batch
+    launch_watch.handler(batch, lambda_context)
+
+    # Then every restart is decided on its own history, read in one DescribeInstances and one GetMetricData
+    findings = reported(inbox)
+    assert {i: findings[i]["action"] for i in [*quiet, *users]} == {
+        **dict.fromkeys(quiet, "enforced"),
+        **dict.fromkeys(users, "blocked"),
+    }
+    assert [metadata_options(i)["HttpTokens"] for i in users] == ["optional", "optional"]
+    assert (log.counts["DescribeInstances"], log.counts["GetMetricData"]) == (1, 1)
+    assert log.metric_queries == [12]
 
 
 def test_flag_mode_reports_a_scheduled_restart_only_when_its_verdict_changes(

@@ -23,6 +23,7 @@ from tests.support.aws import (
     make_inbox,
     metadata_options,
     modify_options_event,
+    queue_batch,
     run_instances_event,
     set_state,
     state_change_event,
@@ -553,31 +554,11 @@ def test_handler_emits_a_count_per_action_as_embedded_metrics(
 # --- bursts: EventBridge -> SQS -> one invocation ---------------------------------------------------------------
 
 
-def sqs_batch(events: list[Any], *, extra_bodies: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The SQS-to-Lambda event for EventBridge events delivered to the launch watch's queue."""
-    bodies = [json.dumps(event) for event in events] + list(extra_bodies)
-    return {
-        "Records": [
-            {
-                "messageId": f"m-{index}",
-                "receiptHandle": f"r-{index}",
-                "body": body,
-                "attributes": {},
-                "messageAttributes": {},
-                "eventSource": "aws:sqs",
-                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:launch-watch-events",
-                "awsRegion": "us-east-1",
-            }
-            for index, body in enumerate(bodies)
-        ]
-    }
-
-
 def test_an_auto_scaling_burst_is_one_report(inbox: ReportInbox, lambda_context: FakeLambdaContext) -> None:
     # Given an Auto Scaling group scaling out by 50 (50 `running` events, gathered by the queue into one batch),
     # plus a message that is not JSON at all
     ids = launch(count=50)
-    batch = sqs_batch([state_change_event(instance_id) for instance_id in ids], extra_bodies=("not json",))
+    batch = queue_batch([state_change_event(instance_id) for instance_id in ids], extra_bodies=("not json",))
 
     # When the launch watch reads the batch (flag mode)
     result = handler(batch, lambda_context)
@@ -596,7 +577,7 @@ def test_a_batch_mixing_launches_set_backs_and_foreign_events_is_one_report(
     inbox: ReportInbox, lambda_context: FakeLambdaContext
 ) -> None:
     [new, set_back] = launch(count=2)
-    batch = sqs_batch(
+    batch = queue_batch(
         [
             run_instances_event([new]),
             modify_options_event(set_back, "optional", caller_role="PlatformAdmin"),
@@ -616,10 +597,49 @@ def test_a_batch_mixing_launches_set_backs_and_foreign_events_is_one_report(
     assert result["status"] == "processed"
 
 
+@pytest.mark.usefixtures("fix_mode")
+def test_a_burst_is_read_and_switched_with_the_calls_of_one_event(
+    inbox: ReportInbox, lambda_context: FakeLambdaContext
+) -> None:
+    # Given an Auto Scaling group scaling out by 50 (50 `running` events in one batch), fix mode
+    ids = launch(count=50)
+    counter = count_calls(clients.ec2(), clients.sns())
+
+    # When the launch watch reads the batch
+    handler(queue_batch([state_change_event(instance_id) for instance_id in ids]), lambda_context)
+
+    # Then the 50 instances are read, looked up, switched, tagged and reported as one RunInstances of 50 would be
+    assert counter.counts == {
+        "DescribeInstances": 1,
+        "DescribeImages": 1,
+        "ModifyInstanceMetadataOptions": 50,
+        "CreateTags": 1,
+        "Publish": 1,
+    }
+    assert all(metadata_options(i)["HttpTokens"] == "required" for i in ids)
+    [message] = inbox.drain()
+    assert sorted(f["resource_id"] for f in message.findings) == sorted(ids)
+
+
+def test_a_launch_two_events_of_one_batch_name_is_flagged_once(
+    inbox: ReportInbox, lambda_context: FakeLambdaContext
+) -> None:
+    # Given a new instance announced by CloudTrail's RunInstances and by its running state change, in one batch
+    [new] = launch()
+
+    # When the batch is read (flag mode, no state table to remember verdicts in)
+    handler(queue_batch([run_instances_event([new]), state_change_event(new)]), lambda_context)
+
+    # Then it is flagged once
+    [message] = inbox.drain()
+    assert [(f["resource_id"], f["action"]) for f in message.findings] == [(new, "flagged")]
+    assert message.report["totals"]["instances_in_event"] == 2  # named twice, decided once
+
+
 def test_a_batch_of_only_unreadable_messages_is_ignored_without_raising(
     inbox: ReportInbox, lambda_context: FakeLambdaContext
 ) -> None:
-    result = handler(sqs_batch([], extra_bodies=("{", "[]")), lambda_context)
+    result = handler(queue_batch([], extra_bodies=("{", "[]")), lambda_context)
 
     assert result["status"] == "ignored"
     assert result["batchItemFailures"] == []

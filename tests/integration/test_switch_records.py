@@ -17,7 +17,7 @@ from imds_enforcer.aws import clients
 from imds_enforcer.aws.errors import AwsError
 from imds_enforcer.domain.settings import ENFORCED_AT_TAG, ENFORCED_BY_TAG
 from imds_enforcer.handlers import launch_watch, usage_gate
-from tests.support.aws import SCHEDULED, ReportInbox, launch, metadata_options, state_change_event, tags_of
+from tests.support.aws import SCHEDULED, ReportInbox, launch, metadata_options, queue_batch, state_change_event, tags_of
 from tests.support.context import FakeLambdaContext
 from tests.support.faults import Fault, connection_error, ec2_error, inject
 from tests.support.metrics import put_daily, put_points
@@ -94,6 +94,26 @@ def test_each_switch_is_logged_and_recorded_then_settled_once_reported_and_tagge
 
 
 @pytest.mark.usefixtures("fix_mode", "table")
+def test_each_switch_of_a_batch_is_recorded_under_the_event_that_named_it(
+    inbox: ReportInbox, lambda_context: FakeLambdaContext, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given two launches, one `running` event each, gathered by the queue into one batch
+    caplog.set_level(logging.INFO)
+    ids = launch(count=2)
+    events = [state_change_event(instance_id) for instance_id in ids]
+    batch = queue_batch(events)
+
+    # When the launch watch switches both in one enforcement
+    launch_watch.handler(batch, lambda_context)
+
+    # Then each switch's log line and record name its own event (a retry of that event finds it)
+    named = {instance_id: event["id"] for instance_id, event in zip(ids, events, strict=True)}
+    assert {line["instance_id"]: line["event_id"] for line in switch_lines(caplog)} == named
+    assert {i: (record_of(i) or {}).get("event_id", {}).get("S") for i in ids} == named
+    assert sorted(enforced_ids(inbox)) == sorted(ids)
+
+
+@pytest.mark.usefixtures("fix_mode", "table")
 def test_an_unpublished_report_is_logged_in_full_and_the_retry_reports_the_switch(
     inbox: ReportInbox, lambda_context: FakeLambdaContext, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -123,6 +143,30 @@ def test_an_unpublished_report_is_logged_in_full_and_the_retry_reports_the_switc
     assert (finding["action"], finding["details"]["reported_late"]) == ("enforced", "true")
     assert enforced_ids(inbox) == [instance_id]
     assert "pending" not in (record_of(instance_id) or {})
+
+
+@pytest.mark.usefixtures("fix_mode", "table")
+def test_a_retry_that_cannot_read_the_instances_still_reports_the_earlier_attempts_switches(
+    inbox: ReportInbox, lambda_context: FakeLambdaContext
+) -> None:
+    # Given a burst of two launches whose first attempt switched both, then could not publish
+    ids = launch(count=2)
+    batch = queue_batch([state_change_event(instance_id) for instance_id in ids])
+    inject(clients.sns(), "Publish", Fault(connection_error(), times=SENDS_PER_CALL))
+    with pytest.raises(AwsError, match="EndpointConnectionError"):
+        launch_watch.handler(batch, lambda_context)
+
+    # When the retry's DescribeInstances is refused
+    inject(clients.ec2(), "DescribeInstances", Fault(ec2_error("UnauthorizedOperation", status=403), times=1))
+    launch_watch.handler(batch, lambda_context)
+
+    # Then the retry reports both switches from their records, not as failures
+    [message] = inbox.drain()
+    assert sorted((f["resource_id"], f["action"]) for f in message.findings) == sorted(
+        (instance_id, "enforced") for instance_id in ids
+    )
+    assert message.report["totals"]["reported_late"] == 2
+    assert all("pending" not in (record_of(i) or {}) for i in ids)
 
 
 @pytest.mark.usefixtures("fix_mode", "table")

@@ -9,6 +9,7 @@ import boto3
 
 from emulator.events import (  # noqa: F401 (re-exported)
     modify_options_event,
+    queue_batch,
     run_instances_event,
     scheduled_event,
     state_change_event,

@@ -58,6 +58,9 @@ class ModifyPlan:
     why: str = ""  # the grounds, for the report: the evidence, or "a new instance"
     # The tag that stops the change: checked again on the live instance just before the modify (the world moves).
     exempt_tag_key: str = ""
+    # The event that named the instance (the launch watch): its switch is recorded under it, so that a retry of
+    # that event finds the switch if its report never went out.
+    event_id: str = ""
 
     @property
     def instance_id(self) -> str:

@@ -140,6 +140,7 @@ def enforce(
                 stamp=stamp,
                 reason=_enforced(plan, stamp, reason_prefix).reason,
                 hop_limit=plan.hop_limit,
+                event_id=plan.event_id,
             )
         record = recorder.ours.get(plan.instance_id) if recorder is not None else None
         if record is not None:
@@ -173,13 +174,18 @@ def _after_switch(
 ) -> bool:
     """Log and record a switch the moment it is made. False when another run had already switched the instance
     after this run read it: this modify changed nothing, and the other run reports it."""
+    named_by = plan.event_id or event_id or ""
     log_switch(
-        plan.instance_id, enforced_by=enforced_by, stamp=stamp, event_id=event_id or "-", hop_limit=plan.hop_limit
+        plan.instance_id, enforced_by=enforced_by, stamp=stamp, event_id=named_by or "-", hop_limit=plan.hop_limit
     )
     if recorder is None:
         return True
     other = recorder.record(
-        plan.instance_id, stamp=stamp, reason=_enforced(plan, stamp, reason_prefix).reason, hop_limit=plan.hop_limit
+        plan.instance_id,
+        stamp=stamp,
+        reason=_enforced(plan, stamp, reason_prefix).reason,
+        hop_limit=plan.hop_limit,
+        event_id=named_by,
     )
     if other is None:
         return True

@@ -6,18 +6,21 @@ LaunchTime each time; the attach time of its primary network interface stays fro
 - a new instance (the event is within minutes of its first launch) has no history: flagged, or in fix mode enforced
   blind (container hosts get hop limit 2, so their pods' SDKs can still get tokens);
 - a restarted instance is decided on its own usage history, by the usage gate's rules (one batched GetMetricData
-  for all of the event's restarted instances): enforced in fix mode only when proven quiet, otherwise reported as
+  for all of the batch's restarted instances): enforced in fix mode only when proven quiet, otherwise reported as
   the gate would report it (`blocked`, `insufficient_data`, `ready` in flag mode), never enforced blind;
 - a set-back to optional (ModifyInstanceMetadataOptions by anyone but this service) is undone in fix mode, unless
   the service had required IMDSv2 on it and IMDSv1 calls were rejected since: the person who restored the workload
   stands, and the finding says who, how many calls, and the way out.
 A stop/start-scheduled fleet restarts every morning: a launch or restart is reported only when the instance's
 verdict changed since it was last reported (the stack's ledger table); changes (enforced) and failures always are.
+The events of one queue batch are read and decided together (one DescribeInstances, one GetMetricData, one paced
+enforcement, one tag call), each instance once, and each switch is recorded under the event that named it.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
@@ -62,7 +65,7 @@ class _Run:
     reported: list[Finding] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     totals: Counter[str] = field(default_factory=Counter)
-    remember: list[tuple[list[Finding], LaunchTrigger]] = field(default_factory=list)
+    remember: list[Finding] = field(default_factory=list)
 
 
 def watch_launch(
@@ -99,14 +102,15 @@ def watch_launch(
         moment=moment,
         recorder=SwitchRecorder.start(settings, enforced_by=ENFORCED_BY, event_id=triggers[0].event_id),
     )
+    launches = [trigger for trigger in triggers if isinstance(trigger, LaunchTrigger)]
     try:
+        if launches:
+            _watch_instances(launches, run)
         for trigger in triggers:
             if isinstance(trigger, SourceTrigger):
                 _watch_source(trigger, run)
             elif isinstance(trigger, DoorTrigger):
                 _watch_door(trigger, run)
-            else:
-                _watch_instances(trigger, run)
     except Exception:
         # Whatever went wrong, what was already done is published (or logged in full) before the run raises.
         logger.exception("launch watch failed part way: publishing what it did before raising")
@@ -116,58 +120,92 @@ def watch_launch(
         run.totals["events"] = len(triggers)
         run.totals["events_ignored"] = len(ignored)
     result = _finish(run, triggers[0].event_id, deployment)
-    for findings, trigger in run.remember:
-        _remember(findings, trigger, settings, run.moment)
+    _remember(run.remember, settings, run.moment)
     result.from_queue = batch.from_queue
     return result
 
 
-def _watch_instances(trigger: LaunchTrigger, run: _Run) -> None:
+def _watch_instances(triggers: Sequence[LaunchTrigger], run: _Run) -> None:
+    """Every instance the batch's events name, read and decided together: one DescribeInstances, one GetMetricData
+    for all their restarts and set-backs, one DescribeImages, one paced enforcement and one tag call for the whole
+    batch (an Auto Scaling group's 50 `running` events, a scheduled fleet's morning start)."""
     settings = run.settings
-    if trigger.rejected_ids:
-        logger.warning("event names invalid instance ids", extra={"ids": list(trigger.rejected_ids)})
-    logger.info("event accepted", extra={"kind": trigger.kind.value, "instances": list(trigger.instance_ids)})
-    if run.recorder is not None:
-        run.recorder.event_id = trigger.event_id  # each switch is recorded under the event that named it
+    for trigger in triggers:
+        if trigger.rejected_ids:
+            logger.warning("event names invalid instance ids", extra={"ids": list(trigger.rejected_ids)})
+        logger.info("event accepted", extra={"kind": trigger.kind.value, "instances": list(trigger.instance_ids)})
+    named = _name_once(triggers)
+    event_ids = [trigger.event_id for trigger in triggers]
     try:
-        decided = _decide(trigger, settings, run.moment)
+        decided = _decide(named, settings, run.moment)
     except AwsError as error:
-        # Its instances could not be read (or their history): each one is reported failed, the batch's other events
-        # go on, and the run raises at the end if a retry can fix it.
-        logger.error("event not decided", extra={"event_id": trigger.event_id, "code": error.code})
-        run.reported.extend(error.finding(instance_id) for instance_id in trigger.instance_ids)
+        # The instances could not be read: each one is reported failed, the batch's other events (launch sources,
+        # doors) go on, and the run raises at the end if a retry can fix it. An earlier attempt's switches of these
+        # events, recorded but never reported, are reported all the same: the record is written after the modify.
+        logger.error("instances not read", extra={"events": len(triggers), "code": error.code})
+        late = run.recorder.claim_for_event(list(named), event_ids) if run.recorder else []
+        claimed = {finding.resource_id for finding in late}
+        run.reported.extend(error.finding(instance_id) for instance_id in named if instance_id not in claimed)
+        run.reported.extend(late)
+        run.totals.update({"instances_in_event": _named_count(triggers), "reported_late": len(late)})
         if error.retryable:
-            run.unexpected.append(f"{error.operation} (event {trigger.event_id}): {error.code}")
+            run.unexpected.append(f"{error.operation} ({len(triggers)} events): {error.code}")
         return
-    outcome = enforce(
-        decided.plans,
-        enforced_by=ENFORCED_BY,
-        pacer=Pacer(burst=settings.MODIFY_BURST, rate_per_second=settings.MODIFY_RATE_PER_SECOND),
-        now=run.moment,
-        reason_prefix="regression to optional undone: " if trigger.kind is TriggerKind.REGRESSION else "",
-        recorder=run.recorder,
-        settings=settings,
-        event_id=trigger.event_id,
-    )
-    # A retry of this event finds its instances already required: the switches its earlier attempt recorded but
+    run.unexpected.extend(decided.unexpected)
+    pacer = Pacer(burst=settings.MODIFY_BURST, rate_per_second=settings.MODIFY_RATE_PER_SECOND)
+    findings = list(decided.findings)
+    enforced = switched_elsewhere = 0
+    for reason_prefix, plans in (("", decided.plans), ("regression to optional undone: ", decided.undone)):
+        if not plans:
+            continue
+        outcome = enforce(
+            plans,
+            enforced_by=ENFORCED_BY,
+            pacer=pacer,
+            now=run.moment,
+            reason_prefix=reason_prefix,
+            recorder=run.recorder,
+            settings=settings,
+        )
+        findings.extend(outcome.findings)
+        run.unexpected.extend(outcome.unexpected_errors)
+        enforced += len(outcome.enforced)
+        switched_elsewhere += len(outcome.switched_elsewhere)
+    # A retry of these events finds their instances already required: the switches its earlier attempt recorded but
     # could not report are reported now.
-    late = run.recorder.claim_for_event(decided.already_required, [trigger.event_id]) if run.recorder else []
-    findings = [*decided.findings, *outcome.findings, *late]
-    reported, muted = _mute_unchanged(findings, trigger, settings)
+    late = run.recorder.claim_for_event(decided.already_required, event_ids) if run.recorder else []
+    findings.extend(late)
+    reported, muted = _mute_unchanged(findings, decided.set_back, settings)
     run.reported.extend(reported)
-    run.unexpected.extend(outcome.unexpected_errors)
     run.totals.update(
         {
-            "instances_in_event": len(trigger.instance_ids),
+            "instances_in_event": _named_count(triggers),
             "new": decided.new,
             "restarted": decided.restarted,
-            "enforced": len(outcome.enforced),
+            "enforced": enforced,
             "reported_late": len(late),
-            "switched_by_another_run": len(outcome.switched_elsewhere),
+            "switched_by_another_run": switched_elsewhere,
             "unchanged_not_reported": len(muted),
         }
     )
-    run.remember.append((findings, trigger))
+    run.remember.extend(findings)
+
+
+def _named_count(triggers: Sequence[LaunchTrigger]) -> int:
+    """How many instances the events name (an instance two events name counts twice)."""
+    return sum(len(trigger.instance_ids) for trigger in triggers)
+
+
+def _name_once(triggers: Sequence[LaunchTrigger]) -> dict[str, LaunchTrigger]:
+    """Each instance with the one event it is decided under: an instance several events name (its RunInstances
+    record and its `running` event, in one batch) is decided and reported once. A set-back, a person's action, comes
+    first; otherwise the first event that names it."""
+    named: dict[str, LaunchTrigger] = {}
+    ordered = sorted(triggers, key=lambda trigger: trigger.kind is not TriggerKind.REGRESSION)
+    for trigger in ordered:
+        for instance_id in trigger.instance_ids:
+            named.setdefault(instance_id, trigger)
+    return named
 
 
 def _report(run: _Run, event_id: str, deployment: Deployment) -> Report:
@@ -202,19 +240,22 @@ def _finish(run: _Run, event_id: str, deployment: Deployment) -> EventOutcome:
 @dataclass
 class _Decided:
     findings: list[Finding] = field(default_factory=list)
-    plans: list[ModifyPlan] = field(default_factory=list)
+    plans: list[ModifyPlan] = field(default_factory=list)  # new launches, proven-quiet restarts
+    undone: list[ModifyPlan] = field(default_factory=list)  # set-backs to optional, undone
+    set_back: set[str] = field(default_factory=set)  # instances a person set back: always reported
     new: int = 0
     restarted: int = 0
     already_required: list[str] = field(default_factory=list)  # a retry's own earlier switches may be among them
+    unexpected: list[str] = field(default_factory=list)
 
 
-def _decide(trigger: LaunchTrigger, settings: Settings, now: datetime) -> _Decided:
-    described = {facts.instance_id: facts for facts in ec2.describe_by_ids(trigger.instance_ids)}
+def _decide(named: Mapping[str, LaunchTrigger], settings: Settings, now: datetime) -> _Decided:
+    described = {facts.instance_id: facts for facts in ec2.describe_by_ids(list(named))}
     decided = _Decided()
     fresh: list[InstanceFacts] = []  # new launches, and set-backs to undo: decided without history
     restarted: list[InstanceFacts] = []
     set_back: list[InstanceFacts] = []
-    for instance_id in trigger.instance_ids:
+    for instance_id, trigger in named.items():
         facts = described.get(instance_id)
         if facts is None:
             decided.findings.append(
@@ -235,6 +276,7 @@ def _decide(trigger: LaunchTrigger, settings: Settings, now: datetime) -> _Decid
             decided.findings.append(exempt_finding(facts, settings))
         elif trigger.kind is TriggerKind.REGRESSION:
             set_back.append(facts)
+            decided.set_back.add(instance_id)
         elif trigger.event_time is not None and facts.is_new_at(trigger.event_time):
             fresh.append(facts)
             decided.new += 1
@@ -242,27 +284,57 @@ def _decide(trigger: LaunchTrigger, settings: Settings, now: datetime) -> _Decid
             restarted.append(facts)
             decided.restarted += 1
 
-    with_history = [*restarted, *set_back]
-    if with_history:
-        watched = [facts for facts in with_history if ENFORCED_AT_TAG in facts.tags]
-        usage = evidence.fetch_usage(restarted, watched, settings=settings, now=now)
-        for facts in restarted:
-            _add(decided, _restart_decision(facts, gate_decision(facts, usage[facts.instance_id], settings, now=now)))
-        for facts in set_back:
-            history = usage.get(facts.instance_id)
-            rejected = rejected_calls(facts, history) if history else 0.0
-            if rejected:
-                decided.findings.append(set_back_finding(facts, rejected, set_back_by=trigger.caller))
-            else:
-                fresh.append(facts)
+    if restarted or set_back:
+        _decide_on_history(restarted, set_back, named, decided, settings=settings, now=now, fresh=fresh)
     if settings.fix and fresh:
         fresh = evidence.with_image_names(fresh)  # container hosts by AMI family too: they get hop limit 2
     for facts in fresh:
+        trigger = named[facts.instance_id]
         decision = launch_decision(facts, settings)
-        if isinstance(decision, Finding) and trigger.kind is TriggerKind.REGRESSION:
-            decision = decision.model_copy(update={"reason": "set back to optional: " + decision.reason})
-        _add(decided, decision)
+        if trigger.kind is TriggerKind.REGRESSION:
+            if isinstance(decision, Finding):
+                decision = decision.model_copy(update={"reason": "set back to optional: " + decision.reason})
+            elif isinstance(decision, ModifyPlan):
+                decided.undone.append(replace(decision, event_id=trigger.event_id))
+                continue
+        _add(decided, decision, trigger)
     return decided
+
+
+def _decide_on_history(
+    restarted: Sequence[InstanceFacts],
+    set_back: Sequence[InstanceFacts],
+    named: Mapping[str, LaunchTrigger],
+    decided: _Decided,
+    *,
+    settings: Settings,
+    now: datetime,
+    fresh: list[InstanceFacts],
+) -> None:
+    """Restarts decided on their own usage history, set-backs on their rejected calls: one GetMetricData (per 500
+    queries) for all of them. When the history cannot be read, those instances are reported failed (never enforced
+    blind); the batch's new launches go on."""
+    with_history = [*restarted, *set_back]
+    watched = [facts for facts in with_history if ENFORCED_AT_TAG in facts.tags]
+    try:
+        usage = evidence.fetch_usage(restarted, watched, settings=settings, now=now)
+    except AwsError as error:
+        logger.error("usage history not read", extra={"instances": len(with_history), "code": error.code})
+        decided.findings.extend(error.finding(facts.instance_id) for facts in with_history)
+        if error.retryable:
+            decided.unexpected.append(f"{error.operation} ({len(with_history)} instances): {error.code}")
+        return
+    for facts in restarted:
+        decision = _restart_decision(facts, gate_decision(facts, usage[facts.instance_id], settings, now=now))
+        _add(decided, decision, named[facts.instance_id])
+    for facts in set_back:
+        history = usage.get(facts.instance_id)
+        rejected = rejected_calls(facts, history) if history else 0.0
+        if rejected:
+            caller = named[facts.instance_id].caller
+            decided.findings.append(set_back_finding(facts, rejected, set_back_by=caller))
+        else:
+            fresh.append(facts)
 
 
 def _restart_decision(facts: InstanceFacts, decision: Finding | ModifyPlan | object) -> Finding | ModifyPlan | None:
@@ -281,23 +353,27 @@ def _restart_decision(facts: InstanceFacts, decision: Finding | ModifyPlan | obj
     return None
 
 
-def _add(decided: _Decided, decision: Finding | ModifyPlan | None) -> None:
+def _add(decided: _Decided, decision: Finding | ModifyPlan | None, trigger: LaunchTrigger) -> None:
     if isinstance(decision, Finding):
         decided.findings.append(decision)
     elif isinstance(decision, ModifyPlan):
-        decided.plans.append(decision)
+        decided.plans.append(replace(decision, event_id=trigger.event_id))
 
 
 def _mute_unchanged(
-    findings: list[Finding], trigger: LaunchTrigger, settings: Settings
+    findings: list[Finding], set_back: set[str], settings: Settings
 ) -> tuple[list[Finding], list[Finding]]:
     """(reported, muted): a launch or restart whose verdict is the one last reported for that instance is muted.
 
     A set-back is always reported (a person's action), and so is every change and failure. Without the ledger table
     (or when it cannot be read), everything is reported."""
-    if not settings.LEDGER_TABLE_NAME or trigger.kind is TriggerKind.REGRESSION:
+    if not settings.LEDGER_TABLE_NAME:
         return findings, []
-    candidates = [finding.resource_id for finding in findings if finding.action not in ALWAYS_REPORTED]
+
+    def mutable(finding: Finding) -> bool:
+        return finding.action not in ALWAYS_REPORTED and finding.resource_id not in set_back
+
+    candidates = [finding.resource_id for finding in findings if mutable(finding)]
     if not candidates:
         return findings, []
     try:
@@ -308,14 +384,14 @@ def _mute_unchanged(
     reported: list[Finding] = []
     muted: list[Finding] = []
     for finding in findings:
-        unchanged = finding.action not in ALWAYS_REPORTED and last.get(finding.resource_id) == finding.action.value
+        unchanged = mutable(finding) and last.get(finding.resource_id) == finding.action.value
         (muted if unchanged else reported).append(finding)
     if muted:
         logger.info("verdicts unchanged since the last report", extra={"instances": [f.resource_id for f in muted]})
     return reported, muted
 
 
-def _remember(findings: list[Finding], trigger: LaunchTrigger, settings: Settings, now: datetime) -> None:
+def _remember(findings: list[Finding], settings: Settings, now: datetime) -> None:
     """Record each instance's verdict (after the report is out), so the next restart with the same one is muted."""
     if not settings.LEDGER_TABLE_NAME:
         return

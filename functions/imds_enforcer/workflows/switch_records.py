@@ -104,14 +104,17 @@ class SwitchRecorder:
             clock=clock,
         )
 
-    def record(self, instance_id: str, *, stamp: str, reason: str, hop_limit: int | None) -> SwitchRecord | None:
-        """Record this run's switch. Returns the other run's record when that run switched the instance after this
-        one read it (this run's modify changed nothing); None when the switch is this run's."""
+    def record(
+        self, instance_id: str, *, stamp: str, reason: str, hop_limit: int | None, event_id: str = ""
+    ) -> SwitchRecord | None:
+        """Record this run's switch (under `event_id`, the event that named the instance, or the run's own). Returns
+        the other run's record when that run switched the instance after this one read it (this run's modify changed
+        nothing); None when the switch is this run's."""
         record = SwitchRecord(
             instance_id=instance_id,
             enforced_at=self.clock(),
             enforced_by=self.enforced_by,
-            event_id=self.event_id,
+            event_id=event_id or self.event_id,
             stamp=stamp,
             reason=reason,
             hop_limit=hop_limit,
@@ -142,13 +145,15 @@ class SwitchRecorder:
         self.unrecorded[instance_id] = error
         return None
 
-    def record_again(self, instance_id: str, *, stamp: str, reason: str, hop_limit: int | None) -> bool:
+    def record_again(
+        self, instance_id: str, *, stamp: str, reason: str, hop_limit: int | None, event_id: str = ""
+    ) -> bool:
         """A second chance for a switch that could not be recorded and could not be tagged either: without one of
         the two, the watch after the switch cannot find it. True when it is recorded now."""
         if instance_id not in self.unrecorded:
             return instance_id in self.ours
         del self.unrecorded[instance_id]
-        self.record(instance_id, stamp=stamp, reason=reason, hop_limit=hop_limit)
+        self.record(instance_id, stamp=stamp, reason=reason, hop_limit=hop_limit, event_id=event_id)
         return instance_id in self.ours
 
     def tagged(self, instance_ids: Iterable[str]) -> None:

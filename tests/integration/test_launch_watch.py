@@ -29,7 +29,7 @@ from tests.support.aws import (
     state_change_event,
     tags_of,
 )
-from tests.support.context import FakeLambdaContext
+from tests.support.context import FakeLambdaContext, RunningOutContext
 from tests.support.faults import Fault, count_calls, ec2_error, inject, timeout_error
 
 pytestmark = pytest.mark.usefixtures("aws")
@@ -634,6 +634,51 @@ def test_a_launch_two_events_of_one_batch_name_is_flagged_once(
     [message] = inbox.drain()
     assert [(f["resource_id"], f["action"]) for f in message.findings] == [(new, "flagged")]
     assert message.report["totals"]["instances_in_event"] == 2  # named twice, decided once
+
+
+@pytest.mark.usefixtures("fix_mode")
+def test_a_burst_larger_than_the_runs_time_is_finished_by_the_queues_redelivery(inbox: ReportInbox) -> None:
+    # Given five launches in one batch, and a run whose time is nearly up after two modifies
+    ids = launch(count=5)
+    batch = queue_batch([state_change_event(instance_id) for instance_id in ids])
+
+    # When the launch watch reads the batch
+    result = handler(batch, RunningOutContext(budget=2))
+
+    # Then two are switched, three are reported ready (deferred), and their three messages are handed back to SQS
+    [message] = inbox.drain()
+    actions = {f["resource_id"]: f["action"] for f in message.findings}
+    switched = [i for i in ids if actions[i] == "enforced"]
+    waiting = [i for i in ids if actions[i] == "ready"]
+    assert (len(switched), len(waiting)) == (2, 3)
+    assert all(metadata_options(i)["HttpTokens"] == "optional" for i in waiting)
+    assert message.report["totals"]["events_delivered_again"] == 3
+    again = {failure["itemIdentifier"] for failure in result["batchItemFailures"]}
+    records = {record["messageId"]: record for record in batch["Records"]}
+    assert {json.loads(records[m]["body"])["detail"]["instance-id"] for m in again} == set(waiting)
+
+    # When SQS delivers those three messages again
+    handler({"Records": [records[m] for m in sorted(again)]}, FakeLambdaContext())
+
+    # Then the three are switched and reported, and nothing is switched or reported twice
+    [second] = inbox.drain()
+    assert sorted((f["resource_id"], f["action"]) for f in second.findings) == sorted((i, "enforced") for i in waiting)
+    assert all(metadata_options(i)["HttpTokens"] == "required" for i in ids)
+
+
+@pytest.mark.usefixtures("fix_mode")
+def test_a_bare_event_the_run_had_no_time_for_is_reported_then_raised_for_lambdas_retry(
+    inbox: ReportInbox,
+) -> None:
+    [instance_id] = launch()
+
+    with pytest.raises(UnexpectedAwsError, match="time ran out"):
+        handler(state_change_event(instance_id), RunningOutContext(budget=0))
+
+    [message] = inbox.drain()
+    [finding] = message.findings
+    assert (finding["action"], finding["details"]["deferred"]) == ("ready", "true")
+    assert metadata_options(instance_id)["HttpTokens"] == "optional"
 
 
 def test_a_batch_of_only_unreadable_messages_is_ignored_without_raising(

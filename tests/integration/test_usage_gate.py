@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from imds_enforcer.aws import clients
 from imds_enforcer.domain.settings import ENFORCED_AT_TAG, ENFORCED_BY_TAG
 from imds_enforcer.handlers.usage_gate import handler
 from tests.support.aws import SCHEDULED, ReportInbox, launch, metadata_options, tags_of
-from tests.support.context import FakeLambdaContext
+from tests.support.context import FakeLambdaContext, RunningOutContext
 from tests.support.faults import count_calls, throttle_first
 from tests.support.metrics import aged, put_daily, put_points
 
@@ -319,23 +318,12 @@ def test_throttling_slows_the_pacer_and_is_never_a_failure(
     assert summary["totals"]["throttles"] == 8  # type: ignore[index]
 
 
-class RunningOutContext(FakeLambdaContext):
-    """Plenty of time for the first `budget` checks, then below the margin."""
-
-    def __init__(self, budget: int) -> None:
-        super().__init__()
-        self._answers: Iterator[int] = iter([900_000] * budget)
-
-    def get_remaining_time_in_millis(self) -> int:
-        return next(self._answers, 30_000)
-
-
 def test_time_budget_defers_the_rest(inbox: ReportInbox, fix_mode: None) -> None:
     # Given 5 ready instances and a Lambda that runs below the 60 s margin after two modifies
     ready = [ready_instance() for _ in range(5)]
 
     # When the gate runs
-    summary = handler(SCHEDULED, RunningOutContext(budget=2))
+    summary = handler(SCHEDULED, RunningOutContext(budget=2, then_ms=30_000))
 
     # Then two are enforced and three are left optional, reported ready and deferred
     report = only_report(inbox)

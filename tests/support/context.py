@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 
@@ -24,3 +25,15 @@ class FakeLambdaContext:
     def get_remaining_time_in_millis(self) -> int:
         elapsed_ms = int((time.monotonic() - self._started) * 1000)
         return max(0, self.remaining_ms - elapsed_ms)
+
+
+class RunningOutContext(FakeLambdaContext):
+    """Plenty of time for the first `budget` looks at the clock, then `then_ms` left (below the run's margin)."""
+
+    def __init__(self, budget: int, *, then_ms: int = 0) -> None:
+        super().__init__()
+        self._answers: Iterator[int] = iter([900_000] * budget)
+        self._then_ms = then_ms
+
+    def get_remaining_time_in_millis(self) -> int:
+        return next(self._answers, self._then_ms)

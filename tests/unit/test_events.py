@@ -17,9 +17,10 @@ from imds_enforcer.domain.events import (
     LaunchTrigger,
     TriggerKind,
     read_alarm_event,
+    read_batch,
     read_launch_event,
 )
-from tests.support.aws import modify_options_event, run_instances_event, state_change_event
+from tests.support.aws import modify_options_event, queue_batch, run_instances_event, state_change_event
 
 # What each real payload asks of the launch watch, read in its own account and region.
 SAMPLE_EXPECTATIONS: dict[str, tuple[str, Any]] = {
@@ -290,3 +291,24 @@ def test_anything_else_is_ignored_with_a_reason(event: Any, reason: str) -> None
     result = read_alarm_event(event, account=ACCOUNT, region=REGION)
     assert isinstance(result, Ignored)
     assert reason in result.reason
+
+
+def test_a_queue_batch_keeps_each_events_message_and_skips_what_is_not_json() -> None:
+    events = [state_change_event("i-0aaaaaaaaaaaaaaaa"), state_change_event("i-0bbbbbbbbbbbbbbbb")]
+    raw = queue_batch(events, extra_bodies=("not json",))
+    raw["Records"].insert(0, raw["Records"].pop())  # the unreadable message first: the ids must still line up
+
+    batch = read_batch(raw)
+
+    assert batch.from_queue
+    assert batch.events == tuple(events)
+    assert batch.message_ids == ("m-0", "m-1")
+    assert batch.skipped == ("SQS message m-2: body is not JSON",)
+
+
+def test_a_bare_event_is_a_batch_of_one_without_messages() -> None:
+    event = state_change_event("i-0aaaaaaaaaaaaaaaa")
+
+    batch = read_batch(event)
+
+    assert (batch.events, batch.message_ids, batch.from_queue) == ((event,), (), False)

@@ -176,6 +176,7 @@ class Batch:
     events: tuple[object, ...]
     skipped: tuple[str, ...] = ()  # why each unreadable queue message was skipped
     from_queue: bool = False
+    message_ids: tuple[str, ...] = ()  # the queue message of each event (from_queue), for partial batch responses
 
 
 def read_batch(raw: object) -> Batch:
@@ -189,6 +190,7 @@ def read_batch(raw: object) -> Batch:
     ):
         return Batch(events=(raw,))
     events: list[object] = []
+    message_ids: list[str] = []
     skipped: list[str] = []
     for record in records:
         message_id = str(record.get("messageId", "?"))[:100]
@@ -197,7 +199,9 @@ def read_batch(raw: object) -> Batch:
             events.append(json.loads(body) if isinstance(body, str) else body)
         except (json.JSONDecodeError, RecursionError):
             skipped.append(f"SQS message {message_id}: body is not JSON")
-    return Batch(events=tuple(events), skipped=tuple(skipped), from_queue=True)
+        else:
+            message_ids.append(message_id)
+    return Batch(events=tuple(events), skipped=tuple(skipped), from_queue=True, message_ids=tuple(message_ids))
 
 
 def read_launch_event(

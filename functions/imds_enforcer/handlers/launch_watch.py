@@ -22,7 +22,9 @@ from imds_enforcer.workflows.launch_watch import watch_launch
 def handler(event: dict[str, Any], context: Any) -> dict[str, object]:
     settings = Settings.from_env(os.environ)
     deployment = Deployment.from_context(context, default_region=os.environ.get("AWS_REGION", ""))
-    outcome = watch_launch(event, settings=settings, deployment=deployment)
+    outcome = watch_launch(
+        event, settings=settings, deployment=deployment, remaining_ms=context.get_remaining_time_in_millis
+    )
     name = EVENTS_IGNORED if outcome.status == "ignored" else EVENTS_PROCESSED
     metrics.add_metric(name=name, unit=MetricUnit.Count, value=1)
     record_findings(outcome.findings)

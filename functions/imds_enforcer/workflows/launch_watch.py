@@ -20,7 +20,7 @@ enforcement, one tag call), each instance once, and each switch is recorded unde
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
@@ -41,7 +41,7 @@ from imds_enforcer.domain.instances import InstanceFacts
 from imds_enforcer.domain.policy import ModifyPlan, exempt_finding, is_exempt, launch_decision
 from imds_enforcer.domain.report import Action, Finding, Report
 from imds_enforcer.domain.settings import ENFORCED_AT_TAG, Settings
-from imds_enforcer.domain.usage import gate_decision, rejected_calls, set_back_finding
+from imds_enforcer.domain.usage import deferred_finding, gate_decision, rejected_calls, set_back_finding
 from imds_enforcer.observability import logger
 from imds_enforcer.workflows import door_sweep, evidence, launch_source_sweep
 from imds_enforcer.workflows.enforcement import Pacer, enforce
@@ -51,6 +51,9 @@ from imds_enforcer.workflows.switch_records import SwitchRecorder, publish_and_s
 
 ENFORCED_BY = "launch_watch"
 TRIGGER = "launch"
+# The function runs at most 60 s (infra/constructs/launch_watch.py): the modifies stop with this much left, for the
+# tag call, the records and the report (each with its retries). What is left is delivered again by the queue.
+DEADLINE_MARGIN_SECONDS = 15
 # What always reaches the report, even when the ledger saw the same verdict before: a change, or a failure.
 ALWAYS_REPORTED = frozenset({Action.ENFORCED, Action.PREPARED, Action.ROLLED_BACK, Action.FAILED, Action.REJECTED})
 
@@ -62,22 +65,35 @@ class _Run:
     settings: Settings
     moment: datetime
     recorder: SwitchRecorder | None
+    should_stop: Callable[[], bool] = lambda: False
     reported: list[Finding] = field(default_factory=list)
+    # Events whose instances the run had no time to modify: delivered again (their queue messages), or retried.
+    unfinished: set[str] = field(default_factory=set)
     unexpected: list[str] = field(default_factory=list)
     totals: Counter[str] = field(default_factory=Counter)
     remember: list[Finding] = field(default_factory=list)
 
 
 def watch_launch(
-    raw_event: object, *, settings: Settings, deployment: Deployment, now: datetime | None = None
+    raw_event: object,
+    *,
+    settings: Settings,
+    deployment: Deployment,
+    now: datetime | None = None,
+    remaining_ms: Callable[[], int] | None = None,
 ) -> EventOutcome:
-    """Handle a bare EventBridge event, or an SQS batch of them (a burst of launches): one report for all."""
+    """Handle a bare EventBridge event, or an SQS batch of them (a burst of launches): one report for all.
+
+    `remaining_ms` (the Lambda context's clock): when the run's time is nearly up, the modifies stop, what is left
+    is reported `ready` (deferred), and its events' queue messages are delivered again (a bare event: the run raises
+    after the report, and Lambda retries it)."""
     batch = read_batch(raw_event)
     for reason in batch.skipped:
         logger.warning("queue message skipped", extra={"reason": reason})
     triggers: list[LaunchTrigger | SourceTrigger | DoorTrigger] = []
     ignored: list[str] = list(batch.skipped)
-    for event in batch.events:
+    messages: dict[str, list[str]] = {}  # event id -> its queue messages
+    for index, event in enumerate(batch.events):
         trigger = read_launch_event(
             event,
             account=deployment.account,
@@ -89,6 +105,8 @@ def watch_launch(
             ignored.append(trigger.reason)
         else:
             triggers.append(trigger)
+            if index < len(batch.message_ids):
+                messages.setdefault(trigger.event_id, []).append(batch.message_ids[index])
     if not triggers:
         reason = ignored[0] if len(ignored) == 1 else f"{len(ignored)} events ignored: " + "; ".join(ignored[:5])
         return EventOutcome(status="ignored", reason=reason, from_queue=batch.from_queue)
@@ -101,6 +119,7 @@ def watch_launch(
         settings=settings,
         moment=moment,
         recorder=SwitchRecorder.start(settings, enforced_by=ENFORCED_BY, event_id=triggers[0].event_id),
+        should_stop=lambda: remaining_ms is not None and remaining_ms() < DEADLINE_MARGIN_SECONDS * 1000,
     )
     launches = [trigger for trigger in triggers if isinstance(trigger, LaunchTrigger)]
     try:
@@ -119,9 +138,14 @@ def watch_launch(
     if len(triggers) > 1 or batch.from_queue:
         run.totals["events"] = len(triggers)
         run.totals["events_ignored"] = len(ignored)
+    if run.unfinished:
+        run.totals["events_delivered_again"] = len(run.unfinished)
+        if not batch.from_queue:
+            run.unexpected.append("time ran out before every instance was modified: the event is retried")
     result = _finish(run, triggers[0].event_id, deployment)
     _remember(run.remember, settings, run.moment)
     result.from_queue = batch.from_queue
+    result.redeliver = sorted({message for event_id in run.unfinished for message in messages.get(event_id, [])})
     return result
 
 
@@ -158,16 +182,21 @@ def _watch_instances(triggers: Sequence[LaunchTrigger], run: _Run) -> None:
     for reason_prefix, plans in (("", decided.plans), ("regression to optional undone: ", decided.undone)):
         if not plans:
             continue
+        untaken = iter(plans)  # what enforce() did not pull when the time ran out stays here
         outcome = enforce(
-            plans,
+            untaken,
             enforced_by=ENFORCED_BY,
             pacer=pacer,
             now=run.moment,
+            should_stop=run.should_stop,
             reason_prefix=reason_prefix,
             recorder=run.recorder,
             settings=settings,
         )
         findings.extend(outcome.findings)
+        for plan in [*outcome.deferred_plans, *untaken]:
+            findings.append(deferred_finding(plan, because="the run's time ran out; its event is delivered again"))
+            run.unfinished.add(plan.event_id)
         run.unexpected.extend(outcome.unexpected_errors)
         enforced += len(outcome.enforced)
         switched_elsewhere += len(outcome.switched_elsewhere)

@@ -14,6 +14,8 @@ class EventOutcome:
     findings: list[Finding] = field(default_factory=list)
     message_ids: list[str] = field(default_factory=list)
     from_queue: bool = False  # the event came in an SQS batch (the launch watch's queue)
+    # Queue messages to deliver again (SQS partial batch response): events whose instances the run had no time for.
+    redeliver: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, object]:
         summary: dict[str, object] = {
@@ -23,7 +25,8 @@ class EventOutcome:
             "published": len(self.message_ids),
         }
         if self.from_queue:
-            # SQS partial batch response: the batch either succeeded whole, or the run raised (a retry can fix it)
-            # and SQS redelivers it whole; handling is idempotent, so nothing is done twice.
-            summary["batchItemFailures"] = []
+            # SQS partial batch response: the messages whose events the run had no time to finish are delivered again
+            # (after the queue's visibility timeout); when the run raises (a retry can fix it), SQS redelivers the
+            # batch whole. Handling is idempotent, so nothing is done twice.
+            summary["batchItemFailures"] = [{"itemIdentifier": message_id} for message_id in self.redeliver]
         return summary

@@ -12,7 +12,7 @@ from imds_enforcer.domain.guardrails import (
     guardrail_statements,
     service_role_arns,
 )
-from tests.support.iam_eval import Request, evaluate, statement_applies
+from tests.support.iam_eval import Request, UnmodelledOperatorError, evaluate, statement_applies
 
 ACCOUNT = "123456789012"
 INSTANCE = f"arn:aws:ec2:us-east-1:{ACCOUNT}:instance/i-0abc1234def567890"
@@ -182,3 +182,11 @@ def test_the_deny_on_the_instances_current_tokens_would_have_got_it_backwards() 
         evaluate(scp_statements(), fix, allow_by_default=True),
         evaluate(scp_statements(), opt_out, allow_by_default=True),
     ) == ("Allow", "Deny")
+
+
+@pytest.mark.parametrize("operator", ["DateGreaterThan", "IpAddress", "ForAnyValue:IpAddress", "StringEqualsIfExists"])
+def test_the_model_refuses_an_operator_it_does_not_evaluate_naming_it(operator: str) -> None:
+    statement = {"Effect": "Deny", "Action": "ec2:*", "Resource": "*", "Condition": {operator: {"aws:Key": "x"}}}
+
+    with pytest.raises(UnmodelledOperatorError, match=operator):
+        statement_applies(statement, Request("ec2:RunInstances", "*", {"aws:Key": "x"}))

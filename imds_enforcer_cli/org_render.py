@@ -10,7 +10,6 @@ import csv
 import io
 import json
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +20,7 @@ from rich.text import Text
 
 from imds_enforcer.domain.report import Action
 from imds_enforcer_cli.org_audit import AccountRegionResult, OrgAuditResult, Status, UnreadableAccount
-from imds_enforcer_cli.render import OutputFormat
+from imds_enforcer_cli.render import OutputFormat, markdown_table
 
 COUNT_COLUMNS = ("required", "optional", "ready", "blocked", "insufficient_data", "exempt", "launch_sources_open")
 ROLLUP_COLUMNS = (
@@ -210,21 +209,11 @@ def render_csv(result: OrgAuditResult) -> str:
     return buffer.getvalue()
 
 
-def _cell(value: str) -> str:
-    return " ".join(value.split()).replace("|", "\\|")
-
-
-def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(_cell(value) for value in row) + " |" for row in rows]
-    return lines
-
-
 def render_markdown(result: OrgAuditResult) -> str:
     lines = [f"# IMDSv2 organization audit: from account {result.caller_account}", ""]
     rows = [row.cells(unknown=UNKNOWN) for row in rollup_rows(result)]
     rows.append([f"**{cell}**" if cell else "" for cell in totals_row(result)])
-    lines += _markdown_table(ROLLUP_COLUMNS, rows)
+    lines += markdown_table(ROLLUP_COLUMNS, rows)
     lines += ["", f"`{UNKNOWN}`: could not be read (see the note).", "", "## Summary", ""]
     lines += [f"- {line}" for line in summary_lines(result)]
     return "\n".join(lines) + "\n"

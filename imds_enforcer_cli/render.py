@@ -101,7 +101,8 @@ def _cell(value: str) -> str:
     return " ".join(value.split()).replace("|", "\\|")
 
 
-def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """A Markdown table's lines, each cell on one line with its pipes escaped (the audit's and the organization's)."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(_cell(value) for value in row) + " |" for row in rows]
     return lines
@@ -112,13 +113,13 @@ def render_markdown(result: AuditResult) -> str:
     lines = [f"# {title}: account {result.account}", ""]
     for region in result.regions:
         lines += [f"## {region.region}", ""]
-        lines += _markdown_table(
+        lines += markdown_table(
             ("step", "status", "detail"),
             [(step.name, STATUS_MARK[step.status], step.detail) for step in region.steps()],
         )
         lines.append("")
         if region.report.findings:
-            lines += _markdown_table(
+            lines += markdown_table(
                 MARKDOWN_COLUMNS,
                 [
                     (

@@ -250,6 +250,7 @@ def test_the_slack_notifier_reads_one_secret_and_decrypts_only_with_a_configured
     }
 
 
+# Written out, not imported from domain.doors: the test states on its own what the roles must grant.
 DOOR_READS = {
     "sagemaker:ListNotebookInstances",
     "sagemaker:DescribeNotebookInstance",

@@ -254,21 +254,30 @@ def _is_service_role(caller: str | None, own: set[str]) -> bool:
     return len(parts) == 3 and parts[0] == "arn" and parts[2] in own
 
 
-def _read_cloudtrail(
-    event: EnforcerEvent, *, account: str, service_roles: set[str]
-) -> LaunchTrigger | SourceTrigger | Ignored:
+def _read_call(event: EnforcerEvent, *, account: str, expected_source: str) -> CloudTrailCall | Ignored:
+    """The CloudTrail record an event carries, if it is one worth reading: well formed, from the service its
+    EventBridge source says, recorded for this account, and successful (a failed call changed nothing)."""
     try:
         call = CloudTrailCall.model_validate(event.detail)
     except ValidationError as error:
         return Ignored(f"malformed CloudTrail detail: {_describe(error)}", event.id)
     name = call.eventName
-    expected_source = EVENT_SOURCES[event.source]
     if call.eventSource != expected_source:
         return Ignored(f"{name} from {call.eventSource}, not {expected_source}", event.id)
     if call.recipientAccountId not in (None, account):
         return Ignored(f"{name} recorded for account {call.recipientAccountId}, not {account}", event.id)
     if call.errorCode:
         return Ignored(f"{name} failed with {call.errorCode}: it changed nothing", event.id)
+    return call
+
+
+def _read_cloudtrail(
+    event: EnforcerEvent, *, account: str, service_roles: set[str]
+) -> LaunchTrigger | SourceTrigger | Ignored:
+    call = _read_call(event, account=account, expected_source=EVENT_SOURCES[event.source])
+    if isinstance(call, Ignored):
+        return call
+    name = call.eventName
     if name == "RunInstances":
         return _read_run_instances(call, event)
     if name == "ModifyInstanceMetadataOptions":
@@ -349,18 +358,11 @@ def _read_source_event(call: CloudTrailCall, event_id: str, service_roles: set[s
 
 def _read_door_call(event: EnforcerEvent, *, account: str, service_role_path: str) -> DoorTrigger | Ignored:
     """A call that created or changed a door outside EC2 instances (SageMaker, Lightsail, Beanstalk, ...)."""
-    try:
-        call = CloudTrailCall.model_validate(event.detail)
-    except ValidationError as error:
-        return Ignored(f"malformed CloudTrail detail: {_describe(error)}", event.id)
-    name = call.eventName
     expected_source = DOOR_EVENT_SOURCES[event.source]
-    if call.eventSource != expected_source:
-        return Ignored(f"{name} from {call.eventSource}, not {expected_source}", event.id)
-    if call.recipientAccountId not in (None, account):
-        return Ignored(f"{name} recorded for account {call.recipientAccountId}, not {account}", event.id)
-    if call.errorCode:
-        return Ignored(f"{name} failed with {call.errorCode}: it changed nothing", event.id)
+    call = _read_call(event, account=account, expected_source=expected_source)
+    if isinstance(call, Ignored):
+        return call
+    name = call.eventName
     door = DOOR_EVENTS[expected_source].get(name)
     if door is None:
         return Ignored(f"CloudTrail event {name} is not one the launch watch handles", event.id)

@@ -201,12 +201,19 @@ def _run(checks: Checks, transcript: Transcript, *, endpoint_url: str) -> None:
     started = [i for i in fleet.optional if i != fleet.stopped]
     show.note(
         "A start resets LaunchTime; the primary network interface keeps the first launch (60 days ago). So these are"
-        " restarts, decided on each instance's own 14 days of evidence, in one GetMetricData call per event."
+        " restarts, decided on each instance's own 14 days of evidence. The queue gathers the morning's running"
+        " events into one batch: one DescribeInstances, one GetMetricData and one report for all of them."
     )
     _settings_env(ENFORCEMENT_MODE="fix", REPORT_TOPIC_ARN=inbox.topic_arn, LEDGER_TABLE_NAME=ledger)
-    for instance_id in started:
-        invoke(events.state_change_event(instance_id, account=ACCOUNT, region=REGION))
+    _, calls = invoke(
+        events.queue_batch([events.state_change_event(i, account=ACCOUNT, region=REGION) for i in started])
+    )
+    checks.expect(
+        (calls.get("DescribeInstances"), calls.get("GetMetricData")) == (1, 1),
+        f"(d) the batch is read in one DescribeInstances and one GetMetricData, got {dict(calls)}",
+    )
     received = inbox.drain()
+    checks.expect(len(received) == 1, f"(d) the morning start is one report, got {len(received)}")
     show.reports(received, names)
     morning = snapshot(fleet.all)
     show.fleet("fleet after the morning start", morning, fleet.roles, exempt_tag_key=EXEMPT_TAG_KEY, before=before)
